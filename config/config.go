@@ -1,0 +1,96 @@
+// Package config reads broker.toml. The file is decoded into raw structs,
+// then validated into the typed Config below with defaults filled in, so the
+// rest of broker never sees an unchecked value.
+package config
+
+// Flow names how an account obtains its tokens.
+type Flow string
+
+const (
+	FlowClientCredentials Flow = "client_credentials"
+	FlowDeviceCode        Flow = "device_code"
+	FlowAuthCode          Flow = "auth_code"
+	FlowPassword          Flow = "password"
+)
+
+// Config is a validated broker.toml.
+type Config struct {
+	// Path is the file the configuration was read from.
+	Path string
+	// StateDir holds the database and, unless systemd passes one, the
+	// sealing key. Default /var/lib/broker.
+	StateDir string
+
+	// IMAP is nil when the file has no [imap] section.
+	IMAP *Listener
+
+	Apps     []*App
+	Accounts []*Account
+}
+
+// Listener is a protocol section such as [imap].
+type Listener struct {
+	// Listen are plain-text addresses (STARTTLS offered when TLS is set).
+	Listen []string
+	// ListenTLS are implicit-TLS addresses; they require TLS.
+	ListenTLS []string
+	// Upstream is host:port. Default: the cloud's host for this protocol.
+	Upstream string
+	// UpstreamCAFile adds trust roots to the system pool; "" = system only.
+	UpstreamCAFile string
+	// TLSCertFile and TLSKeyFile enable local TLS; both or neither.
+	TLSCertFile string
+	TLSKeyFile  string
+}
+
+// Cloud is a Microsoft national cloud.
+type Cloud struct {
+	Name      string // global, usgovhigh, usgovdod, china
+	Authority string // https://login.microsoftonline.com
+	IMAPHost  string // outlook.office365.com:993
+	SMTPHost  string // smtp.office365.com:587
+	// Resource prefixes delegated scopes and forms the app-only scope
+	// Resource + "/.default" (global: https://outlook.office365.com for
+	// .default, https://outlook.office.com for delegated scopes).
+	AppResource       string
+	DelegatedResource string
+}
+
+// App is one Entra app registration.
+type App struct {
+	Name     string
+	Tenant   string // domain or directory (tenant) id
+	ClientID string
+	// ClientSecret is read from client_secret_file; never logged.
+	ClientSecret string
+	Cloud        *Cloud
+	// Authority is the identity platform base URL, without tenant.
+	Authority string
+}
+
+// TokenURL is the v2.0 token endpoint of the app's tenant.
+func (a *App) TokenURL() string { return a.Authority + "/" + a.Tenant + "/oauth2/v2.0/token" }
+
+// DeviceCodeURL is the v2.0 device authorization endpoint.
+func (a *App) DeviceCodeURL() string {
+	return a.Authority + "/" + a.Tenant + "/oauth2/v2.0/devicecode"
+}
+
+// AuthURL is the v2.0 authorization endpoint.
+func (a *App) AuthURL() string { return a.Authority + "/" + a.Tenant + "/oauth2/v2.0/authorize" }
+
+// Account is one mailbox broker logs in to upstream.
+type Account struct {
+	// Mailbox is the XOAUTH2 user=, lower case.
+	Mailbox string
+	// Login is the local login name, lower case; default Mailbox.
+	Login string
+	App   *App
+	Flow  Flow
+}
+
+// Defaults.
+const (
+	DefaultPath     = "/etc/broker/broker.toml"
+	DefaultStateDir = "/var/lib/broker"
+)
