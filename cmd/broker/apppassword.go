@@ -1,0 +1,130 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"path/filepath"
+	"text/tabwriter"
+	"time"
+
+	"github.com/mailbroker/broker/broker"
+	"github.com/mailbroker/broker/config"
+	"github.com/mailbroker/broker/store"
+)
+
+const appPasswordUsage = `usage:
+  broker app-password add [-config FILE] [-label NAME] MAILBOX
+  broker app-password list [-config FILE] [MAILBOX]
+  broker app-password revoke [-config FILE] MAILBOX ID
+`
+
+func appPasswordCmd(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, appPasswordUsage)
+		return errors.New("app-password needs a subcommand")
+	}
+	fs := flag.NewFlagSet("app-password "+args[0], flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, appPasswordUsage) }
+	configPath := fs.String("config", config.DefaultPath, "configuration `file`")
+	label := fs.String("label", "", "what the password is for, e.g. the legacy system's name")
+	pos, err := parseFlags(fs, args[1:])
+	if err != nil {
+		return err
+	}
+	cfg, err := config.Load(*configPath)
+	if err != nil {
+		return err
+	}
+	admin, done, err := openAppPasswordAdmin(cfg)
+	if err != nil {
+		return err
+	}
+	defer done()
+	ctx, cancel := context.WithTimeout(context.Background(), controlTimeout)
+	defer cancel()
+
+	switch args[0] {
+	case "add":
+		if len(pos) != 1 {
+			fs.Usage()
+			return errors.New("add takes one MAILBOX")
+		}
+		info, password, err := admin.AddAppPassword(ctx, pos[0], *label)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "App password %s for %s (shown once; broker keeps only a hash):\n", info.ID, info.Mailbox)
+		fmt.Fprintln(stdout, password)
+	case "list":
+		if len(pos) > 1 {
+			fs.Usage()
+			return errors.New("list takes at most one MAILBOX")
+		}
+		mailbox := ""
+		if len(pos) == 1 {
+			mailbox = pos[0]
+		}
+		list, err := admin.AppPasswords(ctx, mailbox)
+		if err != nil {
+			return err
+		}
+		printAppPasswords(stdout, list)
+	case "revoke":
+		if len(pos) != 2 {
+			fs.Usage()
+			return errors.New("revoke takes MAILBOX and ID")
+		}
+		if err := admin.RevokeAppPassword(ctx, pos[0], pos[1]); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "Revoked app password %s for %s.\n", pos[1], pos[0])
+	default:
+		fs.Usage()
+		return fmt.Errorf("unknown app-password subcommand %q", args[0])
+	}
+	return nil
+}
+
+// openAppPasswordAdmin goes through the running daemon when there is one,
+// since it holds the database lock, and opens the database otherwise.
+func openAppPasswordAdmin(cfg *config.Config) (appPasswordAdmin, func(), error) {
+	client, err := dialControl(filepath.Join(cfg.StateDir, controlFile))
+	if err == nil {
+		return client, func() {}, nil
+	}
+	if !errors.Is(err, errNoDaemon) {
+		return nil, nil, err
+	}
+	st, err := store.Open(filepath.Join(cfg.StateDir, dbFile))
+	if err != nil {
+		return nil, nil, err
+	}
+	key, err := broker.LoadKey(cfg.StateDir)
+	if err != nil {
+		st.Close()
+		return nil, nil, err
+	}
+	b, err := broker.New(cfg, st, broker.Options{Key: key})
+	if err != nil {
+		st.Close()
+		return nil, nil, err
+	}
+	return b, func() { b.Close(); st.Close() }, nil
+}
+
+func printAppPasswords(w io.Writer, list []*broker.AppPasswordInfo) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "MAILBOX\tID\tLABEL\tCREATED\tLAST USED")
+	for _, p := range list {
+		lastUsed := "never"
+		if !p.LastUsed.IsZero() {
+			lastUsed = p.LastUsed.Local().Format(time.DateTime)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", p.Mailbox, p.ID, p.Label, p.CreatedAt.Local().Format(time.DateTime), lastUsed)
+	}
+	tw.Flush()
+}

@@ -1,0 +1,205 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/mailbroker/broker/broker"
+	"github.com/mailbroker/broker/config"
+	"github.com/mailbroker/broker/proxy"
+	"github.com/mailbroker/broker/store"
+)
+
+// drainTimeout bounds how long a stopping daemon waits for sessions.
+const drainTimeout = 10 * time.Second
+
+// daemon is one assembled broker: store, token broker, proxies and control
+// socket. The goroutine that calls run owns it.
+type daemon struct {
+	cfg    *config.Config
+	log    *slog.Logger
+	store  *store.DB
+	broker *broker.Broker
+	imap   *proxy.IMAPServer
+
+	listeners []servedListener
+	control   net.Listener
+}
+
+type servedListener struct {
+	l     net.Listener
+	serve func(net.Listener) error
+}
+
+// dbFile and controlFile live in state_dir.
+const (
+	dbFile      = "broker.db"
+	controlFile = "control.sock"
+)
+
+// newDaemon opens the state and binds every listener, so that a bad address
+// or a locked database fails start-up before anything is served.
+func newDaemon(cfg *config.Config, log *slog.Logger, opts broker.Options) (d *daemon, err error) {
+	d = &daemon{cfg: cfg, log: log}
+	defer func() {
+		if err != nil {
+			d.close()
+		}
+	}()
+	for _, w := range cfg.Warnings {
+		log.Warn("config: " + w)
+	}
+	if opts.Key == nil {
+		if opts.Key, err = broker.LoadKey(cfg.StateDir); err != nil {
+			return nil, err
+		}
+	}
+	if d.store, err = store.Open(filepath.Join(cfg.StateDir, dbFile)); err != nil {
+		return nil, err
+	}
+	opts.Logger = log
+	if d.broker, err = broker.New(cfg, d.store, opts); err != nil {
+		return nil, err
+	}
+	if cfg.IMAP != nil {
+		if err := d.setupIMAP(cfg.IMAP); err != nil {
+			return nil, err
+		}
+	}
+	if d.control, err = listenControl(filepath.Join(cfg.StateDir, controlFile)); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+func (d *daemon) setupIMAP(lc *config.Listener) error {
+	upstreamTLS, err := upstreamTLSConfig(lc)
+	if err != nil {
+		return err
+	}
+	localTLS, err := localTLSConfig(lc)
+	if err != nil {
+		return err
+	}
+	d.imap = proxy.NewIMAPServer(&proxy.IMAPOptions{
+		Upstream:    lc.Upstream,
+		UpstreamTLS: upstreamTLS,
+		TLS:         localTLS,
+		Auth:        d.broker,
+		Logger:      d.log,
+	})
+	return d.bind("imap", lc, localTLS, d.imap.Serve)
+}
+
+// bind opens a protocol's plain and implicit-TLS listeners.
+func (d *daemon) bind(proto string, lc *config.Listener, localTLS *tls.Config, serve func(net.Listener) error) error {
+	for _, addr := range lc.Listen {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("%s.listen: %w", proto, err)
+		}
+		d.listeners = append(d.listeners, servedListener{l, serve})
+	}
+	for _, addr := range lc.ListenTLS {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("%s.listen_tls: %w", proto, err)
+		}
+		d.listeners = append(d.listeners, servedListener{tls.NewListener(l, localTLS), serve})
+	}
+	return nil
+}
+
+// run serves until ctx is done, then drains sessions for up to drainTimeout.
+func (d *daemon) run(ctx context.Context) error {
+	d.broker.Start()
+	errc := make(chan error, len(d.listeners)+1)
+	for _, sl := range d.listeners {
+		d.log.Info("listening", "addr", sl.l.Addr().String())
+		go func() { errc <- sl.serve(sl.l) }()
+	}
+	go func() { errc <- serveControl(d.control, d.broker, d.log) }()
+	notifySystemd("READY=1")
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+		if errors.Is(err, net.ErrClosed) {
+			err = nil
+		}
+	}
+	notifySystemd("STOPPING=1")
+	d.log.Info("shutting down")
+	drainCtx, cancel := context.WithTimeout(context.Background(), drainTimeout)
+	defer cancel()
+	if d.imap != nil {
+		if err := d.imap.Shutdown(drainCtx); err != nil {
+			d.log.Warn("sessions did not end in time; closed them", "err", err)
+		}
+	}
+	d.close()
+	return err
+}
+
+func (d *daemon) close() {
+	for _, sl := range d.listeners {
+		sl.l.Close()
+	}
+	if d.imap != nil {
+		d.imap.Close()
+	}
+	if d.control != nil {
+		d.control.Close()
+		os.Remove(filepath.Join(d.cfg.StateDir, controlFile))
+	}
+	if d.broker != nil {
+		d.broker.Close()
+	}
+	if d.store != nil {
+		d.store.Close()
+	}
+}
+
+func upstreamTLSConfig(lc *config.Listener) (*tls.Config, error) {
+	host, _, err := net.SplitHostPort(lc.Upstream)
+	if err != nil {
+		return nil, err
+	}
+	conf := &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12}
+	if lc.UpstreamCAFile == "" {
+		return conf, nil
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil {
+		pool = x509.NewCertPool()
+	}
+	pem, err := os.ReadFile(lc.UpstreamCAFile)
+	if err != nil {
+		return nil, err
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s: no PEM certificate found", lc.UpstreamCAFile)
+	}
+	conf.RootCAs = pool
+	return conf, nil
+}
+
+func localTLSConfig(lc *config.Listener) (*tls.Config, error) {
+	if lc.TLSCertFile == "" {
+		return nil, nil
+	}
+	cert, err := tls.LoadX509KeyPair(lc.TLSCertFile, lc.TLSKeyFile)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
+}

@@ -1,0 +1,89 @@
+package test
+
+import (
+	"bufio"
+	"context"
+	"os/exec"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestConfigErrorsNameKeyAndLine(t *testing.T) {
+	dir := t.TempDir()
+	tests := []struct {
+		name   string
+		config string
+		want   []string
+	}{
+		{"unknown key", "state_dir = \"" + dir + "\"\n\n[imap]\nlisten = [\"127.0.0.1:0\"]\nlisten_adress = \"x\"\n",
+			[]string{"listen_adress", ":5"}},
+		{"missing secret file", "state_dir = \"" + dir + "\"\n[[app]]\nname = \"a\"\ntenant = \"contoso.onmicrosoft.com\"\nclient_id = \"" + clientID + "\"\nclient_secret_file = \"/nonexistent/secret\"\n",
+			[]string{"client_secret_file", ":6", "/nonexistent/secret"}},
+		{"syntax", "state_dir = \n", []string{":1"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := writeFile(t, dir, "broker.toml", []byte(tt.config))
+			_, stderr, err := runBroker("serve", "-config", path)
+			if err == nil {
+				t.Fatalf("serve with a bad config exited 0")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(stderr, w) {
+					t.Errorf("error %q does not name %q", stderr, w)
+				}
+			}
+		})
+	}
+}
+
+func TestSecondDaemonRefused(t *testing.T) {
+	env := newSimEnv(t)
+	_, stderr, err := runBroker("serve", "-config", env.Daemon.config)
+	if err == nil {
+		t.Fatal("a second daemon on the same state_dir exited 0")
+	}
+	if !strings.Contains(stderr, "in use by another broker process") {
+		t.Fatalf("second daemon: got %q, want it to say the database is in use by another broker process", stderr)
+	}
+}
+
+// TestDevMode runs the README's first command and the curl command it
+// prints, exactly as a newcomer would.
+func TestDevMode(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, brokerBin, "serve", "-dev", "-dev-listen", "127.0.0.1:0")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		cmd.Process.Signal(interruptSignal)
+		cmd.Wait()
+	}()
+	curlRE := regexp.MustCompile(`^\s+(curl .*)$`)
+	sc := bufio.NewScanner(stdout)
+	var curl string
+	for sc.Scan() {
+		if m := curlRE.FindStringSubmatch(sc.Text()); m != nil {
+			curl = m[1]
+			break
+		}
+	}
+	if curl == "" {
+		t.Fatal("serve -dev printed no curl command")
+	}
+	out, err := exec.CommandContext(ctx, "sh", "-c", curl).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s: %v\n%s", curl, err, out)
+	}
+	if n := strings.Count(string(out), "Subject:"); n < 3 {
+		t.Fatalf("the printed curl command listed %d subjects, want the 3 seeded:\n%s", n, out)
+	}
+}

@@ -1,0 +1,187 @@
+package test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// daemonStartTimeout bounds how long a daemon may take to bind its listeners.
+const daemonStartTimeout = 30 * time.Second
+
+// daemon is a running `broker serve` process.
+type daemon struct {
+	t        *testing.T
+	cmd      *exec.Cmd
+	config   string
+	stateDir string
+	IMAPAddr string
+
+	mu     sync.Mutex
+	stderr bytes.Buffer
+	exited chan struct{}
+	err    error
+}
+
+var listeningRE = regexp.MustCompile(`msg=listening addr=(\S+)`)
+
+// startDaemon writes config to a file and runs `broker serve` on it until
+// the test ends. Listeners should use port 0: the daemon logs what it bound.
+func startDaemon(t *testing.T, dir, config string) *daemon {
+	t.Helper()
+	path := filepath.Join(dir, "broker.toml")
+	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := &daemon{t: t, config: path, exited: make(chan struct{})}
+	d.cmd = exec.Command(brokerBin, "serve", "-config", path)
+	pr, pw := io.Pipe()
+	d.cmd.Stderr = pw
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	addrs := make(chan string, 4)
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			line := sc.Text()
+			d.mu.Lock()
+			d.stderr.WriteString(line + "\n")
+			d.mu.Unlock()
+			if m := listeningRE.FindStringSubmatch(line); m != nil {
+				addrs <- m[1]
+			}
+		}
+	}()
+	go func() {
+		d.err = d.cmd.Wait()
+		pw.Close()
+		close(d.exited)
+	}()
+	t.Cleanup(d.stop)
+	select {
+	case d.IMAPAddr = <-addrs:
+	case <-d.exited:
+		t.Fatalf("broker exited at start-up: %v\n%s", d.err, d.Log())
+	case <-time.After(daemonStartTimeout):
+		t.Fatalf("broker did not start listening in %v\n%s", daemonStartTimeout, d.Log())
+	}
+	return d
+}
+
+// Log returns everything the daemon wrote to stderr so far.
+func (d *daemon) Log() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.stderr.String()
+}
+
+// stop sends SIGTERM and waits for a clean exit.
+func (d *daemon) stop() {
+	select {
+	case <-d.exited:
+		return
+	default:
+	}
+	d.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-d.exited:
+		if d.err != nil {
+			d.t.Errorf("broker exited with %v\n%s", d.err, d.Log())
+		}
+	case <-time.After(30 * time.Second):
+		d.cmd.Process.Kill()
+		<-d.exited
+		d.t.Errorf("broker did not stop on SIGINT within 30s\n%s", d.Log())
+	}
+}
+
+// cli runs a broker subcommand against the daemon's config and returns its
+// stdout; it fails the test on a non-zero exit.
+func (d *daemon) cli(args ...string) string {
+	d.t.Helper()
+	out, errOut, err := runBroker(append(args, "-config", d.config)...)
+	if err != nil {
+		d.t.Fatalf("broker %s: %v\n%s", strings.Join(args, " "), err, errOut)
+	}
+	return out
+}
+
+// addAppPassword issues an app password through the CLI and returns it.
+func (d *daemon) addAppPassword(mailbox string) (id, password string) {
+	d.t.Helper()
+	out := strings.TrimSpace(d.cli("app-password", "add", mailbox, "-label", "test"))
+	lines := strings.Split(out, "\n")
+	password = lines[len(lines)-1]
+	if m := regexp.MustCompile(`App password (\S+) for`).FindStringSubmatch(out); m != nil {
+		id = m[1]
+	}
+	if len(password) != 32 || id == "" {
+		d.t.Fatalf("app-password add printed %q; want a 32-character password last and its ID", out)
+	}
+	return id, password
+}
+
+func runBroker(args ...string) (stdout, stderr string, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, brokerBin, args...)
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err = cmd.Run()
+	return out.String(), errOut.String(), err
+}
+
+// writeFile writes data to dir/name and returns the path.
+func writeFile(t *testing.T, dir, name string, data []byte) string {
+	t.Helper()
+	path := filepath.Join(dir, name)
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// brokerConfig renders a one-app, one-account configuration.
+func brokerConfig(stateDir, upstream, caFile, authority, tenant, clientID, secretFile, mailbox string) string {
+	return fmt.Sprintf(`state_dir = %q
+
+[imap]
+listen = ["127.0.0.1:0"]
+upstream = %q
+upstream_ca_file = %q
+
+[[app]]
+name = "contoso"
+tenant = %q
+client_id = %q
+client_secret_file = %q
+authority = %q
+
+[[account]]
+mailbox = %q
+app = "contoso"
+flow = "client_credentials"
+`, stateDir, upstream, caFile, tenant, clientID, secretFile, authority, mailbox)
+}
+
+var interruptSignal = os.Interrupt
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(data)
+}
