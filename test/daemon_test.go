@@ -21,7 +21,7 @@ const daemonStartTimeout = 30 * time.Second
 
 // daemon is a running `broker serve` process.
 type daemon struct {
-	t        *testing.T
+	t        testing.TB
 	cmd      *exec.Cmd
 	config   string
 	stateDir string
@@ -37,14 +37,20 @@ var listeningRE = regexp.MustCompile(`msg=listening addr=(\S+)`)
 
 // startDaemon writes config to a file and runs `broker serve` on it until
 // the test ends. Listeners should use port 0: the daemon logs what it bound.
-func startDaemon(t *testing.T, dir, config string) *daemon {
+func startDaemon(t testing.TB, dir, config string) *daemon {
+	t.Helper()
+	return startDaemonBin(t, brokerBin, dir, config)
+}
+
+// startDaemonBin is startDaemon with another build of broker.
+func startDaemonBin(t testing.TB, bin, dir, config string) *daemon {
 	t.Helper()
 	path := filepath.Join(dir, "broker.toml")
 	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	d := &daemon{t: t, config: path, exited: make(chan struct{})}
-	d.cmd = exec.Command(brokerBin, "serve", "-config", path)
+	d.cmd = exec.Command(bin, "serve", "-config", path)
 	pr, pw := io.Pipe()
 	d.cmd.Stderr = pw
 	if err := d.cmd.Start(); err != nil {
@@ -143,7 +149,7 @@ func runBroker(args ...string) (stdout, stderr string, err error) {
 }
 
 // writeFile writes data to dir/name and returns the path.
-func writeFile(t *testing.T, dir, name string, data []byte) string {
+func writeFile(t testing.TB, dir, name string, data []byte) string {
 	t.Helper()
 	path := filepath.Join(dir, name)
 	if err := os.WriteFile(path, data, 0o600); err != nil {

@@ -55,7 +55,7 @@ func newSimEnv(t *testing.T) *simEnv {
 }
 
 // dialProxy connects an imapclient to the daemon's IMAP listener.
-func dialProxy(t *testing.T, addr string) *imapclient.Client {
+func dialProxy(t testing.TB, addr string) *imapclient.Client {
 	t.Helper()
 	c, err := imapclient.DialInsecure(addr, nil)
 	if err != nil {
@@ -73,7 +73,7 @@ var m365Unavailable = m365sim.Failure{
 	Description: "AADSTS90033: A transient error has occurred. Please try again.",
 }
 
-func certPool(t *testing.T, pemData []byte) *x509.CertPool {
+func certPool(t testing.TB, pemData []byte) *x509.CertPool {
 	t.Helper()
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(pemData) {

@@ -46,7 +46,7 @@ type inProcess struct {
 	IMAPAddr string
 }
 
-func newInProcess(t *testing.T, log io.Writer) *inProcess {
+func newInProcess(t testing.TB, log io.Writer) *inProcess {
 	t.Helper()
 	entra, err := m365sim.NewEntra(m365sim.EntraOptions{})
 	if err != nil {
