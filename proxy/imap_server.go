@@ -1,0 +1,123 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"log/slog"
+	"net"
+	"time"
+)
+
+const (
+	// DefaultIMAPPreAuthTimeout is how long a client may stay silent before
+	// login (RFC 3501 §5.4 asks for at least 30 minutes once
+	// authenticated; before login a short one is fair and common).
+	DefaultIMAPPreAuthTimeout = 60 * time.Second
+	// DefaultIMAPMaxLoginFailures is how many failed logins a connection
+	// gets before it is closed.
+	DefaultIMAPMaxLoginFailures = 3
+)
+
+// IMAPOptions configures an IMAPServer. Zero values are documented defaults.
+type IMAPOptions struct {
+	// Upstream is the host:port of the upstream IMAP server, spoken to with
+	// implicit TLS. Required.
+	Upstream string
+	// UpstreamTLS configures the upstream TLS client (RootCAs etc.). Its
+	// ServerName defaults to Upstream's host and its MinVersion is at
+	// least TLS 1.2. Nil means the defaults.
+	UpstreamTLS *tls.Config
+	// TLS holds the local certificate and enables STARTTLS. Nil: no
+	// STARTTLS. (A listener from tls.NewListener is implicit TLS and needs
+	// no TLS here.)
+	TLS *tls.Config
+	// Auth checks local logins. Required.
+	Auth Authenticator
+	// Logger receives one line at the start and one at the end of each
+	// session, and failed logins. Nil means slog.Default().
+	Logger *slog.Logger
+
+	// PreAuthTimeout: DefaultIMAPPreAuthTimeout.
+	PreAuthTimeout time.Duration
+	// DialTimeout bounds connecting to upstream: DefaultIMAPDialTimeout.
+	DialTimeout time.Duration
+	// LoginTimeout bounds one whole login: DefaultIMAPLoginTimeout.
+	LoginTimeout time.Duration
+	// MaxLoginFailures: DefaultIMAPMaxLoginFailures.
+	MaxLoginFailures int
+}
+
+// IMAPServer accepts local IMAP clients, logs them in upstream and relays
+// their sessions.
+type IMAPServer struct {
+	opts        IMAPOptions
+	upstreamTLS *tls.Config
+	tls         *tls.Config
+	logger      *slog.Logger
+	srv         *connServer
+}
+
+// NewIMAPServer returns a server configured by opts, which it copies.
+func NewIMAPServer(opts *IMAPOptions) *IMAPServer {
+	s := &IMAPServer{opts: *opts}
+	o := &s.opts
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.PreAuthTimeout <= 0 {
+		o.PreAuthTimeout = DefaultIMAPPreAuthTimeout
+	}
+	if o.DialTimeout <= 0 {
+		o.DialTimeout = DefaultIMAPDialTimeout
+	}
+	if o.LoginTimeout <= 0 {
+		o.LoginTimeout = DefaultIMAPLoginTimeout
+	}
+	if o.MaxLoginFailures <= 0 {
+		o.MaxLoginFailures = DefaultIMAPMaxLoginFailures
+	}
+	s.logger = o.Logger.With("proto", string(IMAP))
+
+	s.upstreamTLS = &tls.Config{}
+	if o.UpstreamTLS != nil {
+		s.upstreamTLS = o.UpstreamTLS.Clone()
+	}
+	if s.upstreamTLS.ServerName == "" {
+		if host, _, err := net.SplitHostPort(o.Upstream); err == nil {
+			s.upstreamTLS.ServerName = host
+		}
+	}
+	s.upstreamTLS.MinVersion = max(s.upstreamTLS.MinVersion, tls.VersionTLS12)
+	if o.TLS != nil {
+		s.tls = o.TLS.Clone()
+		s.tls.MinVersion = max(s.tls.MinVersion, tls.VersionTLS12)
+	}
+	s.srv = newConnServer(s.logger, s.handle)
+	return s
+}
+
+// Serve accepts connections on l until Close or Shutdown, then returns
+// ErrServerClosed. Connections that l returns as *tls.Conn (tls.NewListener)
+// are implicit TLS: no STARTTLS is offered on them.
+func (s *IMAPServer) Serve(l net.Listener) error {
+	if s.opts.Upstream == "" || s.opts.Auth == nil {
+		return errors.New("proxy: IMAPOptions.Upstream and Auth are required")
+	}
+	return s.srv.serve(l)
+}
+
+// Close closes the listeners and every session now.
+func (s *IMAPServer) Close() error { return s.srv.close() }
+
+// Shutdown stops accepting and waits for the sessions to end until ctx is
+// done; then it closes the sessions left and returns ctx's error.
+func (s *IMAPServer) Shutdown(ctx context.Context) error { return s.srv.shutdown(ctx) }
+
+// Sessions returns the number of live sessions, logged in or not.
+func (s *IMAPServer) Sessions() int { return s.srv.count() }
+
+func (s *IMAPServer) handle(tc *trackedConn) {
+	sess := newIMAPSession(s, tc)
+	sess.run()
+}

@@ -1,0 +1,426 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"time"
+)
+
+const (
+	// imapMaxBadCommands is how many invalid or refused commands a client
+	// may send before login; a client that keeps sending garbage is not
+	// going to log in.
+	imapMaxBadCommands = 10
+	// imapMaxReplyText bounds the text of a reply built from an
+	// Authenticator's Reason.
+	imapMaxReplyText = 200
+)
+
+// imapAuthenticatedCommands are refused before login with "Log in first"
+// rather than as unknown.
+var imapAuthenticatedCommands = map[string]bool{
+	"SELECT": true, "EXAMINE": true, "CREATE": true, "DELETE": true, "RENAME": true,
+	"SUBSCRIBE": true, "UNSUBSCRIBE": true, "LIST": true, "LSUB": true, "STATUS": true,
+	"APPEND": true, "CHECK": true, "CLOSE": true, "EXPUNGE": true, "SEARCH": true,
+	"FETCH": true, "STORE": true, "COPY": true, "MOVE": true, "UID": true, "IDLE": true,
+	"ENABLE": true, "NAMESPACE": true, "UNSELECT": true, "GETQUOTA": true,
+	"GETQUOTAROOT": true, "GETACL": true, "MYRIGHTS": true, "COMPRESS": true,
+}
+
+// imapSession is one client connection: the pre-login dialogue handled
+// here, then the splice to upstream.
+type imapSession struct {
+	srv   *IMAPServer
+	tc    *trackedConn
+	conn  net.Conn // the client connection, a *tls.Conn once TLS is on
+	isTLS bool
+	r     *imapReader // nil once spliced
+	log   *slog.Logger
+
+	failures int // failed logins
+	bad      int // invalid or refused commands
+
+	account string
+	stats   spliceStats
+	reason  string // why the session ended
+}
+
+func newIMAPSession(srv *IMAPServer, tc *trackedConn) *imapSession {
+	s := &imapSession{srv: srv, tc: tc, conn: tc.conn, log: srv.logger.With("session", tc.id)}
+	_, s.isTLS = tc.conn.(*tls.Conn)
+	s.r = newIMAPReader(s.conn, s.continueLiteral)
+	return s
+}
+
+func (s *imapSession) run() {
+	s.log.Info("session start", "remote", s.tc.conn.RemoteAddr().String(), "tls", s.isTLS)
+	defer s.logEnd()
+	if s.isTLS {
+		// Implicit TLS (RFC 8314): handshake before the greeting, bounded.
+		if err := s.handshake(s.conn.(*tls.Conn)); err != nil {
+			return
+		}
+	}
+	if !s.write("* OK [CAPABILITY " + s.capabilities() + "] broker ready") {
+		return
+	}
+	for {
+		s.conn.SetReadDeadline(time.Now().Add(s.srv.opts.PreAuthTimeout))
+		cmd, err := s.r.readCommand()
+		if err != nil {
+			if s.readFailed(err) {
+				return
+			}
+			continue
+		}
+		if s.execute(cmd) {
+			return
+		}
+	}
+}
+
+func (s *imapSession) logEnd() {
+	reason := s.reason
+	if s.tc.closedByServer() {
+		reason = "server closed"
+	}
+	s.log.Info("session end",
+		"remote", s.tc.conn.RemoteAddr().String(),
+		"account", s.account,
+		"bytes_up", s.stats.up,
+		"bytes_down", s.stats.down,
+		"duration", time.Since(s.tc.start).Round(time.Millisecond),
+		"reason", reason)
+}
+
+// capabilities lists what the client may use before login.
+func (s *imapSession) capabilities() string {
+	c := "IMAP4rev1 SASL-IR LITERAL+ ID AUTH=PLAIN"
+	if s.srv.tls != nil && !s.isTLS {
+		c += " STARTTLS"
+	}
+	return c
+}
+
+// write sends response lines at once. It returns false, with the session's
+// end reason set, if the client cannot be written to.
+func (s *imapSession) write(lines ...string) bool {
+	if err := s.writeErr(lines...); err != nil {
+		s.reason = "client write: " + err.Error()
+		return false
+	}
+	return true
+}
+
+func (s *imapSession) writeErr(lines ...string) error {
+	var b []byte
+	for _, l := range lines {
+		b = append(append(b, l...), "\r\n"...)
+	}
+	s.conn.SetWriteDeadline(time.Now().Add(s.srv.opts.PreAuthTimeout))
+	_, err := s.conn.Write(b)
+	return err
+}
+
+// continueLiteral asks for a synchronising literal (RFC 3501 §7.5).
+func (s *imapSession) continueLiteral() error { return s.writeErr("+ Ready for literal data") }
+
+// readFailed answers a failed read and reports whether the session ends.
+func (s *imapSession) readFailed(err error) (end bool) {
+	var se *imapSyntaxError
+	switch {
+	case errors.As(err, &se):
+		tag := se.tag
+		if tag == "" {
+			tag = "*"
+		}
+		if se.fatal {
+			s.reason = "protocol error: " + se.text
+			s.write(tag+" BAD "+se.text, "* BYE "+se.text)
+			return true
+		}
+		return s.refuse(tag + " BAD " + se.text)
+	case isTimeout(err):
+		s.reason = "idle timeout"
+		s.write("* BYE Autologout; idle for too long")
+	case err == io.EOF:
+		s.reason = "client closed"
+	default:
+		s.reason = "client read: " + err.Error()
+	}
+	return true
+}
+
+// refuse answers an invalid or refused command and ends the session when
+// the client has sent too many.
+func (s *imapSession) refuse(reply string) (end bool) {
+	s.bad++
+	if s.bad >= imapMaxBadCommands {
+		s.reason = "too many invalid commands"
+		s.write(reply, "* BYE Too many invalid commands")
+		return true
+	}
+	return !s.write(reply)
+}
+
+func (s *imapSession) execute(cmd *imapCommand) (end bool) {
+	tag := cmd.tag
+	switch cmd.name {
+	case "CAPABILITY":
+		return !s.write("* CAPABILITY "+s.capabilities(), tag+" OK CAPABILITY completed")
+	case "NOOP":
+		return !s.write(tag + " OK NOOP completed")
+	case "LOGOUT":
+		s.reason = "logout"
+		s.write("* BYE Logging out", tag+" OK LOGOUT completed")
+		return true
+	case "ID":
+		return !s.write(`* ID ("name" "broker")`, tag+" OK ID completed")
+	case "STARTTLS":
+		return s.startTLS(tag)
+	case "LOGIN":
+		return s.login(tag, "LOGIN", string(cmd.args[0]), string(cmd.args[1]))
+	case "AUTHENTICATE":
+		return s.authenticate(cmd)
+	}
+	if imapAuthenticatedCommands[cmd.name] {
+		return s.refuse(tag + " BAD Log in first")
+	}
+	return s.refuse(tag + " BAD Unknown command")
+}
+
+// startTLS runs STARTTLS (RFC 3501 §6.2.1).
+func (s *imapSession) startTLS(tag string) (end bool) {
+	if s.srv.tls == nil || s.isTLS {
+		return s.refuse(tag + " BAD STARTTLS not available")
+	}
+	if !s.write(tag + " OK Begin TLS negotiation now") {
+		return true
+	}
+	// Whatever the client sent after the command was sent in plaintext
+	// and may be an attacker's injection: the new reader drops it.
+	conn := tls.Server(s.conn, s.srv.tls)
+	if err := s.handshake(conn); err != nil {
+		return true
+	}
+	s.conn, s.isTLS = conn, true
+	s.r = newIMAPReader(conn, s.continueLiteral)
+	return false
+}
+
+func (s *imapSession) handshake(conn *tls.Conn) error {
+	ctx, cancel := context.WithTimeout(s.srv.srv.ctx, s.srv.opts.PreAuthTimeout)
+	defer cancel()
+	err := conn.HandshakeContext(ctx)
+	if err != nil {
+		s.reason = "tls handshake: " + err.Error()
+	}
+	return err
+}
+
+// authenticate runs AUTHENTICATE PLAIN (RFC 3501 §6.2.2, RFC 4616) with or
+// without an initial response (RFC 4959).
+func (s *imapSession) authenticate(cmd *imapCommand) (end bool) {
+	tag := cmd.tag
+	if !strings.EqualFold(string(cmd.args[0]), "PLAIN") {
+		return s.refuse(tag + " NO [CANNOT] Unsupported authentication mechanism")
+	}
+	var resp []byte
+	if len(cmd.args) == 2 {
+		resp = cmd.args[1]
+	} else {
+		if !s.write("+ ") {
+			return true
+		}
+		s.conn.SetReadDeadline(time.Now().Add(s.srv.opts.PreAuthTimeout))
+		line, err := s.r.readResponseLine()
+		if err != nil {
+			return s.readFailed(err)
+		}
+		if string(line) == "*" {
+			return s.loginFailed(tag + " BAD AUTHENTICATE cancelled")
+		}
+		resp = line
+	}
+	var msg []byte
+	if string(resp) != "=" { // "=" is the empty initial response
+		var err error
+		if msg, err = base64.StdEncoding.DecodeString(string(resp)); err != nil {
+			return s.loginFailed(tag + " BAD Invalid base64")
+		}
+	}
+	authzid, rest, ok1 := bytes.Cut(msg, []byte{0})
+	user, pass, ok2 := bytes.Cut(rest, []byte{0})
+	if !ok1 || !ok2 || len(user) == 0 || bytes.IndexByte(pass, 0) >= 0 {
+		return s.loginFailed(tag + " BAD Invalid PLAIN response")
+	}
+	if len(authzid) > 0 && !strings.EqualFold(string(authzid), string(user)) {
+		return s.loginFailed(tag + " NO [AUTHORIZATIONFAILED] Cannot act as another user")
+	}
+	return s.login(tag, "AUTHENTICATE", string(user), string(pass))
+}
+
+// loginFailed answers a failed login and ends the session after too many.
+func (s *imapSession) loginFailed(reply string) (end bool) {
+	s.failures++
+	if s.failures >= s.srv.opts.MaxLoginFailures {
+		s.reason = "too many failed logins"
+		s.write(reply, "* BYE Too many failures")
+		return true
+	}
+	return !s.write(reply)
+}
+
+// login checks the credentials, logs in upstream and, on success, splices
+// the session. cmdName names the command in the OK.
+func (s *imapSession) login(tag, cmdName, user, pass string) (end bool) {
+	ctx, cancel := context.WithTimeout(s.srv.srv.ctx, s.srv.opts.LoginTimeout)
+	defer cancel()
+	up, err := s.srv.opts.Auth.Authenticate(ctx, &Login{
+		Protocol: IMAP,
+		Username: user,
+		Password: pass,
+		Remote:   s.tc.conn.RemoteAddr(),
+	})
+	if err == nil && (up == nil || up.SASL == nil) {
+		err = errors.New("authenticator returned no upstream")
+	}
+	if err != nil {
+		le := loginErrorOf(err)
+		level := slog.LevelWarn
+		if le.Kind == KindCredentials {
+			level = slog.LevelInfo
+		}
+		s.log.Log(ctx, level, "login failed", "user", user, "kind", le.Kind.String(), "err", le.Error())
+		return s.loginFailed(tag + " NO " + imapLoginReply(le))
+	}
+
+	u, err := s.srv.loginUpstream(ctx, s.tc, up)
+	if err != nil {
+		le := upstreamLoginError(err)
+		s.logUpstreamFailure(user, up.Account, le)
+		return s.loginFailed(tag + " NO " + imapLoginReply(le))
+	}
+	s.account = up.Account
+	if !s.write(tag + " OK " + imapCapabilityCode(u.caps) + cmdName + " completed") {
+		return true
+	}
+	s.splice(u)
+	return true
+}
+
+// logUpstreamFailure logs why upstream refused or could not be reached and
+// tells the Authenticator about a refusal.
+func (s *imapSession) logUpstreamFailure(user, account string, le *LoginError) {
+	attrs := []any{"user", user, "account", account, "kind", le.Kind.String(), "err", le.Err.Error()}
+	var rej *imapRejection
+	if errors.As(le.Err, &rej) {
+		if e, ok := explainIMAP(rej.Text); ok {
+			attrs = append(attrs, "advice", e.advice)
+		}
+	}
+	s.log.Warn("upstream login failed", attrs...)
+	if rej != nil && le.Kind == KindAccount {
+		if r, ok := s.srv.opts.Auth.(UpstreamRejectionReporter); ok {
+			r.UpstreamRejected(account, rej.Error())
+		}
+	}
+}
+
+// imapLoginReply is the text of a failed login's NO (RFC 5530 codes). The
+// detail stays in the log.
+func imapLoginReply(le *LoginError) string {
+	switch le.Kind {
+	case KindCredentials:
+		return "[AUTHENTICATIONFAILED] Invalid credentials"
+	case KindAccount:
+		return "[AUTHENTICATIONFAILED] " + replyText(le.Reason, "Account not usable, contact your administrator")
+	}
+	return "[UNAVAILABLE] " + replyText(le.Reason, imapReasonUnavailable)
+}
+
+// replyText makes s fit in a response's text: printable ASCII, bounded.
+func replyText(s, def string) string {
+	b := []byte(strings.TrimSpace(s))
+	for i, c := range b {
+		if c < ' ' || c > '~' {
+			b[i] = '?'
+		}
+	}
+	if len(b) > imapMaxReplyText {
+		b = b[:imapMaxReplyText]
+	}
+	if len(b) == 0 {
+		return def
+	}
+	return string(b)
+}
+
+// imapCapabilityCode returns "[CAPABILITY ...] " for upstream's
+// capabilities (RFC 3501 §7.1), or "" if there are none fit to relay.
+func imapCapabilityCode(caps []string) string {
+	var b strings.Builder
+	for _, c := range caps {
+		ok := c != ""
+		for i := 0; i < len(c); i++ {
+			ok = ok && isAtomChar(c[i])
+		}
+		if ok {
+			b.WriteString(" " + c)
+		}
+	}
+	if b.Len() == 0 {
+		return ""
+	}
+	return "[CAPABILITY" + b.String() + "] "
+}
+
+// loginUpstream connects to upstream and logs in with up.SASL.
+func (s *IMAPServer) loginUpstream(ctx context.Context, tc *trackedConn, up *Upstream) (*imapUpstream, error) {
+	conn, err := dialIMAPUpstream(ctx, s.opts.Upstream, s.upstreamTLS, s.opts.DialTimeout)
+	if err != nil {
+		return nil, fmt.Errorf("connecting to %s: %w", s.opts.Upstream, err)
+	}
+	if !tc.attach(conn) {
+		return nil, net.ErrClosed
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	}
+	u := &imapUpstream{conn: conn, br: bufio.NewReaderSize(conn, imapUpstreamReadBuffer)}
+	if err := u.login(up.SASL); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	conn.SetDeadline(time.Time{})
+	return u, nil
+}
+
+// splice relays the logged-in session. The pre-login readers' buffered
+// bytes (commands the client pipelined after LOGIN, data upstream sent after
+// its OK) go first; then the readers are dropped.
+func (s *imapSession) splice(u *imapUpstream) {
+	clientPending, upstreamPending := buffered(s.r.br), buffered(u.br)
+	client, upstream := s.conn, u.conn
+	s.r, u.br = nil, nil
+	client.SetDeadline(time.Time{})
+	s.stats = splice(client, clientPending, upstream, upstreamPending, s.tc.Close)
+	s.reason = s.stats.reason
+}
+
+func buffered(br *bufio.Reader) []byte {
+	if br.Buffered() == 0 {
+		return nil
+	}
+	b, _ := br.Peek(br.Buffered())
+	return append([]byte(nil), b...)
+}

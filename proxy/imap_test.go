@@ -1,0 +1,706 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mailbroker/broker/proxy/xoauth2"
+)
+
+func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+
+func TestIMAPLoginForms(t *testing.T) {
+	up := startStub(t, defaultStub())
+	const pass = `p"a\ss word`
+	tests := []struct {
+		name   string
+		pass   string
+		script []string // client lines; "<" expects a line with this prefix
+		ok     string   // the tagged OK's prefix
+	}{
+		{"atom", "s3cret!", []string{"a LOGIN alice@example.com s3cret!\r\n"}, "a OK [CAPABILITY IMAP4rev1 IDLE LITERAL+ UIDPLUS] LOGIN completed"},
+		{"quoted", pass, []string{`a LOGIN "alice@example.com" "p\"a\\ss word"` + "\r\n"}, "a OK [CAPABILITY"},
+		{"literal", pass, []string{"a LOGIN {17}\r\n", "<+ ", "alice@example.com {11}\r\n", "<+ ", pass + "\r\n"}, "a OK [CAPABILITY"},
+		{"literal+", pass, []string{"a LOGIN {17+}\r\nalice@example.com {11+}\r\n" + pass + "\r\n"}, "a OK [CAPABILITY"},
+		{"mixed case", "pw", []string{"a login ALICE@example.com pw\r\n"}, "a OK [CAPABILITY"},
+		{"plain IR", pass, []string{"a AUTHENTICATE PLAIN " + b64("\x00alice@example.com\x00"+pass) + "\r\n"}, "a OK [CAPABILITY IMAP4rev1 IDLE LITERAL+ UIDPLUS] AUTHENTICATE completed"},
+		{"plain continuation", pass, []string{"a AUTHENTICATE plain\r\n", "<+ ", b64("\x00alice@example.com\x00"+pass) + "\r\n"}, "a OK [CAPABILITY"},
+		{"plain authzid", "pw", []string{"a AUTHENTICATE PLAIN " + b64("alice@example.com\x00alice@example.com\x00pw") + "\r\n"}, "a OK [CAPABILITY"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, addr := startProxy(t, IMAPOptions{Auth: &stubAuth{pass: tt.pass}}, up)
+			c := dialClient(t, addr)
+			c.greet()
+			for _, l := range tt.script {
+				if p, ok := strings.CutPrefix(l, "<"); ok {
+					c.expect(p)
+				} else {
+					c.send(l)
+				}
+			}
+			c.expect(tt.ok)
+			c.send("b NOOP\r\n")
+			c.expect("b OK NOOP done by stub")
+		})
+	}
+}
+
+func TestIMAPAuthenticateFailures(t *testing.T) {
+	up := startStub(t, defaultStub())
+	tests := []struct {
+		name   string
+		script []string
+		reply  string
+	}{
+		{"cancel", []string{"a AUTHENTICATE PLAIN\r\n", "<+ ", "*\r\n"}, "a BAD AUTHENTICATE cancelled"},
+		{"bad base64 IR", []string{"a AUTHENTICATE PLAIN !!!!\r\n"}, "a BAD Invalid base64"},
+		{"bad base64 continuation", []string{"a AUTHENTICATE PLAIN\r\n", "<+ ", "not base64\r\n"}, "a BAD Invalid base64"},
+		{"empty IR", []string{"a AUTHENTICATE PLAIN =\r\n"}, "a BAD Invalid PLAIN response"},
+		{"one NUL", []string{"a AUTHENTICATE PLAIN " + b64("alice\x00pw") + "\r\n"}, "a BAD Invalid PLAIN response"},
+		{"other authzid", []string{"a AUTHENTICATE PLAIN " + b64("bob\x00alice\x00pw") + "\r\n"}, "a NO [AUTHORIZATIONFAILED]"},
+		{"mechanism", []string{"a AUTHENTICATE CRAM-MD5\r\n"}, "a NO [CANNOT] Unsupported authentication mechanism"},
+		{"wrong password", []string{"a AUTHENTICATE PLAIN " + b64("\x00alice\x00nope") + "\r\n"}, "a NO [AUTHENTICATIONFAILED] Invalid credentials"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			auth := &stubAuth{pass: "pw"}
+			_, addr := startProxy(t, IMAPOptions{Auth: auth}, up)
+			c := dialClient(t, addr)
+			c.greet()
+			for _, l := range tt.script {
+				if p, ok := strings.CutPrefix(l, "<"); ok {
+					c.expect(p)
+				} else {
+					c.send(l)
+				}
+			}
+			c.expect(tt.reply)
+			// The session goes on.
+			c.send("b NOOP\r\n")
+			c.expect("b OK NOOP completed")
+		})
+	}
+}
+
+func TestIMAPInvalidCredentials(t *testing.T) {
+	up := startStub(t, defaultStub())
+	auth := &stubAuth{pass: "pw"}
+	_, addr := startProxy(t, IMAPOptions{Auth: auth}, up)
+	c := dialClient(t, addr)
+	c.greet()
+	c.send("a LOGIN unknown pw\r\n")
+	unknown := c.line()
+	c.send("a LOGIN alice wrong\r\n")
+	wrong := c.line()
+	const want = "a NO [AUTHENTICATIONFAILED] Invalid credentials"
+	if unknown != want || wrong != want {
+		t.Fatalf("got %q and %q, want both %q", unknown, wrong, want)
+	}
+	c.send("c LOGIN alice wrong\r\n")
+	c.expect("c NO [AUTHENTICATIONFAILED] Invalid credentials")
+	c.expect("* BYE Too many failures")
+	c.expectClosed()
+	if n := auth.calls.Load(); n != 3 {
+		t.Fatalf("Authenticate called %d times, want 3", n)
+	}
+}
+
+func TestIMAPAuthenticatorErrors(t *testing.T) {
+	up := startStub(t, defaultStub())
+	tests := []struct {
+		err   error
+		reply string
+	}{
+		{&LoginError{Kind: KindAccount, Reason: "Consent missing, ask your administrator", Err: errors.New("AADSTS65001")}, "a NO [AUTHENTICATIONFAILED] Consent missing, ask your administrator"},
+		{&LoginError{Kind: KindUnavailable, Reason: "Token service down", Err: errors.New("503")}, "a NO [UNAVAILABLE] Token service down"},
+		{&LoginError{Kind: KindUnavailable}, "a NO [UNAVAILABLE] Upstream server unavailable, try again later"},
+		{&LoginError{Kind: KindAccount, Reason: "bad\r\nreason\x00é"}, "a NO [AUTHENTICATIONFAILED] bad??reason???"},
+		{errors.New("database locked"), "a NO [UNAVAILABLE] temporary failure, try again later"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.reply, func(t *testing.T) {
+			log, logs := newTestLogger(t)
+			_, addr := startProxy(t, IMAPOptions{Auth: &stubAuth{pass: "pw", err: tt.err}, Logger: log}, up)
+			c := dialClient(t, addr)
+			c.greet()
+			c.send("a LOGIN alice pw\r\n")
+			if got := c.line(); got != tt.reply {
+				t.Fatalf("got %q, want %q", got, tt.reply)
+			}
+			if le := loginErrorOf(tt.err); le.Err != nil && !strings.Contains(logs.String(), le.Err.Error()) {
+				t.Fatalf("log lacks the detail %q:\n%s", le.Err, logs)
+			}
+		})
+	}
+}
+
+func TestIMAPUpstreamUnavailable(t *testing.T) {
+	closedAddr := func() string {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := l.Addr().String()
+		l.Close()
+		return addr
+	}()
+	bye := defaultStub()
+	bye.Greeting = "* BYE too busy"
+	throttled := defaultStub()
+	throttled.Reject = "BAD Request is throttled. Suggested Backoff Time: 100 milliseconds"
+	tests := []struct {
+		name     string
+		stub     *stubUpstream
+		upstream string
+		tls      *tls.Config
+	}{
+		{name: "refused", upstream: closedAddr},
+		{name: "untrusted certificate", stub: defaultStub(), tls: &tls.Config{}},
+		{name: "greeting BYE", stub: bye},
+		{name: "throttled", stub: throttled},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.stub != nil {
+				startStub(t, tt.stub)
+				tt.upstream = tt.stub.addr
+			}
+			auth := &stubAuth{pass: "pw"}
+			log, logs := newTestLogger(t)
+			_, addr := startProxy(t, IMAPOptions{Auth: auth, Upstream: tt.upstream, UpstreamTLS: tt.tls, Logger: log}, nil)
+			c := dialClient(t, addr)
+			c.greet()
+			c.send("a LOGIN alice pw\r\n")
+			c.expect("a NO [UNAVAILABLE] Upstream server unavailable, try again later")
+			if r := auth.rejections(); len(r) != 0 {
+				t.Fatalf("UpstreamRejected called: %q", r)
+			}
+			if !strings.Contains(logs.String(), "upstream login failed") {
+				t.Fatalf("log lacks the failure:\n%s", logs)
+			}
+		})
+	}
+}
+
+func TestIMAPUpstreamRejected(t *testing.T) {
+	refused := defaultStub()
+	refused.Reject = "NO AUTHENTICATE failed."
+	notConnected := defaultStub()
+	notConnected.CapsInOK = false
+	notConnected.CapFail = "BAD User is authenticated but not connected."
+	tests := []struct {
+		name   string
+		stub   *stubUpstream
+		detail []string // in UpstreamRejected's detail
+		advice string   // in the log
+	}{
+		{"AUTHENTICATE failed", refused, []string{"AUTHENTICATE failed.", xoauth2.DefaultErrorChallenge}, "Set-CASMailbox -Identity <mailbox> -ImapEnabled $true"},
+		{"not connected", notConnected, []string{"User is authenticated but not connected."}, "Add-MailboxPermission"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			startStub(t, tt.stub)
+			auth := &stubAuth{pass: "pw"}
+			log, logs := newTestLogger(t)
+			_, addr := startProxy(t, IMAPOptions{Auth: auth, Logger: log}, tt.stub)
+			c := dialClient(t, addr)
+			c.greet()
+			c.send("a LOGIN alice pw\r\n")
+			if l := c.expect("a NO [AUTHENTICATIONFAILED] Mailbox login refused by the mail server"); strings.Contains(l, "Set-") {
+				t.Fatalf("advice sent to the client: %q", l)
+			}
+			r := auth.rejections()
+			if len(r) != 1 || !strings.HasPrefix(r[0], "alice: ") {
+				t.Fatalf("UpstreamRejected: got %q, want one call for alice", r)
+			}
+			for _, d := range tt.detail {
+				if !strings.Contains(r[0], d) {
+					t.Fatalf("detail %q lacks %q", r[0], d)
+				}
+			}
+			if !strings.Contains(logs.String(), tt.advice) {
+				t.Fatalf("log lacks advice %q:\n%s", tt.advice, logs)
+			}
+		})
+	}
+}
+
+func TestIMAPUpstreamCapabilities(t *testing.T) {
+	noIR := defaultStub()
+	noIR.Greeting = "* OK stub ready"
+	noIR.PreCaps = "IMAP4rev1 AUTH=XOAUTH2"
+	noIR.CapsInOK = false
+	exchange := defaultStub()
+	exchange.Greeting = "* OK The Microsoft Exchange IMAP4 service is ready. [TQBOADIAUABSADEAMgBDAEEAMAAwADAANgAuAG4AYQBtAHAA]"
+	exchange.CapsInOK = false
+	exchange.Caps = "IMAP4 IMAP4rev1 AUTH=PLAIN AUTH=XOAUTH2 SASL-IR UIDPLUS MOVE ID UNSELECT CHILDREN IDLE NAMESPACE LITERAL+"
+	greetNoIR := defaultStub()
+	greetNoIR.Greeting = "* OK [CAPABILITY IMAP4rev1 AUTH=XOAUTH2] ready"
+	tests := []struct {
+		name         string
+		stub         *stubUpstream
+		inline, cont int32
+		ok           string
+	}{
+		{"caps in greeting and OK", defaultStub(), 1, 0, "a OK [CAPABILITY IMAP4rev1 IDLE LITERAL+ UIDPLUS] LOGIN completed"},
+		{"no SASL-IR", noIR, 0, 1, "a OK [CAPABILITY IMAP4rev1 IDLE LITERAL+ UIDPLUS] LOGIN completed"},
+		{"no SASL-IR in greeting", greetNoIR, 0, 1, "a OK [CAPABILITY"},
+		{"exchange", exchange, 1, 0, "a OK [CAPABILITY " + exchange.Caps + "] LOGIN completed"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			startStub(t, tt.stub)
+			_, addr := startProxy(t, IMAPOptions{Auth: &stubAuth{pass: "pw"}}, tt.stub)
+			c := dialClient(t, addr)
+			c.greet()
+			c.send("a LOGIN alice pw\r\n")
+			if got := c.line(); !strings.HasPrefix(got, tt.ok) {
+				t.Fatalf("got %q, want prefix %q", got, tt.ok)
+			}
+			if i, n := tt.stub.inlineIR.Load(), tt.stub.continueIR.Load(); i != tt.inline || n != tt.cont {
+				t.Fatalf("initial responses inline %d, after + %d; want %d, %d", i, n, tt.inline, tt.cont)
+			}
+		})
+	}
+}
+
+func TestIMAPPipelinedAfterLogin(t *testing.T) {
+	up := startStub(t, defaultStub())
+	_, addr := startProxy(t, IMAPOptions{Auth: &stubAuth{pass: "pw"}}, up)
+	c := dialClient(t, addr)
+	c.greet()
+	c.send("a LOGIN alice pw\r\nb NOOP\r\nc FOO bar\r\n")
+	c.expect("a OK [CAPABILITY")
+	c.expect("b OK NOOP done by stub")
+	c.expect("c OK FOO done by stub")
+}
+
+func TestIMAPUpstreamDataAfterOK(t *testing.T) {
+	stub := defaultStub()
+	stub.AfterLogin = "* 42 EXISTS\r\n* OK [ALERT] hello\r\n"
+	up := startStub(t, stub)
+	_, addr := startProxy(t, IMAPOptions{Auth: &stubAuth{pass: "pw"}}, up)
+	c := dialClient(t, addr)
+	c.greet()
+	c.send("a LOGIN alice pw\r\n")
+	c.expect("a OK [CAPABILITY")
+	c.expect("* 42 EXISTS")
+	c.expect("* OK [ALERT] hello")
+}
+
+func TestIMAPLargeLiterals(t *testing.T) {
+	up := startStub(t, defaultStub())
+	_, addr := startProxy(t, IMAPOptions{Auth: &stubAuth{pass: "pw"}}, up)
+	msg := make([]byte, 5<<20)
+	rand.Read(msg)
+	sum := sha256.Sum256(msg)
+	wantOK := fmt.Sprintf("OK APPEND %d %s", len(msg), hex.EncodeToString(sum[:]))
+
+	t.Run("APPEND", func(t *testing.T) {
+		c := dialClient(t, addr)
+		c.login("alice", "pw")
+		c.send(fmt.Sprintf("b APPEND INBOX {%d}\r\n", len(msg)))
+		c.expect("+ ")
+		c.send(string(msg) + "\r\n")
+		c.expect("b " + wantOK)
+	})
+	t.Run("APPEND non-synchronising", func(t *testing.T) {
+		c := dialClient(t, addr)
+		c.login("alice", "pw")
+		c.send(fmt.Sprintf("b APPEND INBOX {%d+}\r\n%s\r\nc NOOP\r\n", len(msg), msg))
+		c.expect("b " + wantOK)
+		c.expect("c OK NOOP done by stub")
+	})
+	t.Run("FETCH", func(t *testing.T) {
+		c := dialClient(t, addr)
+		c.login("alice", "pw")
+		const n = 5<<20 + 17
+		c.send(fmt.Sprintf("b FETCH %d\r\n", n))
+		c.expect(fmt.Sprintf("* 1 FETCH (BODY[] {%d}", n))
+		h := sha256.New()
+		if _, err := io.CopyN(h, c.br, n); err != nil {
+			t.Fatal(err)
+		}
+		want := sha256.New()
+		for m := n; m > 0; m -= min(m, len(fetchPattern)) {
+			want.Write(fetchPattern[:min(m, len(fetchPattern))])
+		}
+		if !bytes.Equal(h.Sum(nil), want.Sum(nil)) {
+			t.Fatal("FETCH body differs")
+		}
+		c.expect(")")
+		c.expect("b OK FETCH completed")
+	})
+}
+
+func TestIMAPIdle(t *testing.T) {
+	up := startStub(t, defaultStub())
+	_, addr := startProxy(t, IMAPOptions{Auth: &stubAuth{pass: "pw"}}, up)
+	c := dialClient(t, addr)
+	c.login("alice", "pw")
+	c.send("b IDLE\r\n")
+	c.expect("+ idling")
+	c.expect("* 1 EXISTS")
+	c.send("DONE\r\n")
+	c.expect("b OK IDLE terminated")
+	c.send("c LOGOUT\r\n")
+	c.expect("* BYE stub logging out")
+	c.expect("c OK LOGOUT completed")
+	c.expectClosed()
+}
+
+func TestIMAPPreAuthCommands(t *testing.T) {
+	long := "a NOOP " + strings.Repeat("x", imapMaxLine) + "\r\n"
+	tests := []struct {
+		name   string
+		script []string // "<" expects a line prefix, "<EOF" the close
+	}{
+		{"capability", []string{"a CAPABILITY\r\n", "<* CAPABILITY IMAP4rev1 SASL-IR LITERAL+ ID AUTH=PLAIN", "<a OK CAPABILITY completed"}},
+		{"noop", []string{"a noop\r\n", "<a OK NOOP completed"}},
+		{"logout", []string{"a LOGOUT\r\n", "<* BYE", "<a OK LOGOUT completed", "<EOF"}},
+		{"id nil", []string{"a ID NIL\r\n", `<* ID ("name" "broker")`, "<a OK ID completed"}},
+		{"id list", []string{`a ID ("name" "scanner" "version" NIL)` + "\r\n", `<* ID ("name" "broker")`, "<a OK ID completed"}},
+		{"id literal", []string{"a ID ({4}\r\n", "<+ ", "name {3+}\r\nacd)\r\n", `<* ID ("name" "broker")`, "<a OK ID completed"}},
+		{"id empty", []string{"a ID ()\r\n", "<* ID", "<a OK"}},
+		{"id bad", []string{"a ID (\"name\")\r\n", "<a BAD Syntax error"}},
+		{"select", []string{"a SELECT INBOX\r\n", "<a BAD Log in first"}},
+		{"select literal", []string{"a SELECT {5}\r\n", "<a BAD Log in first", "b NOOP\r\n", "<b OK"}},
+		{"select literal+", []string{"a SELECT {5+}\r\nINBOX\r\nb NOOP\r\n", "<a BAD Log in first", "<b OK"}},
+		{"unknown", []string{"a XYZZY\r\n", "<a BAD Unknown command"}},
+		{"no tag", []string{"\r\n", "<* BAD", "(x) NOOP\r\n", "<* BAD", "+ NOOP\r\n", "<* BAD"}},
+		{"no command", []string{"a\r\n", "<a BAD Missing command", "a \r\n", "<a BAD Invalid command"}},
+		{"login args", []string{"a LOGIN alice\r\n", "<a BAD Syntax error", "a LOGIN alice pw extra\r\n", "<a BAD Syntax error", "a LOGIN (alice) pw\r\n", "<a BAD Syntax error"}},
+		{"unterminated quote", []string{`a LOGIN "alice pw` + "\r\n", "<a BAD Syntax error"}},
+		{"bad escape", []string{`a LOGIN "al\ice" pw` + "\r\n", "<a BAD Syntax error"}},
+		{"noop args", []string{"a NOOP now\r\n", "<a BAD Syntax error"}},
+		{"literal not at end", []string{"a LOGIN {5} pw\r\n", "<a BAD Syntax error"}},
+		{"huge literal", []string{"a LOGIN {99999}\r\n", "<a BAD Literal too large", "b NOOP\r\n", "<b OK NOOP"}},
+		{"huge literal+", []string{"a LOGIN {99999+}\r\n", "<a BAD Literal too large", "<* BYE", "<EOF"}},
+		{"huge literal+ unknown", []string{"a FOO {99999+}\r\n", "<a BAD Literal too large", "<* BYE", "<EOF"}},
+		{"long line", []string{long, "<* BAD Line too long", "<* BYE", "<EOF"}},
+		{"long command", []string{"a ID ({4000+}\r\n" + strings.Repeat("x", 4000) + " {4000+}\r\n" + strings.Repeat("x", 4000) + ")\r\n", "<* ID", "<a OK ID completed"}},
+		{"too long command", []string{"a ID (" + strings.Repeat("{4000+}\r\n"+strings.Repeat("x", 4000)+" NIL ", 5) + ")\r\n", "<a BAD Command too long", "<* BYE", "<EOF"}},
+		{"bare LF", []string{"a NOOP\n", "<a OK NOOP completed"}},
+		{"starttls unavailable", []string{"a STARTTLS\r\n", "<a BAD STARTTLS not available"}},
+		{"many bad", []string{strings.Repeat("a BAD\r\n", imapMaxBadCommands), "<a BAD", "<a BAD", "<a BAD", "<a BAD", "<a BAD", "<a BAD", "<a BAD", "<a BAD", "<a BAD", "<a BAD", "<* BYE Too many invalid commands", "<EOF"}},
+		{"binary", []string{"\x00\x01\xff\xfe a\r\n", "<* BAD"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			auth := &stubAuth{pass: "pw"}
+			_, addr := startProxy(t, IMAPOptions{Auth: auth, Upstream: "127.0.0.1:1"}, nil)
+			c := dialClient(t, addr)
+			c.greet()
+			for _, l := range tt.script {
+				switch p, ok := strings.CutPrefix(l, "<"); {
+				case p == "EOF":
+					c.expectClosed()
+					return
+				case ok:
+					c.expect(p)
+				default:
+					c.send(l)
+				}
+			}
+			c.send("z NOOP\r\n")
+			c.expect("z OK NOOP completed")
+			if n := auth.calls.Load(); n != 0 {
+				t.Fatalf("Authenticate called %d times", n)
+			}
+		})
+	}
+}
+
+func TestIMAPPreAuthTimeout(t *testing.T) {
+	_, addr := startProxy(t, IMAPOptions{Auth: &stubAuth{}, Upstream: "127.0.0.1:1", PreAuthTimeout: 50 * time.Millisecond}, nil)
+	c := dialClient(t, addr)
+	c.greet()
+	c.expect("* BYE Autologout; idle for too long")
+	c.expectClosed()
+
+	// A literal never sent counts as idle too.
+	c = dialClient(t, addr)
+	c.greet()
+	c.send("a LOGIN {3}\r\n")
+	c.expect("+ ")
+	c.expect("* BYE Autologout")
+	c.expectClosed()
+}
+
+func startTLSClient(t *testing.T, c *testClient) *testClient {
+	t.Helper()
+	tc := tls.Client(c.c, &tls.Config{RootCAs: mustCert(t).pool, ServerName: "127.0.0.1"})
+	if err := tc.Handshake(); err != nil {
+		t.Fatalf("handshake: %v", err)
+	}
+	return newTestClient(t, tc)
+}
+
+func TestIMAPStartTLS(t *testing.T) {
+	up := startStub(t, defaultStub())
+	tlsConf := &tls.Config{Certificates: []tls.Certificate{mustCert(t).cert}}
+	auth := &stubAuth{pass: "pw"}
+	_, addr := startProxy(t, IMAPOptions{Auth: auth, TLS: tlsConf}, up)
+
+	t.Run("login", func(t *testing.T) {
+		c := dialClient(t, addr)
+		if g := c.greet(); !strings.Contains(g, " STARTTLS]") {
+			t.Fatalf("greeting %q lacks STARTTLS", g)
+		}
+		c.send("a STARTTLS\r\n")
+		c.expect("a OK Begin TLS")
+		c = startTLSClient(t, c)
+		c.send("b CAPABILITY\r\n")
+		if l := c.expect("* CAPABILITY "); strings.Contains(l, "STARTTLS") {
+			t.Fatalf("STARTTLS offered again: %q", l)
+		}
+		c.expect("b OK")
+		c.send("c STARTTLS\r\n")
+		c.expect("c BAD STARTTLS not available")
+		c.send("d LOGIN alice pw\r\n")
+		c.expect("d OK [CAPABILITY")
+		c.send("e NOOP\r\n")
+		c.expect("e OK NOOP done by stub")
+	})
+	t.Run("injection", func(t *testing.T) {
+		calls := auth.calls.Load()
+		c := dialClient(t, addr)
+		c.greet()
+		// RFC 3501 §6.2.1: what follows STARTTLS in the same packet is
+		// not protected and must not be executed.
+		c.send("a STARTTLS\r\nb LOGIN alice pw\r\nc NOOP\r\n")
+		c.expect("a OK Begin TLS")
+		c = startTLSClient(t, c)
+		c.send("d NOOP\r\n")
+		c.expect("d OK NOOP completed")
+		if n := auth.calls.Load(); n != calls {
+			t.Fatalf("injected LOGIN reached the Authenticator")
+		}
+	})
+	t.Run("handshake garbage", func(t *testing.T) {
+		c := dialClient(t, addr)
+		c.greet()
+		c.send("a STARTTLS\r\n")
+		c.expect("a OK Begin TLS")
+		c.send("b LOGIN alice pw\r\n")
+		c.expectClosed()
+	})
+}
+
+func TestIMAPImplicitTLS(t *testing.T) {
+	up := startStub(t, defaultStub())
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{mustCert(t).cert}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	serveProxy(t, IMAPOptions{Auth: &stubAuth{pass: "pw"}, TLS: &tls.Config{}}, up, ln)
+	conn, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{RootCAs: mustCert(t).pool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	c := newTestClient(t, conn)
+	if g := c.greet(); strings.Contains(g, "STARTTLS") {
+		t.Fatalf("greeting %q offers STARTTLS on implicit TLS", g)
+	}
+	c.send("a LOGIN alice pw\r\n")
+	c.expect("a OK [CAPABILITY")
+	c.send("b NOOP\r\n")
+	c.expect("b OK NOOP done by stub")
+}
+
+func TestIMAPCloseEndsSessions(t *testing.T) {
+	up := startStub(t, defaultStub())
+	log, logs := newTestLogger(t)
+	srv, addr := startProxy(t, IMAPOptions{Auth: &stubAuth{pass: "pw"}, Logger: log}, up)
+	spliced := dialClient(t, addr)
+	spliced.login("alice", "pw")
+	spliced.send("b IDLE\r\n")
+	spliced.expect("+ idling")
+	spliced.expect("* 1 EXISTS")
+	preauth := dialClient(t, addr)
+	preauth.greet()
+	if n := srv.Sessions(); n != 2 {
+		t.Fatalf("Sessions: got %d, want 2", n)
+	}
+	if err := srv.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	spliced.expectClosed()
+	preauth.expectClosed()
+	waitFor(t, "sessions to end", func() bool { return srv.Sessions() == 0 })
+	if _, err := net.Dial("tcp", addr); err == nil {
+		t.Fatal("listener still accepting after Close")
+	}
+	if n := strings.Count(logs.String(), "reason=\"server closed\""); n != 2 {
+		t.Fatalf("got %d sessions ended by the server, want 2:\n%s", n, logs)
+	}
+}
+
+func TestIMAPShutdown(t *testing.T) {
+	up := startStub(t, defaultStub())
+
+	t.Run("drains", func(t *testing.T) {
+		srv, addr := startProxy(t, IMAPOptions{Auth: &stubAuth{pass: "pw"}}, up)
+		c := dialClient(t, addr)
+		c.login("alice", "pw")
+		done := make(chan error, 1)
+		go func() { done <- srv.Shutdown(context.Background()) }()
+		// The session goes on during the drain.
+		c.send("b NOOP\r\n")
+		c.expect("b OK NOOP done by stub")
+		c.send("c LOGOUT\r\n")
+		c.expect("* BYE")
+		c.expect("c OK LOGOUT")
+		if err := <-done; err != nil {
+			t.Fatalf("Shutdown: got %v, want nil", err)
+		}
+	})
+	t.Run("deadline", func(t *testing.T) {
+		srv, addr := startProxy(t, IMAPOptions{Auth: &stubAuth{pass: "pw"}}, up)
+		c := dialClient(t, addr)
+		c.login("alice", "pw")
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+		defer cancel()
+		if err := srv.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Shutdown: got %v, want DeadlineExceeded", err)
+		}
+		c.expectClosed()
+	})
+	t.Run("serve after shutdown", func(t *testing.T) {
+		srv := NewIMAPServer(&IMAPOptions{Upstream: up.addr, Auth: &stubAuth{}})
+		if err := srv.Shutdown(context.Background()); err != nil {
+			t.Fatalf("Shutdown: %v", err)
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		if err := srv.Serve(ln); !errors.Is(err, ErrServerClosed) {
+			t.Fatalf("Serve: got %v, want ErrServerClosed", err)
+		}
+	})
+}
+
+func TestIMAPTeardown(t *testing.T) {
+	up := startStub(t, defaultStub())
+	log, logs := newTestLogger(t)
+	_, addr := startProxy(t, IMAPOptions{Auth: &stubAuth{pass: "pw"}, Logger: log}, up)
+
+	t.Run("client half-closes after LOGOUT", func(t *testing.T) {
+		c := dialClient(t, addr)
+		c.login("alice", "pw")
+		c.send("b LOGOUT\r\n")
+		if err := c.c.(*net.TCPConn).CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		c.expect("* BYE stub logging out")
+		c.expect("b OK LOGOUT completed")
+		c.expectClosed()
+	})
+	t.Run("client closes", func(t *testing.T) {
+		c := dialClient(t, addr)
+		c.login("bob", "pw")
+		c.send("b NOOP\r\n")
+		c.expect("b OK")
+		c.c.Close()
+		waitFor(t, "the session to end", func() bool {
+			return strings.Contains(logs.String(), `account=bob bytes_up=8 bytes_down=24`)
+		})
+	})
+}
+
+// TestIMAPLogs checks the session lines, and that no secret reaches the log.
+func TestIMAPLogs(t *testing.T) {
+	up := startStub(t, defaultStub())
+	log, logs := newTestLogger(t)
+	const pass = "S3cret-Passw0rd"
+	srv, addr := startProxy(t, IMAPOptions{Auth: &stubAuth{pass: pass}, Logger: log}, up)
+
+	c := dialClient(t, addr)
+	c.login("alice@example.com", pass)
+	c.send("b NOOP\r\nc LOGOUT\r\n")
+	c.expect("b OK")
+	c.expect("* BYE")
+	c.expect("c OK")
+	c.expectClosed()
+
+	plain := b64("\x00carol@example.com\x00" + pass)
+	c = dialClient(t, addr)
+	c.greet()
+	c.send("a AUTHENTICATE PLAIN " + plain + "\r\n")
+	c.expect("a OK")
+	c.send("b LOGIN alice@example.com wrong-" + pass + "\r\n")
+	c.send("c LOGIN {15}\r\n")
+	c.expect("b OK")
+	c.c.Close()
+	waitFor(t, "sessions to end", func() bool { return srv.Sessions() == 0 })
+
+	out := logs.String()
+	secrets := []string{
+		pass, plain,
+		stubToken("alice@example.com"), stubToken("carol@example.com"),
+		b64(string(xoauth2.Response("alice@example.com", stubToken("alice@example.com")))),
+	}
+	for _, s := range secrets {
+		if strings.Contains(out, s) {
+			t.Fatalf("log contains secret %q:\n%s", s, out)
+		}
+	}
+	for _, want := range []string{
+		"msg=\"session start\"", "proto=imap", "remote=127.0.0.1:",
+		"account=alice@example.com bytes_up=18 bytes_down=71", `reason="upstream closed"`,
+		"account=carol@example.com",
+	} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("log lacks %q:\n%s", want, out)
+		}
+	}
+	if n := strings.Count(out, "session end"); n != 2 {
+		t.Fatalf("got %d session end lines, want 2:\n%s", n, out)
+	}
+}
+
+type panicAuth struct{}
+
+func (panicAuth) Authenticate(context.Context, *Login) (*Upstream, error) { panic("boom") }
+
+func TestIMAPPanicRecovery(t *testing.T) {
+	log, logs := newTestLogger(t)
+	srv, addr := startProxy(t, IMAPOptions{Auth: panicAuth{}, Upstream: "127.0.0.1:1", Logger: log}, nil)
+	for range 2 {
+		c := dialClient(t, addr)
+		c.greet()
+		c.send("a LOGIN alice pw\r\n")
+		c.expectClosed()
+	}
+	waitFor(t, "sessions to end", func() bool { return srv.Sessions() == 0 })
+	if out := logs.String(); strings.Count(out, "session panic") != 2 || !strings.Contains(out, "panicAuth") {
+		t.Fatalf("log lacks the panics and stack:\n%s", out)
+	}
+}
+
+func TestIMAPServeRequiresOptions(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if err := NewIMAPServer(&IMAPOptions{Upstream: "x:993"}).Serve(ln); err == nil {
+		t.Fatal("Serve without Auth: got nil error")
+	}
+}

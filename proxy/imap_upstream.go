@@ -1,0 +1,307 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-sasl"
+)
+
+const (
+	// DefaultIMAPDialTimeout bounds connecting to upstream: TCP and TLS
+	// handshake.
+	DefaultIMAPDialTimeout = 15 * time.Second
+	// DefaultIMAPLoginTimeout bounds a whole login: the Authenticator, the
+	// dial and the upstream SASL exchange.
+	DefaultIMAPLoginTimeout = 45 * time.Second
+
+	// imapMaxUpstreamLine bounds one upstream response line during login.
+	imapMaxUpstreamLine = 64 << 10
+	// imapUpstreamReadBuffer is the upstream reader's size during login; the
+	// reader is dropped once the session is spliced.
+	imapUpstreamReadBuffer = 4 << 10
+)
+
+// Client-visible reasons of upstream failures. The detail goes to the log.
+const (
+	imapReasonUnavailable = "Upstream server unavailable, try again later"
+	imapReasonRefused     = "Mailbox login refused by the mail server, contact your administrator"
+)
+
+// imapRejection is upstream's tagged NO or BAD to a login step.
+type imapRejection struct {
+	Status    string // NO or BAD
+	Text      string // upstream's response text
+	Challenge []byte // the decoded SASL error challenge, if one was sent
+}
+
+func (e *imapRejection) Error() string {
+	msg := "upstream " + e.Status + " " + e.Text
+	if len(e.Challenge) > 0 {
+		msg += " (challenge " + string(e.Challenge) + ")"
+	}
+	return msg
+}
+
+// imapUpstream is an upstream connection during login.
+type imapUpstream struct {
+	conn *tls.Conn
+	br   *bufio.Reader
+	// caps are upstream's capabilities after login.
+	caps []string
+}
+
+// dialIMAPUpstream connects to addr with implicit TLS (RFC 8314).
+func dialIMAPUpstream(ctx context.Context, addr string, cfg *tls.Config, timeout time.Duration) (*tls.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	d := &tls.Dialer{Config: cfg}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	return c.(*tls.Conn), nil
+}
+
+func upstreamUnavailable(err error) *LoginError {
+	return &LoginError{Kind: KindUnavailable, Reason: imapReasonUnavailable, Err: err}
+}
+
+// loginError classifies an upstream failure: a refusal (unless it says to
+// come back later) is about the account; anything else is temporary.
+func upstreamLoginError(err error) *LoginError {
+	var rej *imapRejection
+	if errors.As(err, &rej) {
+		if e, ok := explainIMAP(rej.Text); !ok || !e.temporary {
+			return &LoginError{Kind: KindAccount, Reason: imapReasonRefused, Err: err}
+		}
+	}
+	return upstreamUnavailable(err)
+}
+
+// login reads upstream's greeting and authenticates with c. It leaves
+// upstream's post-login capabilities in u.caps.
+func (u *imapUpstream) login(c sasl.Client) error {
+	caps, err := u.greeting()
+	if err != nil {
+		return err
+	}
+	if caps == nil {
+		if caps, err = u.capability("A0"); err != nil {
+			return err
+		}
+	}
+	if err := u.authenticate("A1", c, hasCap(caps, "SASL-IR")); err != nil {
+		return err
+	}
+	if u.caps == nil {
+		// Exchange sends none with its OK; a refused mailbox shows here as
+		// "BAD User is authenticated but not connected".
+		caps, err := u.capability("A2")
+		if err != nil {
+			return err
+		}
+		u.caps = caps
+	}
+	return nil
+}
+
+// greeting reads upstream's greeting (RFC 3501 §7.1) and returns the
+// capabilities it carries, or nil.
+func (u *imapUpstream) greeting() ([]string, error) {
+	line, err := u.readLine()
+	if err != nil {
+		return nil, fmt.Errorf("reading greeting: %w", err)
+	}
+	tag, status, code, _ := parseIMAPResponse(line)
+	if tag != "*" || status != "OK" {
+		return nil, fmt.Errorf("unexpected greeting %q", truncate(line, 200))
+	}
+	return capsOfCode(code), nil
+}
+
+// capability runs CAPABILITY and returns its result (RFC 3501 §6.1.1).
+func (u *imapUpstream) capability(tag string) ([]string, error) {
+	if err := u.writeLine(tag + " CAPABILITY"); err != nil {
+		return nil, err
+	}
+	caps := []string{}
+	for {
+		line, err := u.readLine()
+		if err != nil {
+			return nil, fmt.Errorf("reading CAPABILITY response: %w", err)
+		}
+		t, status, code, text := parseIMAPResponse(line)
+		switch {
+		case t == "*" && status == "CAPABILITY":
+			caps = strings.Fields(text)
+		case t == "*" && status == "BYE":
+			return nil, fmt.Errorf("upstream closing: %q", truncate(text, 200))
+		case t == tag && status == "OK":
+			if c := capsOfCode(code); c != nil {
+				caps = c
+			}
+			return caps, nil
+		case t == tag:
+			return nil, &imapRejection{Status: status, Text: text}
+		}
+	}
+}
+
+// authenticate runs AUTHENTICATE (RFC 3501 §6.2.2) with an initial response
+// if upstream offers SASL-IR (RFC 4959).
+func (u *imapUpstream) authenticate(tag string, c sasl.Client, useIR bool) error {
+	mech, ir, err := c.Start()
+	if err != nil {
+		return fmt.Errorf("starting SASL: %w", err)
+	}
+	cmd := tag + " AUTHENTICATE " + mech
+	if useIR && ir != nil {
+		cmd += " " + encodeSASL(ir)
+		ir = nil
+	}
+	if err := u.writeLine(cmd); err != nil {
+		return err
+	}
+	var challenge []byte
+	for {
+		line, err := u.readLine()
+		if err != nil {
+			return fmt.Errorf("reading AUTHENTICATE response: %w", err)
+		}
+		if line == "+" || strings.HasPrefix(line, "+ ") {
+			var resp []byte
+			if ir != nil {
+				resp, ir = ir, nil
+			} else {
+				challenge, err = base64.StdEncoding.DecodeString(strings.TrimPrefix(line[1:], " "))
+				if err == nil {
+					resp, err = c.Next(challenge)
+				}
+				if err != nil {
+					// Cancel; upstream answers with a tagged BAD.
+					if err := u.writeLine("*"); err != nil {
+						return err
+					}
+					continue
+				}
+			}
+			if err := u.writeLine(base64.StdEncoding.EncodeToString(resp)); err != nil {
+				return err
+			}
+			continue
+		}
+		t, status, code, text := parseIMAPResponse(line)
+		switch {
+		case t == "*" && status == "CAPABILITY":
+			u.caps = strings.Fields(text)
+		case t == "*" && status == "BYE":
+			return fmt.Errorf("upstream closing: %q", truncate(text, 200))
+		case t == tag && status == "OK":
+			if caps := capsOfCode(code); caps != nil {
+				u.caps = caps
+			}
+			return nil
+		case t == tag:
+			return &imapRejection{Status: status, Text: text, Challenge: challenge}
+		}
+	}
+}
+
+// encodeSASL encodes a SASL initial response; "=" is the empty one.
+func encodeSASL(b []byte) string {
+	if len(b) == 0 {
+		return "="
+	}
+	return base64.StdEncoding.EncodeToString(b)
+}
+
+func (u *imapUpstream) writeLine(s string) error {
+	if _, err := io.WriteString(u.conn, s+"\r\n"); err != nil {
+		return fmt.Errorf("writing to upstream: %w", err)
+	}
+	return nil
+}
+
+// readLine reads one response line without CRLF. Literals are not expected
+// before login and are refused.
+func (u *imapUpstream) readLine() (string, error) {
+	var line []byte
+	for {
+		b, err := u.br.ReadSlice('\n')
+		line = append(line, b...)
+		if len(line) > imapMaxUpstreamLine {
+			return "", errors.New("upstream line too long")
+		}
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, bufio.ErrBufferFull) {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return "", err
+		}
+	}
+	line = line[:len(line)-1]
+	if n := len(line); n > 0 && line[n-1] == '\r' {
+		line = line[:n-1]
+	}
+	if literalMarkerLen(line) > 0 {
+		return "", fmt.Errorf("unexpected literal in upstream response %q", truncate(string(line), 200))
+	}
+	return string(line), nil
+}
+
+// parseIMAPResponse splits a status or data response: tag, an upper-cased
+// status or data keyword, the response code without brackets, and the rest.
+func parseIMAPResponse(line string) (tag, status, code, text string) {
+	tag, rest, _ := strings.Cut(line, " ")
+	status, rest, _ = strings.Cut(rest, " ")
+	status = strings.ToUpper(status)
+	if strings.HasPrefix(rest, "[") {
+		if i := strings.IndexByte(rest, ']'); i > 0 {
+			code, rest = rest[1:i], strings.TrimPrefix(rest[i+1:], " ")
+		}
+	}
+	return tag, status, code, rest
+}
+
+// capsOfCode returns the capabilities of a CAPABILITY response code, or nil.
+func capsOfCode(code string) []string {
+	name, rest, _ := strings.Cut(code, " ")
+	if !strings.EqualFold(name, "CAPABILITY") {
+		return nil
+	}
+	return append([]string{}, strings.Fields(rest)...)
+}
+
+func hasCap(caps []string, c string) bool {
+	for _, x := range caps {
+		if strings.EqualFold(x, c) {
+			return true
+		}
+	}
+	return false
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
+}
+
+// isTimeout reports whether err is a deadline or timeout.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}

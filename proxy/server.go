@@ -1,0 +1,277 @@
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"runtime/debug"
+	"sync"
+	"time"
+)
+
+// ErrServerClosed is returned by Serve after Close or Shutdown.
+var ErrServerClosed = errors.New("proxy: server closed")
+
+const (
+	// acceptBackoffMin and acceptBackoffMax bound the pause after a
+	// temporary Accept error (EMFILE, ECONNABORTED), as net/http does.
+	acceptBackoffMin = 5 * time.Millisecond
+	acceptBackoffMax = time.Second
+)
+
+// connServer is the protocol-independent part of a server: the accept loop,
+// the set of live connections and their teardown.
+type connServer struct {
+	logger *slog.Logger
+	handle func(*trackedConn)
+
+	// ctx is cancelled by Close and when Shutdown gives up waiting: it
+	// aborts logins in progress.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu        sync.Mutex
+	closed    bool
+	listeners map[net.Listener]struct{}
+	conns     map[*trackedConn]struct{}
+	drained   chan struct{} // closed when conns empties after closed is set
+}
+
+func newConnServer(logger *slog.Logger, handle func(*trackedConn)) *connServer {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &connServer{
+		logger:    logger,
+		handle:    handle,
+		ctx:       ctx,
+		cancel:    cancel,
+		listeners: make(map[net.Listener]struct{}),
+		conns:     make(map[*trackedConn]struct{}),
+		drained:   make(chan struct{}),
+	}
+}
+
+// serve accepts connections on l until it fails or the server closes. It
+// never waits for a session: each runs in its own goroutine.
+func (s *connServer) serve(l net.Listener) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return ErrServerClosed
+	}
+	s.listeners[l] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, l)
+		s.mu.Unlock()
+		l.Close()
+	}()
+
+	var delay time.Duration
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if s.isClosed() {
+				return ErrServerClosed
+			}
+			var te interface{ Temporary() bool }
+			if errors.As(err, &te) && te.Temporary() {
+				delay = min(max(2*delay, acceptBackoffMin), acceptBackoffMax)
+				s.logger.Warn("accept failed, retrying", "err", err, "delay", delay)
+				t := time.NewTimer(delay)
+				select {
+				case <-t.C:
+				case <-s.ctx.Done():
+					t.Stop()
+				}
+				continue
+			}
+			return err
+		}
+		delay = 0
+		tc := s.track(c)
+		if tc == nil {
+			c.Close()
+			return ErrServerClosed
+		}
+		go s.run(tc)
+	}
+}
+
+func (s *connServer) run(tc *trackedConn) {
+	defer s.untrack(tc)
+	defer tc.Close()
+	defer func() {
+		if r := recover(); r != nil {
+			s.logger.Error("session panic", "session", tc.id, "panic", r, "stack", string(debug.Stack()))
+		}
+	}()
+	s.handle(tc)
+}
+
+func (s *connServer) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}
+
+func (s *connServer) track(c net.Conn) *trackedConn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	tc := &trackedConn{id: newSessionID(), conn: c, start: time.Now()}
+	s.conns[tc] = struct{}{}
+	return tc
+}
+
+func (s *connServer) untrack(tc *trackedConn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.conns, tc)
+	if s.closed && len(s.conns) == 0 {
+		s.closeDrained()
+	}
+}
+
+// closeDrained closes s.drained once; s.mu is held.
+func (s *connServer) closeDrained() {
+	select {
+	case <-s.drained:
+	default:
+		close(s.drained)
+	}
+}
+
+// stop stops accepting. s.mu is held.
+func (s *connServer) stopLocked() error {
+	var err error
+	s.closed = true
+	for l := range s.listeners {
+		if cerr := l.Close(); cerr != nil && err == nil && !errors.Is(cerr, net.ErrClosed) {
+			err = cerr
+		}
+	}
+	if len(s.conns) == 0 {
+		s.closeDrained()
+	}
+	return err
+}
+
+// close stops accepting and closes every connection now.
+func (s *connServer) close() error {
+	s.mu.Lock()
+	err := s.stopLocked()
+	conns := make([]*trackedConn, 0, len(s.conns))
+	for tc := range s.conns {
+		conns = append(conns, tc)
+	}
+	s.mu.Unlock()
+	s.cancel()
+	for _, tc := range conns {
+		tc.closeBy(true)
+	}
+	return err
+}
+
+// shutdown stops accepting and waits for the sessions to end until ctx is
+// done; then it closes those left.
+func (s *connServer) shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	err := s.stopLocked()
+	s.mu.Unlock()
+	select {
+	case <-s.drained:
+		s.cancel()
+		return err
+	case <-ctx.Done():
+		s.close()
+		return ctx.Err()
+	}
+}
+
+func (s *connServer) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
+
+// trackedConn is one accepted connection and whatever else its session opens
+// (the upstream connection), so that all of it can be closed at once.
+type trackedConn struct {
+	id    string
+	conn  net.Conn
+	start time.Time
+
+	mu       sync.Mutex
+	closed   bool
+	byServer bool
+	others   []io.Closer
+}
+
+// attach adds c to what Close closes. If the connection is already closed it
+// closes c and returns false.
+func (tc *trackedConn) attach(c io.Closer) bool {
+	tc.mu.Lock()
+	if !tc.closed {
+		tc.others = append(tc.others, c)
+		tc.mu.Unlock()
+		return true
+	}
+	tc.mu.Unlock()
+	c.Close()
+	return false
+}
+
+// Close closes the connection and everything attached to it. It closes the
+// raw connections under TLS: a close_notify could block on a peer that does
+// not read, and Close must be immediate.
+func (tc *trackedConn) Close() { tc.closeBy(false) }
+
+func (tc *trackedConn) closeBy(server bool) {
+	tc.mu.Lock()
+	if tc.closed {
+		tc.mu.Unlock()
+		return
+	}
+	tc.closed, tc.byServer = true, server
+	others := tc.others
+	tc.others = nil
+	tc.mu.Unlock()
+	rawConn(tc.conn).Close()
+	for _, c := range others {
+		if nc, ok := c.(net.Conn); ok {
+			c = rawConn(nc)
+		}
+		c.Close()
+	}
+}
+
+// closedByServer reports whether Close or Shutdown of the server ended the
+// connection.
+func (tc *trackedConn) closedByServer() bool {
+	tc.mu.Lock()
+	defer tc.mu.Unlock()
+	return tc.byServer
+}
+
+func rawConn(c net.Conn) net.Conn {
+	if t, ok := c.(*tls.Conn); ok {
+		return t.NetConn()
+	}
+	return c
+}
+
+// newSessionID returns a short random id that ties a session's log lines
+// together.
+func newSessionID() string {
+	var b [4]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}

@@ -1,0 +1,134 @@
+package proxy
+
+import (
+	"io"
+	"net"
+	"sync"
+	"time"
+)
+
+// A spliced session relays bytes both ways untouched. Thousands of them sit
+// in IDLE all day, so an idle direction must hold little memory: it reads
+// into a small buffer, and borrows a large pooled one only while reads keep
+// filling the small one.
+const (
+	spliceSmallBuffer = 2 << 10
+	spliceLargeBuffer = 32 << 10
+	// spliceLargeHold bounds how long a read may block holding a large
+	// buffer: when traffic stops, the buffer goes back to the pool.
+	spliceLargeHold = time.Second
+	// spliceLinger bounds how long upstream may take to answer after the
+	// client closed its side (typically the reply to LOGOUT).
+	spliceLinger = 5 * time.Second
+)
+
+var spliceBuffers = sync.Pool{New: func() any { return new([spliceLargeBuffer]byte) }}
+
+// spliceStats describes a finished splice.
+type spliceStats struct {
+	up, down int64 // bytes client→upstream and upstream→client
+	reason   string
+}
+
+// splice relays client and upstream until either ends, after first sending
+// the bytes each side's pre-login reader had already buffered. closeAll
+// closes both connections.
+func splice(client net.Conn, clientPending []byte, upstream net.Conn, upstreamPending []byte, closeAll func()) spliceStats {
+	var (
+		once   sync.Once
+		reason string
+	)
+	end := func(r string) { once.Do(func() { reason = r }) }
+
+	down := make(chan int64, 1)
+	go func() {
+		n, rerr, werr := relay(client, upstream, upstreamPending)
+		switch {
+		case werr != nil:
+			end("client write: " + werr.Error())
+		case rerr != nil:
+			end("upstream read: " + rerr.Error())
+		default:
+			end("upstream closed")
+		}
+		closeAll()
+		down <- n
+	}()
+
+	up, rerr, werr := relay(upstream, client, clientPending)
+	switch {
+	case werr != nil:
+		end("upstream write: " + werr.Error())
+		closeAll()
+	case rerr != nil:
+		end("client read: " + rerr.Error())
+		closeAll()
+	default:
+		end("client closed")
+		// Let upstream finish answering what the client sent last.
+		t := time.AfterFunc(spliceLinger, closeAll)
+		defer t.Stop()
+		if cw, ok := upstream.(interface{ CloseWrite() error }); ok {
+			cw.CloseWrite()
+		} else {
+			closeAll()
+		}
+	}
+	return spliceStats{up: up, down: <-down, reason: reason}
+}
+
+// relay writes pending, then copies src to dst until src ends (rerr nil) or
+// either fails. Every read is written at once: IMAP responses must not wait.
+func relay(dst io.Writer, src net.Conn, pending []byte) (n int64, rerr, werr error) {
+	if len(pending) > 0 {
+		w, err := dst.Write(pending)
+		n += int64(w)
+		if err != nil {
+			return n, nil, err
+		}
+	}
+	small := make([]byte, spliceSmallBuffer)
+	var large *[spliceLargeBuffer]byte
+	release := func() {
+		spliceBuffers.Put(large)
+		large = nil
+		src.SetReadDeadline(time.Time{})
+	}
+	defer func() {
+		if large != nil {
+			spliceBuffers.Put(large)
+		}
+	}()
+	for {
+		buf := small
+		if large != nil {
+			buf = large[:]
+		}
+		m, err := src.Read(buf)
+		if m > 0 {
+			w, err := dst.Write(buf[:m])
+			n += int64(w)
+			if err != nil {
+				return n, nil, err
+			}
+		}
+		if err != nil {
+			if large != nil && isTimeout(err) {
+				// The hold deadline: traffic stopped.
+				release()
+				continue
+			}
+			if err == io.EOF {
+				return n, nil, nil
+			}
+			return n, err, nil
+		}
+		switch {
+		case large == nil && m == len(small):
+			large = spliceBuffers.Get().(*[spliceLargeBuffer]byte)
+			src.SetReadDeadline(time.Now().Add(spliceLargeHold))
+		case large != nil && m <= len(small):
+			release()
+		}
+	}
+}
