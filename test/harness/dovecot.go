@@ -1,0 +1,118 @@
+package harness
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// DovecotOptions configures the JWT validation of a Dovecot upstream.
+type DovecotOptions struct {
+	KeyID        string   // the JWT header kid
+	PublicKeyPEM []byte   // RSA public key, PKIX "PUBLIC KEY" PEM
+	Issuers      []string // e.g. "https://sts.windows.net/<tenant-id>/"
+	Audience     string   // required aud, e.g. "https://outlook.office.com"; empty: any
+	Mailboxes    []string // users that exist, e.g. "support@contoso.com"
+
+	// AuthorizedParties lists the azp claims tokens may carry. Dovecot
+	// looks the key up under the token's azp ("default" without one), so
+	// v2.0 tokens, which have azp, need it; Entra's v1.0 tokens for
+	// Exchange carry appid instead.
+	AuthorizedParties []string
+}
+
+// Dovecot is a running private Dovecot instance: IMAP with implicit TLS
+// accepting only XOAUTH2 with locally validated JWTs, and LMTP for delivery.
+type Dovecot struct {
+	IMAPAddr   string // 127.0.0.1:port, implicit TLS
+	LMTPAddr   string // 127.0.0.1:port
+	AuthSocket string // auth client socket for Postfix's smtpd_sasl_type = dovecot
+	CACertPEM  []byte // trust root for IMAPAddr
+	CAFile     string // CACertPEM in a file
+	Dir        string
+
+	cmd    *exec.Cmd
+	exited chan struct{}
+	pgid   int
+}
+
+// dovecotStartTimeout bounds the wait for the first IMAP greeting.
+const dovecotStartTimeout = 30 * time.Second
+
+// StartDovecot starts a private Dovecot and, at the test's cleanup, kills it
+// with every process it started.
+func StartDovecot(t TB, opts DovecotOptions) *Dovecot {
+	t.Helper()
+	bin, err := findDovecot()
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	if os.Geteuid() != 0 {
+		t.Fatalf("dovecot harness must run as root: Dovecot drops privileges to its own users")
+	}
+	if len(opts.Issuers) == 0 || opts.KeyID == "" || len(opts.PublicKeyPEM) == 0 {
+		t.Fatalf("StartDovecot: KeyID, PublicKeyPEM and Issuers are required")
+	}
+	// A short path: unix sockets live below it, and their paths are limited
+	// to ~107 bytes.
+	dir, err := os.MkdirTemp("", "bkdv")
+	if err != nil {
+		t.Fatalf("StartDovecot: %v", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	d := &Dovecot{Dir: dir, AuthSocket: filepath.Join(dir, "run", "auth-client-ext")}
+	conf, err := d.writeFiles(opts)
+	if err != nil {
+		t.Fatalf("StartDovecot: %v", err)
+	}
+	// Killed rather than stopped: Dovecot's master takes a second to shut
+	// down, and nothing of it is kept.
+	t.Cleanup(d.kill)
+	for attempt := 1; ; attempt++ {
+		ports, err := freePorts(2)
+		if err != nil {
+			t.Fatalf("StartDovecot: %v", err)
+		}
+		conf.IMAPPort, conf.LMTPPort = ports[0], ports[1]
+		err = d.start(bin, conf)
+		if err == nil {
+			return d
+		}
+		if attempt < 3 && d.bindFailed() {
+			continue
+		}
+		t.Fatalf("StartDovecot: %v\n%s", err, d.LogTail())
+	}
+}
+
+func findDovecot() (string, error) {
+	if p, err := exec.LookPath("dovecot"); err == nil {
+		return p, nil
+	}
+	// /usr/sbin is not on a normal user's PATH.
+	if _, err := os.Stat("/usr/sbin/dovecot"); err == nil {
+		return "/usr/sbin/dovecot", nil
+	}
+	return "", errors.New("dovecot not installed: apt-get install dovecot-imapd dovecot-lmtpd")
+}
+
+// LogTail returns the end of Dovecot's logs, for failure messages.
+func (d *Dovecot) LogTail() string {
+	var b strings.Builder
+	for _, name := range []string{"stderr.log", "dovecot.log"} {
+		data, err := os.ReadFile(filepath.Join(d.Dir, name))
+		if err != nil || len(data) == 0 {
+			continue
+		}
+		const max = 8 << 10
+		if len(data) > max {
+			data = data[len(data)-max:]
+		}
+		fmt.Fprintf(&b, "--- %s ---\n%s", name, data)
+	}
+	return b.String()
+}
