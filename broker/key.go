@@ -69,37 +69,43 @@ func readKeyFile(path string) ([]byte, error) {
 		return nil, fmt.Errorf("sealing key: %w", err)
 	}
 	if len(data) == 0 {
-		// Left by a crash during creation.
 		return nil, fmt.Errorf("sealing key %s is empty; if nothing was sealed with it yet, delete it and start again", path)
 	}
 	return parseKey(path, data)
 }
 
-// createKeyFile writes a new key with O_EXCL, so that two processes starting
-// at once cannot both create (and use) different keys.
+// createKeyFile publishes a new key atomically and exclusively: the key is
+// written to a temporary file, then hard-linked to path, which fails if path
+// exists (like O_EXCL) and never shows a half-written key to a process
+// starting at the same moment.
 func createKeyFile(path string) ([]byte, error) {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	key := make([]byte, KeySize)
+	rand.Read(key)
+	text := append(base64.StdEncoding.AppendEncode(nil, key), '\n')
+
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, "."+KeyFile+".*") // mode 0600
 	if err != nil {
+		return nil, fmt.Errorf("sealing key: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	_, err = tmp.Write(text)
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("sealing key: %w", err)
+	}
+	if err := os.Link(tmp.Name(), path); err != nil {
 		if errors.Is(err, fs.ErrExist) {
 			return nil, err
 		}
 		return nil, fmt.Errorf("sealing key: %w", err)
 	}
-	key := make([]byte, KeySize)
-	rand.Read(key)
-	text := base64.StdEncoding.AppendEncode(nil, key)
-	_, err = f.Write(append(text, '\n'))
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(path)
-		return nil, fmt.Errorf("sealing key: %w", err)
-	}
-	if d, err := os.Open(filepath.Dir(path)); err == nil {
+	if d, err := os.Open(dir); err == nil {
 		d.Sync()
 		d.Close()
 	}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -125,5 +126,44 @@ func TestLoadKeyPrefersSystemdCredential(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(state, KeyFile)); err != nil {
 		t.Fatalf("no key created in the state directory: %v", err)
+	}
+}
+
+// Processes starting together agree on one key.
+func TestLoadKeyConcurrentCreation(t *testing.T) {
+	t.Setenv("CREDENTIALS_DIRECTORY", "")
+	dir := filepath.Join(t.TempDir(), "state")
+	const n = 8
+	keys := make(chan []byte, n)
+	errs := make(chan error, n)
+	var start sync.WaitGroup
+	start.Add(1)
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() {
+			start.Wait()
+			k, err := LoadKey(dir)
+			keys <- k
+			errs <- err
+		})
+	}
+	start.Done()
+	wg.Wait()
+	close(keys)
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatalf("LoadKey: %v", err)
+		}
+	}
+	first := <-keys
+	for k := range keys {
+		if !bytes.Equal(k, first) {
+			t.Fatalf("concurrent LoadKey calls returned different keys")
+		}
+	}
+	entries, _ := os.ReadDir(dir)
+	if len(entries) != 1 {
+		t.Fatalf("got %d files in the state directory, want only %s", len(entries), KeyFile)
 	}
 }

@@ -56,8 +56,11 @@ func (m *tokens) load(ctx context.Context) error {
 			continue
 		}
 		a.mu.Lock()
-		a.tok, a.persisted = t, t.Obtained
+		a.tok = t
 		a.mu.Unlock()
+		a.persistMu.Lock()
+		a.persisted = t.Obtained
+		a.persistMu.Unlock()
 	}
 	return nil
 }
