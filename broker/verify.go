@@ -131,6 +131,10 @@ func (p *passwords) check(ctx context.Context, mailbox, password string, k cache
 	}
 	now := p.now()
 	p.cache.put(k, gen, cacheEntry{mailbox: mailbox, id: id, expires: now.Add(successTTL)}, now)
+	// This path already paid for argon2: record the use now, so that `list`
+	// right after a legacy system's first login shows it.
+	p.markTouched(mailbox, id, now)
+	p.record(ctx, mailbox, id, now)
 	return id, nil
 }
 
@@ -174,21 +178,32 @@ func (p *passwords) release() { <-p.sem }
 // minute per password.
 func (p *passwords) touch(mailbox, id string) {
 	now := p.now()
-	key := mailbox + "\x00" + id
-	p.touchMu.Lock()
-	if last, ok := p.touched[key]; ok && now.Sub(last) < touchEvery {
-		p.touchMu.Unlock()
+	if !p.markTouched(mailbox, id, now) {
 		return
 	}
-	p.touched[key] = now
-	p.touchMu.Unlock()
 	p.life.goFunc(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
 		defer cancel()
-		if err := p.store.TouchAppPassword(ctx, mailbox, id, now.UTC()); err != nil && !errors.Is(err, store.ErrNotFound) {
-			p.log.Warn("cannot record app password use", "account", mailbox, "id", id, "err", err)
-		}
+		p.record(ctx, mailbox, id, now)
 	})
+}
+
+// markTouched reports whether a use at now is worth recording.
+func (p *passwords) markTouched(mailbox, id string, now time.Time) bool {
+	key := mailbox + "\x00" + id
+	p.touchMu.Lock()
+	defer p.touchMu.Unlock()
+	if last, ok := p.touched[key]; ok && now.Sub(last) < touchEvery {
+		return false
+	}
+	p.touched[key] = now
+	return true
+}
+
+func (p *passwords) record(ctx context.Context, mailbox, id string, now time.Time) {
+	if err := p.store.TouchAppPassword(ctx, mailbox, id, now.UTC()); err != nil && !errors.Is(err, store.ErrNotFound) {
+		p.log.Warn("cannot record app password use", "account", mailbox, "id", id, "err", err)
+	}
 }
 
 func (p *passwords) revoke(mailbox, id string) {
