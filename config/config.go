@@ -26,6 +26,10 @@ type Config struct {
 
 	Apps     []*App
 	Accounts []*Account
+
+	// Warnings are findings that do not stop broker but that an operator
+	// should see, each formatted like an error: "file:line: key: message".
+	Warnings []string
 }
 
 // Listener is a protocol section such as [imap].

@@ -1,0 +1,60 @@
+package config
+
+import "strings"
+
+var clouds = []Cloud{
+	{
+		Name:              "global",
+		Authority:         "https://login.microsoftonline.com",
+		IMAPHost:          "outlook.office365.com:993",
+		SMTPHost:          "smtp.office365.com:587",
+		AppResource:       "https://outlook.office365.com",
+		DelegatedResource: "https://outlook.office.com",
+	},
+	{
+		Name:              "usgovhigh",
+		Authority:         "https://login.microsoftonline.us",
+		IMAPHost:          "outlook.office365.us:993",
+		SMTPHost:          "smtp.office365.us:587",
+		AppResource:       "https://outlook.office365.us",
+		DelegatedResource: "https://outlook.office365.us",
+	},
+	{
+		Name:              "usgovdod",
+		Authority:         "https://login.microsoftonline.us",
+		IMAPHost:          "outlook-dod.office365.us:993",
+		SMTPHost:          "outlook-dod.office365.us:587",
+		AppResource:       "https://outlook-dod.office365.us",
+		DelegatedResource: "https://outlook-dod.office365.us",
+	},
+	{
+		Name:              "china",
+		Authority:         "https://login.partner.microsoftonline.cn",
+		IMAPHost:          "partner.outlook.cn:993",
+		SMTPHost:          "smtp.partner.outlook.cn:587",
+		AppResource:       "https://partner.outlook.cn",
+		DelegatedResource: "https://partner.outlook.cn",
+	},
+}
+
+// DefaultCloud is the cloud of apps that do not name one.
+const DefaultCloud = "global"
+
+// CloudByName returns the named national cloud, or nil. Each call returns a
+// fresh copy, so callers cannot alter the table.
+func CloudByName(name string) *Cloud {
+	for _, c := range clouds {
+		if c.Name == name {
+			return &c
+		}
+	}
+	return nil
+}
+
+func cloudNames() string {
+	names := make([]string, len(clouds))
+	for i, c := range clouds {
+		names[i] = c.Name
+	}
+	return strings.Join(names, ", ")
+}

@@ -1,0 +1,26 @@
+package config
+
+import "strconv"
+
+// Error is one problem in a configuration file.
+//
+// Key names the offending setting with 1-based indices for repeated tables,
+// so "account[2].app" is the app key of the second [[account]].
+type Error struct {
+	File string
+	Line int    // 0 when the problem has no line of its own
+	Key  string // "" for problems with the file as a whole
+	Msg  string
+}
+
+func (e *Error) Error() string {
+	s := e.File
+	if e.Line > 0 {
+		s += ":" + strconv.Itoa(e.Line)
+	}
+	s += ": "
+	if e.Key != "" {
+		s += e.Key + ": "
+	}
+	return s + e.Msg
+}

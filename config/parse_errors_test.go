@@ -1,0 +1,165 @@
+package config
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+)
+
+func TestParseErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		src  string // the line that should be reported ends in "#<"
+		key  string
+		msg  string
+	}{
+		{"syntax", "state_dir = #<\n", "", "expected value"},
+		{"duplicate key", "state_dir = \"/a\"\nstate_dir = \"/b\" #<\n", "", "already been defined"},
+		{"unknown top-level key", "colour = 1 #<\n", "colour", "unknown key"},
+		{"unknown key in second account", contosoApp + supportAccount +
+			"[[account]]\nmailbox = \"b@contoso.com\"\ncolour = 1 #<\napp = \"contoso\"\nflow = \"client_credentials\"\n",
+			"account[2].colour", "unknown key"},
+		{"unknown table", "[smtp] #<\nlisten = [\"127.0.0.1:25\"]\n", "smtp", "unknown key"},
+		{"upper-case key", "State_Dir = \"/x\" #<\n", "State_Dir", "keys are lower case: state_dir"},
+		{"string of wrong type", "state_dir = 5 #<\n", "state_dir", "must be a string, not integer"},
+		{"empty string", "state_dir = \"\" #<\n", "state_dir", "must not be empty"},
+		{"array of wrong type", "[imap]\nlisten = \"127.0.0.1:143\" #<\n", "imap.listen", "must be an array of strings, not string"},
+		{"array of integers", "[imap]\nlisten = [143] #<\n", "imap.listen", "array containing integer"},
+		{"table of wrong type", "imap = 5 #<\n", "imap", "expected table but found int64"},
+
+		{"listen without port", "[imap]\nlisten = [\"127.0.0.1\"] #<\n", "imap.listen[1]", "missing port"},
+		{"listen with port name", "[imap]\nlisten = [\n  \"127.0.0.1:143\",\n  \"127.0.0.1:imap\", #<\n]\n",
+			"imap.listen[2]", `port "imap" is not a port number`},
+		{"duplicate listen", "[imap]\nlisten = [\"127.0.0.1:143\", \"127.0.0.1:143\"] #<\n",
+			"imap.listen[2]", "already listed as imap.listen[1]"},
+		{"duplicate across listen and listen_tls",
+			"[imap]\nlisten = [\"127.0.0.1:1993\"]\nlisten_tls = [\"127.0.0.1:1993\"] #<\ntls_cert_file = \"cert.pem\"\ntls_key_file = \"key.pem\"\n",
+			"imap.listen_tls[1]", "already listed as imap.listen[1]"},
+		{"no listener", "[imap] #<\nlisten = []\n", "imap", "no listener"},
+		{"listen_tls without certificate", "[imap]\nlisten_tls = [\"127.0.0.1:993\"] #<\n",
+			"imap.listen_tls", "requires imap.tls_cert_file and imap.tls_key_file"},
+		{"certificate without key", "[imap] #<\ntls_cert_file = \"cert.pem\"\n",
+			"imap.tls_key_file", "required when imap.tls_cert_file is set"},
+		{"key without certificate", "[imap] #<\ntls_key_file = \"key.pem\"\n",
+			"imap.tls_cert_file", "required when imap.tls_key_file is set"},
+		{"missing certificate", "[imap]\ntls_cert_file = \"nope.pem\" #<\ntls_key_file = \"key.pem\"\n",
+			"imap.tls_cert_file", "no such file"},
+		{"mismatched key", "[imap]\nlisten_tls = [\":993\"]\ntls_cert_file = \"cert.pem\" #<\ntls_key_file = \"other-key.pem\"\n",
+			"imap.tls_cert_file", "does not match"},
+		{"missing CA file", "[imap]\nupstream_ca_file = \"nope.pem\" #<\n", "imap.upstream_ca_file", "no such file"},
+		{"CA file without certificate", "[imap]\nupstream_ca_file = \"key.pem\" #<\n",
+			"imap.upstream_ca_file", "holds no PEM certificate"},
+		{"CA file is a directory", "[imap]\nupstream_ca_file = \".\" #<\n", "imap.upstream_ca_file", "not a regular file"},
+		{"upstream without port", "[imap]\nupstream = \"outlook.office365.com\" #<\n", "imap.upstream", "missing port"},
+		{"upstream without host", "[imap]\nupstream = \":993\" #<\n", "imap.upstream", "has no host"},
+		{"apps in different clouds", "[imap] #<\n" + contosoApp + "[[app]]\nname = \"cn\"\ntenant = \"cn.partner.onmschina.cn\"\n" +
+			"client_id = \"00000000-0000-0000-0000-000000000002\"\ncloud = \"china\"\n",
+			"imap.upstream", "apps use different clouds (global, china): set imap.upstream"},
+
+		{"app without name", "[[app]] #<\ntenant = \"contoso.onmicrosoft.com\"\nclient_id = \"00000000-0000-0000-0000-000000000001\"\n",
+			"app[1].name", "required"},
+		{"app name with space", "[[app]]\nname = \"con toso\" #<\n", "app[1].name", "white space"},
+		{"duplicate app name", contosoApp + "[[app]]\nname = \"contoso\" #<\n", "app[2].name", `"contoso" is already the name of app[1]`},
+		{"tenant missing", "[[app]] #<\nname = \"a\"\n", "app[1].tenant", "required"},
+		{"tenant common", "[[app]]\ntenant = \"common\" #<\n", "app[1].tenant", "client credentials need the directory's own domain"},
+		{"tenant organizations", "[[app]]\ntenant = \"Organizations\" #<\n", "app[1].tenant", `"organizations" is not a tenant`},
+		{"tenant consumers", "[[app]]\ntenant = \"consumers\" #<\n", "app[1].tenant", `"consumers" is not a tenant`},
+		{"tenant without dot", "[[app]]\ntenant = \"contoso\" #<\n", "app[1].tenant", "neither a domain nor a tenant id"},
+		{"client_id missing", "[[app]] #<\nname = \"a\"\n", "app[1].client_id", "required"},
+		{"client_id not a GUID", "[[app]]\nclient_id = \"contoso-app\" #<\n", "app[1].client_id", "is not a GUID"},
+		{"secret file missing", "[[app]]\nclient_secret_file = \"nope.secret\" #<\n", "app[1].client_secret_file", "no such file"},
+		{"secret file empty", "[[app]]\nclient_secret_file = \"empty.secret\" #<\n", "app[1].client_secret_file", "is empty"},
+		{"secret needed by client credentials", "[[app]] #<\nname = \"contoso\"\ntenant = \"contoso.onmicrosoft.com\"\n" +
+			"client_id = \"00000000-0000-0000-0000-000000000001\"\n" + supportAccount,
+			"app[1].client_secret_file", "required: account[1] (support@contoso.com) uses flow client_credentials"},
+		{"unknown cloud", "[[app]]\ncloud = \"mars\" #<\n", "app[1].cloud", `unknown cloud "mars" (known: global, usgovhigh, usgovdod, china)`},
+		{"authority over http", "[[app]]\nauthority = \"http://login.example.com\" #<\n", "app[1].authority", "must use https"},
+		{"authority with path", "[[app]]\nauthority = \"https://login.example.com/contoso\" #<\n", "app[1].authority", "scheme and host only"},
+		{"authority with query", "[[app]]\nauthority = \"https://login.example.com?x=1\" #<\n", "app[1].authority", "scheme and host only"},
+		{"authority not a URL", "[[app]]\nauthority = \"login.example.com\" #<\n", "app[1].authority", "is not a URL"},
+
+		{"mailbox missing", "[[account]] #<\napp = \"contoso\"\n", "account[1].mailbox", "required"},
+		{"mailbox not an address", "[[account]]\nmailbox = \"support\" #<\n", "account[1].mailbox", "not an address"},
+		{"mailbox with display name", "[[account]]\nmailbox = \"Support <support@contoso.com>\" #<\n", "account[1].mailbox", "not an address"},
+		{"duplicate mailbox", contosoApp + supportAccount + "[[account]]\nmailbox = \"SUPPORT@contoso.com\" #<\n",
+			"account[2].mailbox", `"support@contoso.com" is already the mailbox of account[1]`},
+		{"mailbox is an earlier login", contosoApp + "[[account]]\nmailbox = \"a@contoso.com\"\nlogin = \"b@contoso.com\"\n" +
+			"[[account]]\nmailbox = \"b@contoso.com\" #<\n",
+			"account[2].mailbox", `"b@contoso.com" is already the login of account[1]`},
+		{"login is another mailbox", contosoApp + supportAccount + "[[account]]\nmailbox = \"b@contoso.com\"\nlogin = \"Support@Contoso.com\" #<\n",
+			"account[2].login", `"support@contoso.com" is already the mailbox of account[1]`},
+		{"duplicate login", contosoApp + "[[account]]\nmailbox = \"a@contoso.com\"\nlogin = \"desk\"\n" +
+			"[[account]]\nmailbox = \"b@contoso.com\"\nlogin = \"DESK\" #<\n",
+			"account[2].login", `"desk" is already the login of account[1]`},
+		{"login with space", "[[account]]\nlogin = \"front desk\" #<\n", "account[1].login", "white space"},
+		{"account app missing", "[[account]] #<\nmailbox = \"a@contoso.com\"\n", "account[1].app", "required"},
+		{"account app unknown", contosoApp + supportAccount + "[[account]]\nmailbox = \"b@contoso.com\"\napp = \"fabrikam\" #<\n",
+			"account[2].app", `no [[app]] named "fabrikam"`},
+		{"flow missing", "[[account]] #<\nmailbox = \"a@contoso.com\"\n", "account[1].flow", "required"},
+		{"flow device_code", "[[account]]\nflow = \"device_code\" #<\n", "account[1].flow",
+			`flow "device_code" is not available in this version yet (supported: client_credentials)`},
+		{"flow auth_code", "[[account]]\nflow = \"auth_code\" #<\n", "account[1].flow", "not available in this version yet"},
+		{"flow password", "[[account]]\nflow = \"password\" #<\n", "account[1].flow", "not available in this version yet"},
+		{"flow unknown", "[[account]]\nflow = \"magic\" #<\n", "account[1].flow", `unknown flow "magic"`},
+		{"inline table account", "account = [\n  {mailbox = \"a@contoso.com\", app = \"contoso\", flow = \"client_credentials\"},\n" +
+			"  {mailbox = \"b@contoso.com\", app = \"nope\", flow = \"client_credentials\"}, #<\n]\n" + contosoApp,
+			"account[2].app", `no [[app]] named "nope"`},
+	}
+	dir := fixture(t)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := parseIn(t, dir, tt.src)
+			if err == nil {
+				t.Fatalf("got no error, want %s: %s", tt.key, tt.msg)
+			}
+			where := fmt.Sprintf("broker.toml:%d: ", markedLine(t, tt.src))
+			if markedLine(t, tt.src) == 0 {
+				where = "broker.toml: "
+			}
+			if tt.key != "" {
+				where += tt.key + ": "
+			}
+			for _, line := range strings.Split(err.Error(), "\n") {
+				if strings.Contains(line, where) && strings.Contains(line, tt.msg) {
+					return
+				}
+			}
+			t.Fatalf("got %q, want a line containing %q and %q", err, where, tt.msg)
+		})
+	}
+}
+
+func TestParseReportsEveryProblemInLineOrder(t *testing.T) {
+	src := `state_dir = 1
+[[account]]
+mailbox = "a@contoso.com"
+app = "nope"
+flow = "magic"
+[imap]
+listen = ["nowhere"]
+`
+	_, err := parseIn(t, t.TempDir(), src)
+	if err == nil {
+		t.Fatal("got no error")
+	}
+	var got []string
+	for _, line := range strings.Split(err.Error(), "\n") {
+		_, after, _ := strings.Cut(line, "broker.toml:")
+		key, _, _ := strings.Cut(after, ": ")
+		got = append(got, key)
+	}
+	want := []string{"1", "4", "5", "7"}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Fatalf("got lines %v, want %v in\n%v", got, want, err)
+	}
+}
+
+func TestUnknownTableReportedOnce(t *testing.T) {
+	_, err := parseIn(t, t.TempDir(), "[smtp]\nlisten = [\"a:1\"]\nupstream = \"b:2\"\n")
+	if err == nil {
+		t.Fatal("got no error")
+	}
+	if n := strings.Count(err.Error(), "\n") + 1; n != 1 {
+		t.Fatalf("got %d problems, want 1: %v", n, err)
+	}
+}
