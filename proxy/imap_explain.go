@@ -18,6 +18,7 @@ var imapExplanations = []imapExplanation{
 		advice: "Exchange refused the token: check that it was issued for https://outlook.office.com " +
 			"(delegated IMAP.AccessAsUser.All, or app-only IMAP.AccessAsApp via https://outlook.office365.com/.default), " +
 			"that IMAP is enabled for the mailbox (Set-CASMailbox -Identity <mailbox> -ImapEnabled $true), " +
+			"that the account's mailbox address is right, " +
 			"and for app-only tokens that the service principal exists (New-ServicePrincipal) and has FullAccess " +
 			"(Add-MailboxPermission -Identity <mailbox> -User <service principal> -AccessRights FullAccess)",
 	},

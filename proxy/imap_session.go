@@ -7,7 +7,6 @@ import (
 	"crypto/tls"
 	"encoding/base64"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -384,27 +383,6 @@ func imapCapabilityCode(caps []string) string {
 	return "[CAPABILITY" + b.String() + "] "
 }
 
-// loginUpstream connects to upstream and logs in with up.SASL.
-func (s *IMAPServer) loginUpstream(ctx context.Context, tc *trackedConn, up *Upstream) (*imapUpstream, error) {
-	conn, err := dialIMAPUpstream(ctx, s.opts.Upstream, s.upstreamTLS, s.opts.DialTimeout)
-	if err != nil {
-		return nil, fmt.Errorf("connecting to %s: %w", s.opts.Upstream, err)
-	}
-	if !tc.attach(conn) {
-		return nil, net.ErrClosed
-	}
-	if dl, ok := ctx.Deadline(); ok {
-		conn.SetDeadline(dl)
-	}
-	u := &imapUpstream{conn: conn, br: bufio.NewReaderSize(conn, imapUpstreamReadBuffer)}
-	if err := u.login(up.SASL); err != nil {
-		conn.Close()
-		return nil, err
-	}
-	conn.SetDeadline(time.Time{})
-	return u, nil
-}
-
 // splice relays the logged-in session. The pre-login readers' buffered
 // bytes (commands the client pipelined after LOGIN, data upstream sent after
 // its OK) go first; then the readers are dropped.
@@ -413,7 +391,7 @@ func (s *imapSession) splice(u *imapUpstream) {
 	client, upstream := s.conn, u.conn
 	s.r, u.br = nil, nil
 	client.SetDeadline(time.Time{})
-	s.stats = splice(client, clientPending, upstream, upstreamPending, s.tc.Close)
+	s.stats = splice(client, clientPending, upstream, upstreamPending, s.tc.Close, s.log)
 	s.reason = s.stats.reason
 }
 

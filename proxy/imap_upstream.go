@@ -87,6 +87,27 @@ func upstreamLoginError(err error) *LoginError {
 	return upstreamUnavailable(err)
 }
 
+// loginUpstream connects to upstream and logs in with up.SASL.
+func (s *IMAPServer) loginUpstream(ctx context.Context, tc *trackedConn, up *Upstream) (*imapUpstream, error) {
+	conn, err := dialIMAPUpstream(ctx, s.opts.Upstream, s.upstreamTLS, s.opts.DialTimeout)
+	if err != nil {
+		return nil, fmt.Errorf("connecting to %s: %w", s.opts.Upstream, err)
+	}
+	if !tc.attach(conn) {
+		return nil, net.ErrClosed
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	}
+	u := &imapUpstream{conn: conn, br: bufio.NewReaderSize(conn, imapUpstreamReadBuffer)}
+	if err := u.login(up.SASL); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	conn.SetDeadline(time.Time{})
+	return u, nil
+}
+
 // login reads upstream's greeting and authenticates with c. It leaves
 // upstream's post-login capabilities in u.caps.
 func (u *imapUpstream) login(c sasl.Client) error {

@@ -1,8 +1,11 @@
 package proxy
 
 import (
+	"fmt"
 	"io"
+	"log/slog"
 	"net"
+	"runtime/debug"
 	"sync"
 	"time"
 )
@@ -32,8 +35,9 @@ type spliceStats struct {
 
 // splice relays client and upstream until either ends, after first sending
 // the bytes each side's pre-login reader had already buffered. closeAll
-// closes both connections.
-func splice(client net.Conn, clientPending []byte, upstream net.Conn, upstreamPending []byte, closeAll func()) spliceStats {
+// closes both connections. A panic in the goroutine splice starts is logged
+// to log and ends the session.
+func splice(client net.Conn, clientPending []byte, upstream net.Conn, upstreamPending []byte, closeAll func(), log *slog.Logger) spliceStats {
 	var (
 		once   sync.Once
 		reason string
@@ -42,7 +46,17 @@ func splice(client net.Conn, clientPending []byte, upstream net.Conn, upstreamPe
 
 	down := make(chan int64, 1)
 	go func() {
-		n, rerr, werr := relay(client, upstream, upstreamPending)
+		var n int64
+		defer func() { down <- n }()
+		defer closeAll()
+		defer func() {
+			if r := recover(); r != nil {
+				end(fmt.Sprintf("panic: %v", r))
+				log.Error("session panic", "panic", r, "stack", string(debug.Stack()))
+			}
+		}()
+		var rerr, werr error
+		n, rerr, werr = relay(client, upstream, upstreamPending)
 		switch {
 		case werr != nil:
 			end("client write: " + werr.Error())
@@ -51,8 +65,6 @@ func splice(client net.Conn, clientPending []byte, upstream net.Conn, upstreamPe
 		default:
 			end("upstream closed")
 		}
-		closeAll()
-		down <- n
 	}()
 
 	up, rerr, werr := relay(upstream, client, clientPending)

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 )
@@ -73,5 +74,30 @@ func TestRelayBuffers(t *testing.T) {
 				t.Fatalf("deadlines set: got %v, want %v", src.deadlines, tt.deadlines)
 			}
 		})
+	}
+}
+
+// panicConn panics on Write.
+type panicConn struct{ net.Conn }
+
+func (panicConn) Write([]byte) (int, error) { panic("write panic") }
+
+func TestSplicePanicRecovered(t *testing.T) {
+	client, clientPeer := net.Pipe()
+	upstream, upstreamPeer := net.Pipe()
+	closeAll := func() {
+		client.Close()
+		upstream.Close()
+	}
+	log, logs := newTestLogger(t)
+	done := make(chan spliceStats)
+	go func() {
+		done <- splice(panicConn{client}, nil, upstream, []byte("* OK\r\n"), closeAll, log)
+	}()
+	st := <-done
+	clientPeer.Close()
+	upstreamPeer.Close()
+	if !strings.HasPrefix(st.reason, "panic: write panic") || !strings.Contains(logs.String(), "session panic") {
+		t.Fatalf("got reason %q and log %q, want the panic", st.reason, logs)
 	}
 }
