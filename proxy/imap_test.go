@@ -161,13 +161,19 @@ func TestIMAPUpstreamUnavailable(t *testing.T) {
 	bye.Greeting = "* BYE too busy"
 	throttled := defaultStub()
 	throttled.Reject = "BAD Request is throttled. Suggested Backoff Time: 100 milliseconds"
+	silent := silentListener(t, nil)
+	silentTLS := silentListener(t, &tls.Config{Certificates: []tls.Certificate{mustCert(t).cert}})
 	tests := []struct {
 		name     string
 		stub     *stubUpstream
 		upstream string
 		tls      *tls.Config
+		dial     time.Duration // DialTimeout
+		login    time.Duration // LoginTimeout
 	}{
 		{name: "refused", upstream: closedAddr},
+		{name: "no TLS handshake", upstream: silent, dial: 50 * time.Millisecond},
+		{name: "no greeting", upstream: silentTLS, login: 50 * time.Millisecond},
 		{name: "untrusted certificate", stub: defaultStub(), tls: &tls.Config{}},
 		{name: "greeting BYE", stub: bye},
 		{name: "throttled", stub: throttled},
@@ -180,7 +186,10 @@ func TestIMAPUpstreamUnavailable(t *testing.T) {
 			}
 			auth := &stubAuth{pass: "pw"}
 			log, logs := newTestLogger(t)
-			_, addr := startProxy(t, IMAPOptions{Auth: auth, Upstream: tt.upstream, UpstreamTLS: tt.tls, Logger: log}, nil)
+			_, addr := startProxy(t, IMAPOptions{
+				Auth: auth, Upstream: tt.upstream, UpstreamTLS: tt.tls, Logger: log,
+				DialTimeout: tt.dial, LoginTimeout: tt.login,
+			}, nil)
 			c := dialClient(t, addr)
 			c.greet()
 			c.send("a LOGIN alice pw\r\n")
@@ -193,6 +202,43 @@ func TestIMAPUpstreamUnavailable(t *testing.T) {
 			}
 		})
 	}
+}
+
+// silentListener accepts connections (completing the TLS handshake if cfg
+// is set) and never says anything.
+func silentListener(t *testing.T, cfg *tls.Config) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	t.Cleanup(func() {
+		ln.Close()
+		<-done
+	})
+	go func() {
+		defer close(done)
+		var conns []net.Conn
+		defer func() {
+			for _, c := range conns {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			if cfg != nil {
+				tc := tls.Server(c, cfg)
+				tc.SetDeadline(time.Now().Add(5 * time.Second))
+				tc.Handshake()
+			}
+			conns = append(conns, c)
+		}
+	}()
+	return ln.Addr().String()
 }
 
 func TestIMAPUpstreamRejected(t *testing.T) {
