@@ -93,7 +93,11 @@ func TestValidateTokenTampering(t *testing.T) {
 	claims["roles"] = []string{"IMAP.AccessAsApp", "full_access_as_app"}
 	forged, _ := json.Marshal(claims)
 	flipped := []byte(parts[2])
-	flipped[10] ^= 'A' ^ 'B'
+	if flipped[10] == 'A' {
+		flipped[10] = 'B'
+	} else {
+		flipped[10] = 'A'
+	}
 
 	other, err := NewEntra(EntraOptions{})
 	if err != nil {
