@@ -63,7 +63,7 @@ func TestMalformedInput(t *testing.T) {
 		{"select before login", "a1 SELECT INBOX\r\n", []string{"a1 "}, "a1 BAD"},
 		{"overlong line", "a1 LOGIN " + strings.Repeat("x", 1<<20) + "\r\n", []string{"* BYE"}, "BYE"},
 		{"huge literal", "a1 LOGIN {999999999}\r\n", []string{"a1 ", "* BYE"}, "BAD"},
-		{"huge non-sync literal", "a1 LOGIN {999999999+}\r\n", []string{"a1 ", "* BYE"}, "B"},
+		{"huge non-sync literal", "a1 LOGIN {999999999+}\r\n", []string{"a1 ", "* BYE"}, "BAD"},
 		{"bad base64", "a1 AUTHENTICATE PLAIN !!!notbase64!!!\r\n", []string{"a1 "}, "a1 BAD"},
 		{"bad base64 continuation", "a1 AUTHENTICATE PLAIN\r\n%%%\r\n", []string{"a1 "}, "a1 BAD"},
 		{"cancelled authenticate", "a1 AUTHENTICATE PLAIN\r\n*\r\n", []string{"a1 "}, "a1 BAD"},
@@ -74,8 +74,8 @@ func TestMalformedInput(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			lines := rawSession(t, addr, tt.send, tt.until...)
-			if !containsPrefix(lines, tt.want) {
-				t.Fatalf("sent %.60q: got %q, want a line starting %q", tt.send, lines, tt.want)
+			if !containsLine(lines, tt.want) {
+				t.Fatalf("sent %.60q: got %q, want a line with %q", tt.send, lines, tt.want)
 			}
 		})
 	}
@@ -93,14 +93,14 @@ func TestTooManyFailedLoginsEndsSession(t *testing.T) {
 	env := newSimEnv(t)
 	send := strings.Repeat("a LOGIN "+mailbox+" wrongwrongwrongwrongwrongwrong12\r\n", 5)
 	lines := rawSession(t, env.Daemon.IMAPAddr, send, "* BYE")
-	if !containsPrefix(lines, "* BYE") {
+	if !containsLine(lines, "* BYE") {
 		t.Fatalf("after repeated failures: got %q, want * BYE", lines)
 	}
 }
 
-func containsPrefix(lines []string, prefix string) bool {
+func containsLine(lines []string, substr string) bool {
 	for _, l := range lines {
-		if strings.HasPrefix(l, prefix) {
+		if strings.Contains(l, substr) {
 			return true
 		}
 	}

@@ -47,8 +47,8 @@ const (
 
 // newDaemon opens the state and binds every listener, so that a bad address
 // or a locked database fails start-up before anything is served.
-func newDaemon(cfg *config.Config, log *slog.Logger, opts broker.Options) (d *daemon, err error) {
-	d = &daemon{cfg: cfg, log: log}
+func newDaemon(cfg *config.Config, log *slog.Logger, opts broker.Options) (_ *daemon, err error) {
+	d := &daemon{cfg: cfg, log: log}
 	defer func() {
 		if err != nil {
 			d.close()

@@ -122,7 +122,7 @@ broker is running against a simulated Microsoft 365; nothing leaves this machine
 
 List the inbox through the proxy:
 
-  curl -s -u '%s:%s' 'imap://%s/INBOX' -X 'FETCH 1:* (FLAGS BODY.PEEK[HEADER.FIELDS (FROM SUBJECT)])'
+  curl -s -u '%s:%s' 'imap://%s/INBOX' -X 'FETCH 1:* (FLAGS ENVELOPE)'
 
 Press Ctrl-C to stop; the temporary state is deleted.
 
