@@ -3,7 +3,6 @@ package broker
 import (
 	"bytes"
 	"context"
-	"errors"
 	"sort"
 	"sync"
 	"time"
@@ -11,8 +10,9 @@ import (
 	"github.com/mailbroker/broker/store"
 )
 
-// memStore is an in-memory store.Store for tests. changed is notified on
-// every write.
+// memStore is an in-memory store.Store for tests, with the bbolt store's
+// error semantics (callers pass lower-case mailboxes, as the broker does).
+// changed is notified on every write.
 type memStore struct {
 	changed signal
 
@@ -63,6 +63,10 @@ func (s *memStore) PutAccount(_ context.Context, a *store.Account) error {
 
 func (s *memStore) DeleteAccount(_ context.Context, mailbox string) error {
 	s.mu.Lock()
+	if _, ok := s.accounts[mailbox]; !ok {
+		s.mu.Unlock()
+		return store.ErrNotFound
+	}
 	delete(s.accounts, mailbox)
 	s.mu.Unlock()
 	s.changed.notify()
@@ -102,7 +106,7 @@ func (s *memStore) AddAppPassword(_ context.Context, p *store.AppPassword) error
 	k := [2]string{p.Mailbox, p.ID}
 	if _, ok := s.passwords[k]; ok {
 		s.mu.Unlock()
-		return errors.New("app password exists")
+		return store.ErrExists
 	}
 	s.passwords[k] = *p
 	s.mu.Unlock()

@@ -72,8 +72,9 @@ func (v *validator) secret(key, path string) string {
 		v.errorf(key, "%s is empty", path)
 		return ""
 	}
-	if perm := info.Mode().Perm(); perm&0o044 != 0 {
-		v.warnf(key, "%s is readable by group or others (mode %04o): chmod 600 it", path, perm)
+	// Group-readable (root:broker 0640) is the usual setup; others are not.
+	if perm := info.Mode().Perm(); perm&0o004 != 0 {
+		v.warnf(key, "%s is readable by others (mode %04o): chmod o-r it", path, perm)
 	}
 	return secret
 }

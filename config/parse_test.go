@@ -263,11 +263,10 @@ func TestWarnings(t *testing.T) {
 		{"public address with STARTTLS", "[imap]\nlisten = [\"192.0.2.1:143\"]\n" + tls, ""},
 		{"private secret", contosoApp, ""},
 		{"group-readable secret", "[[app]]\nname = \"contoso\"\ntenant = \"contoso.onmicrosoft.com\"\n" +
-			"client_id = \"00000000-0000-0000-0000-000000000001\"\nclient_secret_file = \"shared.secret\" #<\n",
-			"app[1].client_secret_file: " + filepath.Join(dir, "shared.secret") + " is readable by group or others (mode 0640)"},
+			"client_id = \"00000000-0000-0000-0000-000000000001\"\nclient_secret_file = \"shared.secret\"\n", ""},
 		{"world-readable secret", "[[app]]\nname = \"contoso\"\ntenant = \"contoso.onmicrosoft.com\"\n" +
 			"client_id = \"00000000-0000-0000-0000-000000000001\"\nclient_secret_file = \"world.secret\" #<\n",
-			"app[1].client_secret_file: " + filepath.Join(dir, "world.secret") + " is readable by group or others (mode 0604)"},
+			"app[1].client_secret_file: " + filepath.Join(dir, "world.secret") + " is readable by others (mode 0604)"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -7,7 +7,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"fmt"
 	"io"
 	"slices"
 	"sync"
@@ -176,5 +175,3 @@ func BenchmarkLoginBurst(b *testing.B) {
 		}
 	}
 }
-
-var _ = fmt.Sprint

@@ -24,7 +24,6 @@ type daemon struct {
 	t        testing.TB
 	cmd      *exec.Cmd
 	config   string
-	stateDir string
 	IMAPAddr string
 
 	mu     sync.Mutex
@@ -182,12 +181,3 @@ flow = "client_credentials"
 }
 
 var interruptSignal = os.Interrupt
-
-func readFile(t *testing.T, path string) string {
-	t.Helper()
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(data)
-}
