@@ -53,7 +53,7 @@ func (e *imapRejection) Error() string {
 
 // imapUpstream is an upstream connection during login.
 type imapUpstream struct {
-	conn *tls.Conn
+	conn net.Conn
 	br   *bufio.Reader
 	// caps are upstream's capabilities after login.
 	caps []string
