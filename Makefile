@@ -26,7 +26,7 @@ fuzz:
 	@sh .ci/fuzz $(FUZZTIME)
 
 bench: deps
-	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./test/
+	$(GO) test -run '^$$' -bench . -benchtime 200x -timeout 30m ./test/
 
 clean:
 	rm -rf bin

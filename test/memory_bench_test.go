@@ -1,13 +1,12 @@
 package test
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
-	"os"
+	"net"
 	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"sync"
 	"testing"
 
@@ -36,24 +35,30 @@ func plainBroker(b testing.TB) string {
 	return plainBin
 }
 
-// rss returns a process's resident memory in bytes.
-func rss(b testing.TB, pid int) int64 {
+// daemonStats asks a running daemon, over its control socket, for its live
+// memory after a collection.
+func daemonStats(b testing.TB, d *daemon) (sessions int, bytes uint64) {
 	b.Helper()
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	conn, err := net.Dial("unix", filepath.Join(filepath.Dir(d.config), "state", "control.sock"))
 	if err != nil {
 		b.Fatal(err)
 	}
-	for _, line := range strings.Split(string(status), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-			if err != nil {
-				b.Fatal(err)
-			}
-			return kb << 10
+	defer conn.Close()
+	var resp struct {
+		Error string
+		Stats struct {
+			Sessions   int    `json:"sessions"`
+			HeapBytes  uint64 `json:"heap_bytes"`
+			StackBytes uint64 `json:"stack_bytes"`
 		}
 	}
-	b.Fatal("no VmRSS")
-	return 0
+	if err := json.NewEncoder(conn).Encode(map[string]string{"op": "stats"}); err != nil {
+		b.Fatal(err)
+	}
+	if err := json.NewDecoder(conn).Decode(&resp); err != nil || resp.Error != "" {
+		b.Fatalf("stats: %v %s", err, resp.Error)
+	}
+	return resp.Stats.Sessions, resp.Stats.HeapBytes + resp.Stats.StackBytes
 }
 
 // BenchmarkIdleSessionMemory opens many IDLE sessions through a broker
@@ -66,7 +71,6 @@ func BenchmarkIdleSessionMemory(b *testing.B) {
 	secret := writeFile(b, dir, "secret", []byte(env.Secret))
 	d := startDaemonBin(b, plainBroker(b), dir, brokerConfig(filepath.Join(dir, "state"), env.Upstream.Addr(), ca, env.Entra.URL(), tenant, clientID, secret, mailbox))
 	_, password := d.addAppPassword(mailbox)
-	pid := d.cmd.Process.Pid
 
 	open := func() *imapclient.Client {
 		c, err := imapclient.DialInsecure(d.IMAPAddr, nil)
@@ -84,14 +88,23 @@ func BenchmarkIdleSessionMemory(b *testing.B) {
 		}
 		return c
 	}
+	// Once: later rounds would reuse the memory the first one grew into.
+	measured := false
 	for b.Loop() {
+		if measured {
+			continue
+		}
+		measured = true
 		warm := open()
-		before := rss(b, pid)
+		_, before := daemonStats(b, d)
 		clients := make([]*imapclient.Client, 0, sessions)
 		for range sessions {
 			clients = append(clients, open())
 		}
-		after := rss(b, pid)
+		n, after := daemonStats(b, d)
+		if n != sessions+1 {
+			b.Fatalf("daemon holds %d sessions, want %d", n, sessions+1)
+		}
 		b.ReportMetric(float64(after-before)/sessions, "bytes/idle-session")
 		for _, c := range clients {
 			c.Close()

@@ -35,6 +35,16 @@ type controlResponse struct {
 	Password     string                    `json:"password,omitempty"`
 	AppPassword  *broker.AppPasswordInfo   `json:"app_password,omitempty"`
 	AppPasswords []*broker.AppPasswordInfo `json:"app_passwords,omitempty"`
+	Stats        *daemonStats              `json:"stats,omitempty"`
+}
+
+// daemonStats is what a running daemon holds, for operators and for the
+// memory benchmark.
+type daemonStats struct {
+	Sessions   int    `json:"sessions"`
+	Goroutines int    `json:"goroutines"`
+	HeapBytes  uint64 `json:"heap_bytes"`  // in use after a collection
+	StackBytes uint64 `json:"stack_bytes"` // goroutine stacks
 }
 
 // appPasswordAdmin is implemented by *broker.Broker (no daemon running) and
@@ -62,7 +72,7 @@ func listenControl(path string) (net.Listener, error) {
 	return l, nil
 }
 
-func serveControl(l net.Listener, admin appPasswordAdmin, log *slog.Logger) error {
+func serveControl(l net.Listener, admin appPasswordAdmin, stats func() *daemonStats, log *slog.Logger) error {
 	for {
 		conn, err := l.Accept()
 		if err != nil {
@@ -71,7 +81,7 @@ func serveControl(l net.Listener, admin appPasswordAdmin, log *slog.Logger) erro
 		go func() {
 			defer conn.Close()
 			conn.SetDeadline(time.Now().Add(controlTimeout))
-			resp := handleControl(conn, admin)
+			resp := handleControl(conn, admin, stats)
 			if resp.Error != "" {
 				log.Info("control request failed", "err", resp.Error)
 			}
@@ -80,7 +90,7 @@ func serveControl(l net.Listener, admin appPasswordAdmin, log *slog.Logger) erro
 	}
 }
 
-func handleControl(conn net.Conn, admin appPasswordAdmin) *controlResponse {
+func handleControl(conn net.Conn, admin appPasswordAdmin, stats func() *daemonStats) *controlResponse {
 	var req controlRequest
 	if err := json.NewDecoder(bufio.NewReader(&limitedConn{conn, maxControlBytes})).Decode(&req); err != nil {
 		return &controlResponse{Error: "bad request: " + err.Error()}
@@ -96,6 +106,8 @@ func handleControl(conn net.Conn, admin appPasswordAdmin) *controlResponse {
 		resp.AppPasswords, err = admin.AppPasswords(ctx, req.Mailbox)
 	case "app-password.revoke":
 		err = admin.RevokeAppPassword(ctx, req.Mailbox, req.ID)
+	case "stats":
+		resp.Stats = stats()
 	default:
 		err = fmt.Errorf("unknown operation %q", req.Op)
 	}

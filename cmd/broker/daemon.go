@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"time"
 
 	"github.com/mailbroker/broker/broker"
@@ -126,7 +127,7 @@ func (d *daemon) run(ctx context.Context) error {
 		d.log.Info("listening", "addr", sl.l.Addr().String())
 		go func() { errc <- sl.serve(sl.l) }()
 	}
-	go func() { errc <- serveControl(d.control, d.broker, d.log) }()
+	go func() { errc <- serveControl(d.control, d.broker, d.stats, d.log) }()
 	notifySystemd("READY=1")
 
 	var err error
@@ -148,6 +149,19 @@ func (d *daemon) run(ctx context.Context) error {
 	}
 	d.close()
 	return err
+}
+
+// stats collects garbage first, so that heap figures mean live memory; a
+// collection is cheap next to how rarely an operator asks.
+func (d *daemon) stats() *daemonStats {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	st := &daemonStats{Goroutines: runtime.NumGoroutine(), HeapBytes: ms.HeapAlloc, StackBytes: ms.StackInuse}
+	if d.imap != nil {
+		st.Sessions = d.imap.Sessions()
+	}
+	return st
 }
 
 func (d *daemon) close() {
