@@ -28,6 +28,7 @@ type daemon struct {
 
 	mu     sync.Mutex
 	stderr bytes.Buffer
+	logged chan struct{} // closed and replaced on every log line
 	exited chan struct{}
 	err    error
 }
@@ -48,7 +49,7 @@ func startDaemonBin(t testing.TB, bin, dir, config string) *daemon {
 	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	d := &daemon{t: t, config: path, exited: make(chan struct{})}
+	d := &daemon{t: t, config: path, exited: make(chan struct{}), logged: make(chan struct{})}
 	d.cmd = exec.Command(bin, "serve", "-config", path)
 	pr, pw := io.Pipe()
 	d.cmd.Stderr = pw
@@ -62,6 +63,8 @@ func startDaemonBin(t testing.TB, bin, dir, config string) *daemon {
 			line := sc.Text()
 			d.mu.Lock()
 			d.stderr.WriteString(line + "\n")
+			close(d.logged)
+			d.logged = make(chan struct{})
 			d.mu.Unlock()
 			if m := listeningRE.FindStringSubmatch(line); m != nil {
 				addrs <- m[1]
@@ -89,6 +92,29 @@ func (d *daemon) Log() string {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.stderr.String()
+}
+
+// waitLog waits until the daemon has logged a line containing substr.
+func (d *daemon) waitLog(substr string) string {
+	d.t.Helper()
+	timeout := time.After(20 * time.Second)
+	for {
+		d.mu.Lock()
+		log, logged := d.stderr.String(), d.logged
+		d.mu.Unlock()
+		for _, line := range strings.Split(log, "\n") {
+			if strings.Contains(line, substr) {
+				return line
+			}
+		}
+		select {
+		case <-logged:
+		case <-d.exited:
+			d.t.Fatalf("broker exited before logging %q\n%s", substr, log)
+		case <-timeout:
+			d.t.Fatalf("broker did not log %q within 20s\n%s", substr, log)
+		}
+	}
 }
 
 // stop sends SIGTERM and waits for a clean exit.

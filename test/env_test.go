@@ -24,7 +24,10 @@ type simEnv struct {
 	Secret   string // the app's client secret
 }
 
-func newSimEnv(t *testing.T) *simEnv {
+// newSimEnv starts the simulated Microsoft 365 and a daemon in front of it.
+// Options change the app as registered in Entra (not as configured in
+// broker), to stage an administrator's mistake.
+func newSimEnv(t *testing.T, appOptions ...func(*m365sim.App)) *simEnv {
 	t.Helper()
 	entra, err := m365sim.NewEntra(m365sim.EntraOptions{})
 	if err != nil {
@@ -33,10 +36,14 @@ func newSimEnv(t *testing.T) *simEnv {
 	t.Cleanup(entra.Close)
 	env := &simEnv{Entra: entra, Secret: "Zx8Q~sim.secret-value_0123456789abcdefXYZ"}
 	entra.AddTenant(tenant)
-	entra.AddApp(m365sim.App{
+	app := m365sim.App{
 		Tenant: tenant, ClientID: clientID, Secret: env.Secret,
 		Roles: []string{"IMAP.AccessAsApp"}, Mailboxes: []string{mailbox},
-	})
+	}
+	for _, o := range appOptions {
+		o(&app)
+	}
+	entra.AddApp(app)
 	env.Upstream, err = m365sim.NewIMAP(entra)
 	if err != nil {
 		t.Fatal(err)

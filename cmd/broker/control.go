@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -82,6 +83,9 @@ func serveControl(l net.Listener, admin appPasswordAdmin, stats func() *daemonSt
 			defer conn.Close()
 			conn.SetDeadline(time.Now().Add(controlTimeout))
 			resp := handleControl(conn, admin, stats)
+			if resp == nil {
+				return // a liveness probe: connected and closed
+			}
 			if resp.Error != "" {
 				log.Info("control request failed", "err", resp.Error)
 			}
@@ -92,7 +96,9 @@ func serveControl(l net.Listener, admin appPasswordAdmin, stats func() *daemonSt
 
 func handleControl(conn net.Conn, admin appPasswordAdmin, stats func() *daemonStats) *controlResponse {
 	var req controlRequest
-	if err := json.NewDecoder(bufio.NewReader(&limitedConn{conn, maxControlBytes})).Decode(&req); err != nil {
+	if err := json.NewDecoder(bufio.NewReader(&limitedConn{conn, maxControlBytes})).Decode(&req); err == io.EOF {
+		return nil
+	} else if err != nil {
 		return &controlResponse{Error: "bad request: " + err.Error()}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), controlTimeout)
