@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -87,5 +88,17 @@ func TestDevMode(t *testing.T) {
 		if !strings.Contains(string(out), subject) {
 			t.Fatalf("the printed curl command's output lacks %q:\n%s", subject, out)
 		}
+	}
+}
+
+func TestSIGHUPDoesNotStopDaemon(t *testing.T) {
+	env := newSimEnv(t)
+	if err := env.Daemon.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	env.Daemon.waitLog("reload is not supported yet")
+	c := dialProxy(t, env.Daemon.IMAPAddr)
+	if err := c.Login(mailbox, env.Password).Wait(); err != nil {
+		t.Fatalf("LOGIN after SIGHUP: %v", err)
 	}
 }

@@ -9,8 +9,10 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"runtime"
+	"syscall"
 	"time"
 
 	"github.com/mailbroker/broker/broker"
@@ -130,12 +132,24 @@ func (d *daemon) run(ctx context.Context) error {
 	go func() { errc <- serveControl(d.control, d.broker, d.stats, d.log) }()
 	notifySystemd("READY=1")
 
+	// SIGHUP would end the process by default; until reload exists, say so.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+
 	var err error
-	select {
-	case <-ctx.Done():
-	case err = <-errc:
-		if errors.Is(err, net.ErrClosed) {
-			err = nil
+wait:
+	for {
+		select {
+		case <-hup:
+			d.log.Warn("configuration reload is not supported yet; restart broker to apply changes")
+		case <-ctx.Done():
+			break wait
+		case err = <-errc:
+			if errors.Is(err, net.ErrClosed) {
+				err = nil
+			}
+			break wait
 		}
 	}
 	notifySystemd("STOPPING=1")
