@@ -1,6 +1,8 @@
 package harness
 
 import (
+	"github.com/mailbroker/broker/test/m365sim"
+
 	"errors"
 	"fmt"
 	"os"
@@ -28,10 +30,11 @@ func (d *Dovecot) writeFiles(opts DovecotOptions) (dovecotConfData, error) {
 		conf.SocketUser = "postfix"
 	}
 
-	certPEM, keyPEM, err := selfSigned()
+	cert, err := m365sim.NewCert("127.0.0.1", "localhost")
 	if err != nil {
 		return conf, err
 	}
+	certPEM, keyPEM := cert.CertPEM, cert.KeyPEM
 	d.CACertPEM = certPEM
 	d.CAFile = filepath.Join(d.Dir, "cert.pem")
 
