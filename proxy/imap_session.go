@@ -48,6 +48,10 @@ type imapSession struct {
 	failures int // failed logins
 	bad      int // invalid or refused commands
 
+	// linger is set when the session ends on the client's error while the
+	// client may still be sending.
+	linger bool
+
 	account string
 	stats   spliceStats
 	reason  string // why the session ended
@@ -63,6 +67,11 @@ func newIMAPSession(srv *IMAPServer, tc *trackedConn) *imapSession {
 func (s *imapSession) run() {
 	s.log.Info("session start", "remote", s.tc.conn.RemoteAddr().String(), "tls", s.isTLS)
 	defer s.logEnd()
+	defer func() {
+		if s.linger {
+			closeAfterBye(s.conn)
+		}
+	}()
 	if s.isTLS {
 		// Implicit TLS (RFC 8314): handshake before the greeting, bounded.
 		if err := s.handshake(s.conn.(*tls.Conn)); err != nil {
@@ -145,6 +154,7 @@ func (s *imapSession) readFailed(err error) (end bool) {
 		if se.fatal {
 			s.reason = "protocol error: " + se.text
 			s.write(tag+" BAD "+se.text, "* BYE "+se.text)
+			s.linger = true
 			return true
 		}
 		return s.refuse(tag + " BAD " + se.text)
@@ -166,6 +176,7 @@ func (s *imapSession) refuse(reply string) (end bool) {
 	if s.bad >= imapMaxBadCommands {
 		s.reason = "too many invalid commands"
 		s.write(reply, "* BYE Too many invalid commands")
+		s.linger = true
 		return true
 	}
 	return !s.write(reply)
@@ -274,6 +285,7 @@ func (s *imapSession) loginFailed(reply string) (end bool) {
 	if s.failures >= s.srv.opts.MaxLoginFailures {
 		s.reason = "too many failed logins"
 		s.write(reply, "* BYE Too many failures")
+		s.linger = true
 		return true
 	}
 	return !s.write(reply)

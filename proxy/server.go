@@ -275,3 +275,21 @@ func newSessionID() string {
 	rand.Read(b[:])
 	return hex.EncodeToString(b[:])
 }
+
+const (
+	// lingerTimeout and lingerMaxBytes bound how long and how much a
+	// closing session discards of what the client still sends.
+	lingerTimeout  = 2 * time.Second
+	lingerMaxBytes = 4 << 20
+)
+
+// closeAfterBye half-closes c and discards what the client is still
+// sending for a moment: closing a socket with unread bytes makes the kernel
+// answer with a reset, which can destroy the BYE still in flight.
+func closeAfterBye(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+	c.SetReadDeadline(time.Now().Add(lingerTimeout))
+	io.CopyN(io.Discard, c, lingerMaxBytes)
+}

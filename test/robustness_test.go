@@ -25,9 +25,9 @@ func rawSession(t *testing.T, addr string, send string, until ...string) []strin
 	if greeting, err := r.ReadString('\n'); err != nil || !strings.HasPrefix(greeting, "* OK") {
 		t.Fatalf("greeting: got %q, %v", greeting, err)
 	}
-	if _, err := conn.Write([]byte(send)); err != nil {
-		t.Fatal(err)
-	}
+	// The proxy may hang up before reading everything (an overlong line):
+	// what counts is what it answered.
+	go conn.Write([]byte(send))
 	var lines []string
 	for {
 		line, err := r.ReadString('\n')
