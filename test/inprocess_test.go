@@ -47,6 +47,12 @@ type inProcess struct {
 }
 
 func newInProcess(t testing.TB, log io.Writer) *inProcess {
+	return newInProcessVia(t, log, nil)
+}
+
+// newInProcessVia routes the proxy's upstream connections through the
+// address via returns for the upstream's (nil: direct).
+func newInProcessVia(t testing.TB, log io.Writer, via func(addr string) string) *inProcess {
 	t.Helper()
 	entra, err := m365sim.NewEntra(m365sim.EntraOptions{})
 	if err != nil {
@@ -88,9 +94,13 @@ func newInProcess(t testing.TB, log io.Writer) *inProcess {
 	}
 	t.Cleanup(env.Broker.Close)
 	env.Broker.Start()
-	host, _, _ := net.SplitHostPort(env.Upstream.Addr())
+	upstream := env.Upstream.Addr()
+	if via != nil {
+		upstream = via(upstream)
+	}
+	host, _, _ := net.SplitHostPort(upstream)
 	srv := proxy.NewIMAPServer(&proxy.IMAPOptions{
-		Upstream:    env.Upstream.Addr(),
+		Upstream:    upstream,
 		UpstreamTLS: &tls.Config{ServerName: host, RootCAs: certPool(t, env.Upstream.CACertPEM())},
 		Auth:        env.Broker,
 		Logger:      logger,
