@@ -15,16 +15,13 @@ import (
 
 // AppPassword returns one app password of mailbox.
 func (d *DB) AppPassword(ctx context.Context, mailbox, id string) (*AppPassword, error) {
-	mailbox, err := normMailbox(mailbox)
+	mailbox, key, err := appPasswordRef(mailbox, id)
 	if err != nil {
-		return nil, err
-	}
-	if err := checkID(id); err != nil {
 		return nil, err
 	}
 	var p *AppPassword
 	err = d.view(ctx, func(tx *bbolt.Tx) error {
-		v := tx.Bucket(appPasswordsBucket).Get(appPasswordKey(mailbox, id))
+		v := tx.Bucket(appPasswordsBucket).Get(key)
 		if v == nil {
 			return ErrNotFound
 		}
@@ -99,14 +96,10 @@ func (d *DB) AddAppPassword(ctx context.Context, p *AppPassword) error {
 
 // DeleteAppPassword deletes one app password of mailbox.
 func (d *DB) DeleteAppPassword(ctx context.Context, mailbox, id string) error {
-	mailbox, err := normMailbox(mailbox)
+	_, key, err := appPasswordRef(mailbox, id)
 	if err != nil {
 		return err
 	}
-	if err := checkID(id); err != nil {
-		return err
-	}
-	key := appPasswordKey(mailbox, id)
 	return d.update(ctx, func(tx *bbolt.Tx) error {
 		b := tx.Bucket(appPasswordsBucket)
 		if b.Get(key) == nil {
@@ -119,14 +112,10 @@ func (d *DB) DeleteAppPassword(ctx context.Context, mailbox, id string) error {
 // TouchAppPassword records a use at time at. It never moves LastUsed
 // back, so that concurrent logins recording out of order keep the latest.
 func (d *DB) TouchAppPassword(ctx context.Context, mailbox, id string, at time.Time) error {
-	mailbox, err := normMailbox(mailbox)
+	_, key, err := appPasswordRef(mailbox, id)
 	if err != nil {
 		return err
 	}
-	if err := checkID(id); err != nil {
-		return err
-	}
-	key := appPasswordKey(mailbox, id)
 	return d.update(ctx, func(tx *bbolt.Tx) error {
 		b := tx.Bucket(appPasswordsBucket)
 		v := b.Get(key)
@@ -147,4 +136,17 @@ func (d *DB) TouchAppPassword(ctx context.Context, mailbox, id string, at time.T
 		}
 		return b.Put(key, v)
 	})
+}
+
+// appPasswordRef checks and normalises a reference to one app password and
+// returns its key.
+func appPasswordRef(mailbox, id string) (string, []byte, error) {
+	mailbox, err := normMailbox(mailbox)
+	if err != nil {
+		return "", nil, err
+	}
+	if err := checkID(id); err != nil {
+		return "", nil, err
+	}
+	return mailbox, appPasswordKey(mailbox, id), nil
 }
