@@ -3,8 +3,13 @@ package test
 import (
 	"bufio"
 	"context"
+	"github.com/mailbroker/broker/test/m365sim"
+	"os"
 	"os/exec"
+	"os/user"
+	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -100,5 +105,47 @@ func TestSIGHUPDoesNotStopDaemon(t *testing.T) {
 	c := dialProxy(t, env.Daemon.IMAPAddr)
 	if err := c.Login(mailbox, env.Password).Wait(); err != nil {
 		t.Fatalf("LOGIN after SIGHUP: %v", err)
+	}
+}
+
+// TestCLIAsRootKeepsDaemonOwnership: an administrator running the CLI as
+// root before the daemon's first start must not leave it a database owned
+// by root in the daemon user's state directory.
+func TestCLIAsRootKeepsDaemonOwnership(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("this test runs as root, as CI does")
+	}
+	nobody, err := user.Lookup("nobody")
+	if err != nil {
+		t.Fatal(err)
+	}
+	uid, _ := strconv.Atoi(nobody.Uid)
+	gid, _ := strconv.Atoi(nobody.Gid)
+	dir := t.TempDir()
+	state := filepath.Join(dir, "state")
+	if err := os.Mkdir(state, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(state, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+	secret := writeFile(t, dir, "secret", []byte("s"))
+	cert, err := m365sim.NewCert("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca := writeFile(t, dir, "ca.pem", cert.CertPEM)
+	cfg := writeFile(t, dir, "broker.toml", []byte(brokerConfig(state, "127.0.0.1:993", ca, "https://login.microsoftonline.com", tenant, clientID, secret, mailbox)))
+	if _, stderr, err := runBroker("app-password", "add", "-config", cfg, mailbox); err != nil {
+		t.Fatalf("app-password add: %v\n%s", err, stderr)
+	}
+	for _, name := range []string{"broker.db", "broker.key"} {
+		info, err := os.Stat(filepath.Join(state, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := info.Sys().(*syscall.Stat_t).Uid; int(got) != uid {
+			t.Errorf("%s owner: got uid %d, want %d (the state directory's owner)", name, got, uid)
+		}
 	}
 }

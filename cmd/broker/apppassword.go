@@ -6,7 +6,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -113,7 +115,29 @@ func openAppPasswordAdmin(cfg *config.Config) (appPasswordAdmin, func(), error) 
 		st.Close()
 		return nil, nil, err
 	}
+	matchStateDirOwner(cfg.StateDir, dbFile, broker.KeyFile)
 	return b, func() { b.Close(); st.Close() }, nil
+}
+
+// matchStateDirOwner gives files that root just created in the state
+// directory to the directory's owner, the daemon's user: otherwise a CLI
+// run as root before the daemon's first start leaves it a database it
+// cannot open.
+func matchStateDirOwner(dir string, names ...string) {
+	if os.Geteuid() != 0 {
+		return
+	}
+	info, err := os.Stat(dir)
+	if err != nil {
+		return
+	}
+	st, ok := info.Sys().(*syscall.Stat_t)
+	if !ok || st.Uid == 0 {
+		return
+	}
+	for _, name := range names {
+		os.Lchown(filepath.Join(dir, name), int(st.Uid), int(st.Gid))
+	}
 }
 
 func printAppPasswords(w io.Writer, list []*broker.AppPasswordInfo) {
