@@ -4,7 +4,6 @@ package main
 // database lock. One JSON request and one JSON response per connection.
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -96,7 +95,7 @@ func serveControl(l net.Listener, admin appPasswordAdmin, stats func() *daemonSt
 
 func handleControl(conn net.Conn, admin appPasswordAdmin, stats func() *daemonStats) *controlResponse {
 	var req controlRequest
-	if err := json.NewDecoder(bufio.NewReader(&limitedConn{conn, maxControlBytes})).Decode(&req); err == io.EOF {
+	if err := json.NewDecoder(io.LimitReader(conn, maxControlBytes)).Decode(&req); err == io.EOF {
 		return nil
 	} else if err != nil {
 		return &controlResponse{Error: "bad request: " + err.Error()}
@@ -121,23 +120,6 @@ func handleControl(conn net.Conn, admin appPasswordAdmin, stats func() *daemonSt
 		resp.Error = err.Error()
 	}
 	return &resp
-}
-
-type limitedConn struct {
-	net.Conn
-	n int
-}
-
-func (c *limitedConn) Read(p []byte) (int, error) {
-	if c.n <= 0 {
-		return 0, errors.New("request too large")
-	}
-	if len(p) > c.n {
-		p = p[:c.n]
-	}
-	n, err := c.Conn.Read(p)
-	c.n -= n
-	return n, err
 }
 
 // controlClient talks to a running daemon.

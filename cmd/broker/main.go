@@ -75,9 +75,6 @@ func parseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
 		if len(args) == 0 {
 			return positional, nil
 		}
-		if args[0] == "--" {
-			return append(positional, args[1:]...), nil
-		}
 		positional = append(positional, args[0])
 		args = args[1:]
 	}
