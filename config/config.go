@@ -3,6 +3,8 @@
 // rest of broker never sees an unchecked value.
 package config
 
+import "time"
+
 // Flow names how an account obtains its tokens.
 type Flow string
 
@@ -23,6 +25,8 @@ type Config struct {
 
 	// IMAP is nil when the file has no [imap] section.
 	IMAP *Listener
+	// SMTP is nil when the file has no [smtp] section.
+	SMTP *SMTP
 
 	Apps     []*App
 	Accounts []*Account
@@ -45,6 +49,23 @@ type Listener struct {
 	// TLSCertFile and TLSKeyFile enable local TLS; both or neither.
 	TLSCertFile string
 	TLSKeyFile  string
+}
+
+// SMTP is the [smtp] section.
+type SMTP struct {
+	Listener
+	// UpstreamImplicitTLS: the upstream port is 465, spoken to with TLS
+	// from the first byte; any other port gets STARTTLS.
+	UpstreamImplicitTLS bool
+	// UnauthenticatedAs is the mailbox of a configured account that
+	// loopback clients may submit as without AUTH; "" = AUTH required.
+	UnauthenticatedAs string
+	// MaxConnectionsPerMailbox caps concurrent upstream connections per
+	// mailbox. Default 3, Exchange Online's limit.
+	MaxConnectionsPerMailbox int
+	// ConnectionWait is how long a session waits for a free connection
+	// before the client is told to retry. Default 30s.
+	ConnectionWait time.Duration
 }
 
 // Cloud is a Microsoft national cloud.

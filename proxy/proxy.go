@@ -45,6 +45,15 @@ type Authenticator interface {
 	Authenticate(ctx context.Context, login *Login) (*Upstream, error)
 }
 
+// AccountAuthenticator is an optional interface of an Authenticator: it
+// returns upstream credentials for a configured account without a local
+// password. The SMTP server uses it only for SMTPOptions.UnauthenticatedAs,
+// and only for loopback clients. A failure is a *LoginError, as for
+// Authenticate.
+type AccountAuthenticator interface {
+	AuthenticateAccount(ctx context.Context, protocol Protocol, account string) (*Upstream, error)
+}
+
 // UpstreamRejectionReporter is an optional interface of an Authenticator: it
 // is told when upstream refused credentials the Authenticator handed out, so
 // that it can mark the account or discard a token.
