@@ -118,4 +118,9 @@ type Account struct {
 const (
 	DefaultPath     = "/etc/broker/broker.toml"
 	DefaultStateDir = "/var/lib/broker"
+
+	// DefaultSMTPMaxConnectionsPerMailbox is Exchange Online's limit of
+	// concurrent SMTP connections per mailbox.
+	DefaultSMTPMaxConnectionsPerMailbox = 3
+	DefaultSMTPConnectionWait           = 30 * time.Second
 )

@@ -1,14 +1,18 @@
 package config
 
 import (
+	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 func FuzzParse(f *testing.F) {
 	f.Add([]byte(contosoApp + supportAccount))
 	f.Add([]byte("[imap]\nlisten = [\"127.0.0.1:143\", \":1993\"]\n"))
 	f.Add([]byte("account = [{mailbox = \"a@b.c\", app = \"x\"}]\n[[app]]\nname = 'x'\ncloud = \"china\"\n"))
+	f.Add([]byte(contosoApp + supportAccount + "[smtp]\nlisten = [\":587\"]\nupstream = \"smtp.example.com:465\"\n" +
+		"allow_unauthenticated_as = \"Support@contoso.com\"\nmax_connections_per_mailbox = 2\nconnection_wait = \"1m\"\n"))
 	f.Add([]byte("a = \"\"\"\n[b]\n\"\"\"\n[[c.d]]\ne = [[1], {f = 2}]\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		scanKeyLines(data)
@@ -21,6 +25,17 @@ func FuzzParse(f *testing.F) {
 		}
 		if cfg.IMAP != nil && len(cfg.IMAP.Listen)+len(cfg.IMAP.ListenTLS) == 0 {
 			t.Fatal("accepted [imap] without a listener")
+		}
+		if s := cfg.SMTP; s != nil {
+			if len(s.Listen)+len(s.ListenTLS) == 0 {
+				t.Fatal("accepted [smtp] without a listener")
+			}
+			if s.MaxConnectionsPerMailbox < 1 || s.MaxConnectionsPerMailbox > 100 || s.ConnectionWait <= 0 || s.ConnectionWait > 10*time.Minute {
+				t.Fatalf("accepted [smtp] with %d connections per mailbox, wait %v", s.MaxConnectionsPerMailbox, s.ConnectionWait)
+			}
+			if s.UnauthenticatedAs != "" && !slices.ContainsFunc(cfg.Accounts, func(a *Account) bool { return a.Mailbox == s.UnauthenticatedAs }) {
+				t.Fatalf("allow_unauthenticated_as %q is no account's mailbox", s.UnauthenticatedAs)
+			}
 		}
 		for _, a := range cfg.Accounts {
 			if a.App == nil || cfg.AppByName(a.App.Name) != a.App {

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"net"
 	"slices"
 	"strings"
 )
@@ -11,14 +12,20 @@ import (
 const defaultIMAPListen = "127.0.0.1:143"
 
 func (v *validator) imap(raw *rawListener, apps []*App) *Listener {
-	const section = "imap"
+	return v.listener("imap", defaultIMAPListen, raw, apps, func(c *Cloud) string { return c.IMAPHost })
+}
+
+// listener validates the settings every protocol section has. listenDefault
+// applies when the section names no listener; upstreamHost picks the
+// protocol's host from the apps' cloud when upstream is not set.
+func (v *validator) listener(section, listenDefault string, raw *rawListener, apps []*App, upstreamHost func(*Cloud) string) *Listener {
 	l := &Listener{}
 	listen, listenSet := v.list(section+".listen", raw.Listen)
 	listenTLS, listenTLSSet := v.list(section+".listen_tls", raw.ListenTLS)
 	// The default applies only to a section naming no listener at all, so
 	// that listen_tls alone does not also open a plain-text port.
 	if !listenSet && !listenTLSSet {
-		listen = []string{defaultIMAPListen}
+		listen = []string{listenDefault}
 	}
 	l.Listen = v.listenAddrs(section+".listen", listen)
 	l.ListenTLS = v.listenAddrs(section+".listen_tls", listenTLS)
@@ -47,7 +54,7 @@ func (v *validator) imap(raw *rawListener, apps []*App) *Listener {
 		}
 		l.Upstream = up
 	} else if !raw.Upstream.set {
-		l.Upstream = v.defaultUpstream(section, apps, func(c *Cloud) string { return c.IMAPHost })
+		l.Upstream = v.defaultUpstream(section, apps, upstreamHost)
 	}
 	if file, ok := v.str(section+".upstream_ca_file", raw.UpstreamCAFile); ok {
 		l.UpstreamCAFile = v.resolve(file)
@@ -65,16 +72,20 @@ func (v *validator) listenAddrs(key string, addrs []string) []string {
 	return addrs
 }
 
+// duplicateAddrs reports an address listed twice, in this section or an
+// earlier one. Port 0 (any free port) can be listed any number of times.
 func (v *validator) duplicateAddrs(section string, l *Listener) {
-	first := map[string]string{}
 	check := func(key string, addrs []string) {
 		for i, addr := range addrs {
 			k := fmt.Sprintf("%s.%s[%d]", section, key, i+1)
-			if prev, dup := first[addr]; dup {
+			if _, port, err := net.SplitHostPort(addr); err == nil && port == "0" {
+				continue
+			}
+			if prev, dup := v.listenKeys[addr]; dup {
 				v.errorf(k, "%q is already listed as %s", addr, prev)
 				continue
 			}
-			first[addr] = k
+			v.listenKeys[addr] = k
 		}
 	}
 	check("listen", l.Listen)

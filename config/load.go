@@ -43,6 +43,7 @@ func Parse(data []byte, path string) (*Config, error) {
 type rawConfig struct {
 	StateDir text         `toml:"state_dir"`
 	IMAP     *rawListener `toml:"imap"`
+	SMTP     *rawSMTP     `toml:"smtp"`
 	Apps     []rawApp     `toml:"app"`
 	Accounts []rawAccount `toml:"account"`
 }
@@ -54,6 +55,13 @@ type rawListener struct {
 	UpstreamCAFile text  `toml:"upstream_ca_file"`
 	TLSCertFile    text  `toml:"tls_cert_file"`
 	TLSKeyFile     text  `toml:"tls_key_file"`
+}
+
+type rawSMTP struct {
+	rawListener
+	AllowUnauthenticatedAs   text   `toml:"allow_unauthenticated_as"`
+	MaxConnectionsPerMailbox number `toml:"max_connections_per_mailbox"`
+	ConnectionWait           text   `toml:"connection_wait"`
 }
 
 type rawApp struct {
@@ -87,6 +95,23 @@ func (t *text) UnmarshalTOML(v any) error {
 		t.wrongType = tomlType(v)
 	}
 	t.s = s
+	return nil
+}
+
+// number is an integer setting.
+type number struct {
+	set       bool
+	n         int64
+	wrongType string
+}
+
+func (n *number) UnmarshalTOML(v any) error {
+	n.set = true
+	i, ok := v.(int64)
+	if !ok {
+		n.wrongType = tomlType(v)
+	}
+	n.n = i
 	return nil
 }
 

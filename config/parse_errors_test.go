@@ -19,7 +19,7 @@ func TestParseErrors(t *testing.T) {
 		{"unknown key in second account", contosoApp + supportAccount +
 			"[[account]]\nmailbox = \"b@contoso.com\"\ncolour = 1 #<\napp = \"contoso\"\nflow = \"client_credentials\"\n",
 			"account[2].colour", "unknown key"},
-		{"unknown table", "[smtp] #<\nlisten = [\"127.0.0.1:25\"]\n", "smtp", "unknown key"},
+		{"unknown table", "[pop3] #<\nlisten = [\"127.0.0.1:110\"]\n", "pop3", "unknown key"},
 		{"upper-case key", "State_Dir = \"/x\" #<\n", "State_Dir", "keys are lower case: state_dir"},
 		{"string of wrong type", "state_dir = 5 #<\n", "state_dir", "must be a string, not integer"},
 		{"empty string", "state_dir = \"\" #<\n", "state_dir", "must not be empty"},
@@ -55,6 +55,38 @@ func TestParseErrors(t *testing.T) {
 		{"apps in different clouds", "[imap] #<\n" + contosoApp + "[[app]]\nname = \"cn\"\ntenant = \"cn.partner.onmschina.cn\"\n" +
 			"client_id = \"00000000-0000-0000-0000-000000000002\"\ncloud = \"china\"\n",
 			"imap.upstream", "apps use different clouds (global, china): set imap.upstream"},
+
+		{"unknown smtp key", "[smtp]\nmax_connections = 3 #<\n", "smtp.max_connections", "unknown key"},
+		{"smtp listen without port", "[smtp]\nlisten = [\"127.0.0.1\"] #<\n", "smtp.listen[1]", "missing port"},
+		{"smtp listen_tls without certificate", "[smtp]\nlisten_tls = [\"127.0.0.1:465\"] #<\n",
+			"smtp.listen_tls", "requires smtp.tls_cert_file and smtp.tls_key_file"},
+		{"smtp certificate without key", "[smtp] #<\ntls_cert_file = \"cert.pem\"\n",
+			"smtp.tls_key_file", "required when smtp.tls_cert_file is set"},
+		{"smtp upstream without port", "[smtp]\nupstream = \"smtp.office365.com\" #<\n", "smtp.upstream", "missing port"},
+		{"smtp missing CA file", "[smtp]\nupstream_ca_file = \"nope.pem\" #<\n", "smtp.upstream_ca_file", "no such file"},
+		{"smtp no listener", "[smtp] #<\nlisten = []\n", "smtp", "no listener: set smtp.listen or smtp.listen_tls"},
+		{"smtp apps in different clouds", "[smtp] #<\n" + contosoApp + "[[app]]\nname = \"cn\"\ntenant = \"cn.partner.onmschina.cn\"\n" +
+			"client_id = \"00000000-0000-0000-0000-000000000002\"\ncloud = \"china\"\n",
+			"smtp.upstream", "apps use different clouds (global, china): set smtp.upstream"},
+		{"listen in imap and smtp", "[imap]\nlisten = [\"127.0.0.1:2525\"]\n[smtp]\nlisten = [\"127.0.0.1:2525\"] #<\n",
+			"smtp.listen[1]", "already listed as imap.listen[1]"},
+		{"unauthenticated as unknown account", contosoApp + supportAccount + "[smtp]\nallow_unauthenticated_as = \"scanner@contoso.com\" #<\n",
+			"smtp.allow_unauthenticated_as", `no [[account]] has the mailbox or login "scanner@contoso.com"`},
+		{"unauthenticated as without accounts", "[smtp]\nallow_unauthenticated_as = \"scanner\" #<\n",
+			"smtp.allow_unauthenticated_as", "no [[account]]"},
+		{"unauthenticated as empty", "[smtp]\nallow_unauthenticated_as = \"\" #<\n", "smtp.allow_unauthenticated_as", "must not be empty"},
+		{"unauthenticated as wrong type", "[smtp]\nallow_unauthenticated_as = true #<\n", "smtp.allow_unauthenticated_as", "must be a string, not boolean"},
+		{"max connections zero", "[smtp]\nmax_connections_per_mailbox = 0 #<\n", "smtp.max_connections_per_mailbox", "0 is out of range: 1 to 100"},
+		{"max connections too many", "[smtp]\nmax_connections_per_mailbox = 101 #<\n", "smtp.max_connections_per_mailbox", "101 is out of range"},
+		{"max connections negative", "[smtp]\nmax_connections_per_mailbox = -3 #<\n", "smtp.max_connections_per_mailbox", "-3 is out of range"},
+		{"max connections string", "[smtp]\nmax_connections_per_mailbox = \"3\" #<\n", "smtp.max_connections_per_mailbox", "must be an integer, not string"},
+		{"max connections float", "[smtp]\nmax_connections_per_mailbox = 3.0 #<\n", "smtp.max_connections_per_mailbox", "must be an integer, not float"},
+		{"connection wait integer", "[smtp]\nconnection_wait = 30 #<\n", "smtp.connection_wait", `must be a duration such as "30s", not integer`},
+		{"connection wait without unit", "[smtp]\nconnection_wait = \"30\" #<\n", "smtp.connection_wait", `"30" is not a duration`},
+		{"connection wait zero", "[smtp]\nconnection_wait = \"0s\" #<\n", "smtp.connection_wait", "0s is out of range"},
+		{"connection wait negative", "[smtp]\nconnection_wait = \"-1s\" #<\n", "smtp.connection_wait", "-1s is out of range"},
+		{"connection wait too long", "[smtp]\nconnection_wait = \"10m1s\" #<\n", "smtp.connection_wait", "10m1s is out of range: more than 0s and at most 10m0s"},
+		{"connection wait empty", "[smtp]\nconnection_wait = \"\" #<\n", "smtp.connection_wait", `"" is not a duration`},
 
 		{"app without name", "[[app]] #<\ntenant = \"contoso.onmicrosoft.com\"\nclient_id = \"00000000-0000-0000-0000-000000000001\"\n",
 			"app[1].name", "required"},
@@ -155,7 +187,7 @@ listen = ["nowhere"]
 }
 
 func TestUnknownTableReportedOnce(t *testing.T) {
-	_, err := parseIn(t, t.TempDir(), "[smtp]\nlisten = [\"a:1\"]\nupstream = \"b:2\"\n")
+	_, err := parseIn(t, t.TempDir(), "[pop3]\nlisten = [\"a:1\"]\nupstream = \"b:2\"\n")
 	if err == nil {
 		t.Fatal("got no error")
 	}

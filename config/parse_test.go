@@ -261,6 +261,12 @@ func TestWarnings(t *testing.T) {
 		{"all addresses", "[imap]\nlisten = [\n\"127.0.0.1:143\",\n\":143\", #<\n]\n", "imap.listen[2]: \":143\" is not a loopback address and imap has no TLS"},
 		{"public address", "[imap]\nlisten = [\"192.0.2.1:143\"] #<\n", "imap.listen[1]: \"192.0.2.1:143\" is not a loopback address"},
 		{"public address with STARTTLS", "[imap]\nlisten = [\"192.0.2.1:143\"]\n" + tls, ""},
+		{"smtp public address", "[smtp]\nlisten = [\"192.0.2.1:587\"] #<\n", "smtp.listen[1]: \"192.0.2.1:587\" is not a loopback address and smtp has no TLS"},
+		{"unauthenticated on loopback", contosoApp + supportAccount + "[smtp]\nlisten = [\"127.0.0.1:587\", \"[::1]:587\"]\n" +
+			"allow_unauthenticated_as = \"support@contoso.com\"\n", ""},
+		{"unauthenticated on all addresses", contosoApp + supportAccount + "[smtp]\nlisten = [\"127.0.0.1:587\", \":587\"]\n" +
+			"listen_tls = [\"192.0.2.1:465\"]\n" + tls + "allow_unauthenticated_as = \"support@contoso.com\" #<\n",
+			`smtp.allow_unauthenticated_as: applies to loopback clients only: clients reaching ":587" (smtp.listen[2]), "192.0.2.1:465" (smtp.listen_tls[1]) from other addresses still have to AUTH`},
 		{"private secret", contosoApp, ""},
 		{"group-readable secret", "[[app]]\nname = \"contoso\"\ntenant = \"contoso.onmicrosoft.com\"\n" +
 			"client_id = \"00000000-0000-0000-0000-000000000001\"\nclient_secret_file = \"shared.secret\"\n", ""},

@@ -20,6 +20,8 @@ type validator struct {
 	warnings []*Error
 	// secretFileSet records apps with a client_secret_file, usable or not.
 	secretFileSet map[*App]bool
+	// listenKeys maps each listen address of every section to its key.
+	listenKeys map[string]string
 }
 
 func newValidator(path string, data []byte, md *toml.MetaData) *validator {
@@ -27,7 +29,7 @@ func newValidator(path string, data []byte, md *toml.MetaData) *validator {
 	if err != nil {
 		dir = filepath.Dir(path)
 	}
-	v := &validator{path: path, file: displayName(path), dir: dir, lines: scanKeyLines(data), secretFileSet: map[*App]bool{}}
+	v := &validator{path: path, file: displayName(path), dir: dir, lines: scanKeyLines(data), secretFileSet: map[*App]bool{}, listenKeys: map[string]string{}}
 	v.unknownKeys(md)
 	return v
 }
@@ -132,6 +134,18 @@ func (v *validator) required(key string, t text) (string, bool) {
 	return v.str(key, t)
 }
 
+// integer checks that an optional setting is an integer and returns it.
+func (v *validator) integer(key string, n number) (int64, bool) {
+	switch {
+	case !n.set:
+		return 0, false
+	case n.wrongType != "":
+		v.errorf(key, "must be an integer, not %s", n.wrongType)
+		return 0, false
+	}
+	return n.n, true
+}
+
 func (v *validator) list(key string, t texts) ([]string, bool) {
 	if t.wrongType != "" {
 		v.errorf(key, "must be an array of strings, not %s", t.wrongType)
@@ -157,6 +171,9 @@ func (v *validator) config(raw *rawConfig) *Config {
 	cfg.Accounts = v.accounts(raw.Accounts, cfg.Apps)
 	if raw.IMAP != nil {
 		cfg.IMAP = v.imap(raw.IMAP, cfg.Apps)
+	}
+	if raw.SMTP != nil {
+		cfg.SMTP = v.smtp(raw.SMTP, cfg.Apps, cfg.Accounts)
 	}
 	sortByLine(v.warnings)
 	for _, w := range v.warnings {
