@@ -49,6 +49,7 @@ type Broker struct {
 
 var (
 	_ proxy.Authenticator             = (*Broker)(nil)
+	_ proxy.AccountAuthenticator      = (*Broker)(nil)
 	_ proxy.UpstreamRejectionReporter = (*Broker)(nil)
 )
 
@@ -166,6 +167,28 @@ func (b *Broker) Authenticate(ctx context.Context, login *proxy.Login) (*proxy.U
 	if _, err := b.pw.verify(ctx, mailbox, login.Password); err != nil {
 		return nil, err
 	}
+	return b.upstream(ctx, mailbox)
+}
+
+// AuthenticateAccount returns how to log in upstream as a configured
+// account, named by its mailbox or login name, without a password. The
+// proxy asks only for the account an administrator named for it
+// (smtp.allow_unauthenticated_as); should the two disagree, the client
+// learns no more than from a wrong password.
+func (b *Broker) AuthenticateAccount(ctx context.Context, protocol proxy.Protocol, account string) (*proxy.Upstream, error) {
+	idx := b.accounts.Load()
+	name := normalize(account)
+	a := idx.byMailbox[name]
+	if a == nil {
+		a = idx.byLogin[name]
+	}
+	if a == nil {
+		return nil, errCredentials(fmt.Sprintf("%s login without password as %q: not a configured account", protocol, name))
+	}
+	return b.upstream(ctx, normalize(a.Mailbox))
+}
+
+func (b *Broker) upstream(ctx context.Context, mailbox string) (*proxy.Upstream, error) {
 	tok, err := b.tokens.get(ctx, mailbox)
 	if err != nil {
 		return nil, err
