@@ -112,7 +112,7 @@ func (s *IMAPServer) Close() error { return s.srv.close() }
 
 // Shutdown stops accepting and waits for the sessions to end until ctx is
 // done; then it closes the sessions left and returns ctx's error.
-func (s *IMAPServer) Shutdown(ctx context.Context) error { return s.srv.shutdown(ctx) }
+func (s *IMAPServer) Shutdown(ctx context.Context) error { return s.srv.shutdown(ctx, nil) }
 
 // Sessions returns the number of live sessions, logged in or not.
 func (s *IMAPServer) Sessions() int { return s.srv.count() }

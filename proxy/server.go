@@ -180,12 +180,15 @@ func (s *connServer) close() error {
 	return err
 }
 
-// shutdown stops accepting and waits for the sessions to end until ctx is
-// done; then it closes those left.
-func (s *connServer) shutdown(ctx context.Context) error {
+// shutdown stops accepting, calls stopped (if not nil) and waits for the
+// sessions to end until ctx is done; then it closes those left.
+func (s *connServer) shutdown(ctx context.Context, stopped func()) error {
 	s.mu.Lock()
 	err := s.stopLocked()
 	s.mu.Unlock()
+	if stopped != nil {
+		stopped()
+	}
 	select {
 	case <-s.drained:
 		s.cancel()

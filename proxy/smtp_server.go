@@ -4,9 +4,15 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/emersion/go-smtp"
 )
 
 const (
@@ -92,19 +98,67 @@ type SMTPOptions struct {
 // SMTPServer accepts local SMTP clients and relays their messages upstream,
 // command by command, over an XOAUTH2-authenticated connection.
 type SMTPServer struct {
-	opts SMTPOptions
-	srv  *connServer
+	opts        SMTPOptions
+	hostname    string
+	upstreamTLS *tls.Config
+	tls         *tls.Config
+	logger      *slog.Logger
+	srv         *connServer
+	slots       *mailboxSlots
+	// caps are upstream's extensions as last seen, advertised to clients.
+	caps      atomic.Pointer[smtpCaps]
+	probeOnce sync.Once
+
+	mu      sync.Mutex
+	clients map[*smtpConn]struct{}
+	closing bool
 }
 
 // NewSMTPServer returns a server configured by opts, which it copies.
 func NewSMTPServer(opts *SMTPOptions) *SMTPServer {
-	s := &SMTPServer{opts: *opts}
-	logger := s.opts.Logger
-	if logger == nil {
-		logger = slog.Default()
+	s := &SMTPServer{opts: *opts, clients: make(map[*smtpConn]struct{})}
+	o := &s.opts
+	if o.Logger == nil {
+		o.Logger = slog.Default()
 	}
-	s.srv = newConnServer(logger.With("proto", string(SMTP)), func(tc *trackedConn) {})
+	s.hostname = o.Hostname
+	if s.hostname == "" {
+		s.hostname = "localhost"
+	}
+	setDefault(&o.MaxConnectionsPerMailbox, DefaultSMTPMaxConnectionsPerMailbox)
+	setDefault(&o.ConnectionWait, DefaultSMTPConnectionWait)
+	setDefault(&o.ReadTimeout, DefaultSMTPReadTimeout)
+	setDefault(&o.DialTimeout, DefaultSMTPDialTimeout)
+	setDefault(&o.LoginTimeout, DefaultSMTPLoginTimeout)
+	setDefault(&o.CommandTimeout, DefaultSMTPCommandTimeout)
+	setDefault(&o.DataTimeout, DefaultSMTPDataTimeout)
+	setDefault(&o.MaxLoginFailures, DefaultSMTPMaxLoginFailures)
+	s.logger = o.Logger.With("proto", string(SMTP))
+
+	s.upstreamTLS = &tls.Config{}
+	if o.UpstreamTLS != nil {
+		s.upstreamTLS = o.UpstreamTLS.Clone()
+	}
+	if s.upstreamTLS.ServerName == "" {
+		if host, _, err := net.SplitHostPort(o.Upstream); err == nil {
+			s.upstreamTLS.ServerName = host
+		}
+	}
+	s.upstreamTLS.MinVersion = max(s.upstreamTLS.MinVersion, tls.VersionTLS12)
+	if o.TLS != nil {
+		s.tls = o.TLS.Clone()
+		s.tls.MinVersion = max(s.tls.MinVersion, tls.VersionTLS12)
+	}
+	s.slots = newMailboxSlots(o.MaxConnectionsPerMailbox)
+	s.caps.Store(defaultSMTPCaps)
+	s.srv = newConnServer(s.logger, s.handle)
 	return s
+}
+
+func setDefault[T int | time.Duration](v *T, def T) {
+	if *v <= 0 {
+		*v = def
+	}
 }
 
 // Serve accepts connections on l until Close or Shutdown, then returns
@@ -113,7 +167,27 @@ func (s *SMTPServer) Serve(l net.Listener) error {
 	if s.opts.Upstream == "" || s.opts.Auth == nil {
 		return errors.New("proxy: SMTPOptions.Upstream and Auth are required")
 	}
+	if _, ok := s.opts.Auth.(AccountAuthenticator); s.opts.UnauthenticatedAs != "" && !ok {
+		return errors.New("proxy: SMTPOptions.UnauthenticatedAs needs an Auth that is an AccountAuthenticator")
+	}
+	s.probeOnce.Do(func() { go s.probe() })
 	return s.srv.serve(l)
+}
+
+// probe learns upstream's extensions before the first client needs them.
+// It sends no credentials.
+func (s *SMTPServer) probe() {
+	c, _, err := s.dialSMTPUpstream(s.srv.ctx, nil)
+	if err != nil {
+		if s.srv.ctx.Err() == nil {
+			s.logger.Warn("upstream not reachable; advertising default extensions until it is",
+				"upstream", s.opts.Upstream, "err", err.Error())
+		}
+		return
+	}
+	caps := s.caps.Load()
+	s.logger.Info("upstream reachable", "upstream", s.opts.Upstream, "size", caps.size, "smtputf8", caps.smtpUTF8)
+	c.Quit()
 }
 
 // Close closes the listeners and every session now.
@@ -122,7 +196,84 @@ func (s *SMTPServer) Close() error { return s.srv.close() }
 // Shutdown stops accepting, lets transactions in progress finish and closes
 // idle sessions; when ctx is done it closes the sessions left and returns
 // ctx's error. A message cut off this way was never acknowledged.
-func (s *SMTPServer) Shutdown(ctx context.Context) error { return s.srv.shutdown(ctx) }
+func (s *SMTPServer) Shutdown(ctx context.Context) error {
+	return s.srv.shutdown(ctx, func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.closing = true
+		for c := range s.clients {
+			c.closeWhenIdle()
+		}
+	})
+}
 
 // Sessions returns the number of live client sessions.
 func (s *SMTPServer) Sessions() int { return s.srv.count() }
+
+// UpstreamConnections returns how many upstream connections account holds.
+func (s *SMTPServer) UpstreamConnections(account string) int { return s.slots.inUse(account) }
+
+func (s *SMTPServer) handle(tc *trackedConn) {
+	conn := &smtpConn{Conn: tc.conn, idle: s.opts.ReadTimeout}
+	cl := &smtpClient{srv: s, tc: tc, conn: conn, log: s.logger.With("session", tc.id)}
+	if a, ok := tc.conn.RemoteAddr().(*net.TCPAddr); ok {
+		cl.loopback = a.IP.IsLoopback()
+	}
+	s.mu.Lock()
+	s.clients[conn] = struct{}{}
+	if s.closing {
+		conn.closeWhenIdle()
+	}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.clients, conn)
+		s.mu.Unlock()
+	}()
+
+	_, implicitTLS := tc.conn.(*tls.Conn)
+	cl.log.Info("session start", "remote", tc.conn.RemoteAddr().String(), "tls", implicitTLS)
+	srv := s.newGoSMTPServer(cl, implicitTLS)
+	// Serve returns once it has handed the connection over; Shutdown
+	// waits for that session to end.
+	srv.Serve(&oneConnListener{conn: conn})
+	srv.Shutdown(context.Background())
+	cl.log.Info("session end", "account", cl.account, "messages", cl.messages, "bytes", cl.bytes,
+		"duration", time.Since(tc.start).Round(time.Millisecond))
+}
+
+// newGoSMTPServer configures go-smtp for one connection, with the
+// extensions upstream had when it was last seen.
+func (s *SMTPServer) newGoSMTPServer(cl *smtpClient, implicitTLS bool) *smtp.Server {
+	caps := s.caps.Load()
+	srv := smtp.NewServer(smtp.BackendFunc(cl.newSession))
+	srv.Domain = s.hostname
+	srv.MaxMessageBytes = caps.size
+	srv.EnableSMTPUTF8 = caps.smtpUTF8
+	srv.EnableDSN = caps.dsn
+	// Local legacy clients log in without TLS; off loopback an operator
+	// sets a certificate (config warns otherwise).
+	srv.AllowInsecureAuth = true
+	if !implicitTLS {
+		srv.TLSConfig = s.tls
+	}
+	// smtpConn applies the read timeout per read.
+	srv.WriteTimeout = s.opts.ReadTimeout
+	srv.ErrorLog = smtpErrorLog{cl.log}
+	return srv
+}
+
+// smtpErrorLog takes go-smtp's own messages: connection errors, which are
+// routine, and recovered panics, which are not.
+type smtpErrorLog struct{ log *slog.Logger }
+
+func (l smtpErrorLog) Printf(format string, v ...any) { l.print(fmt.Sprintf(format, v...)) }
+func (l smtpErrorLog) Println(v ...any)               { l.print(strings.TrimSuffix(fmt.Sprintln(v...), "\n")) }
+
+func (l smtpErrorLog) print(msg string) {
+	if strings.Contains(msg, "panic") {
+		l.log.Error("session panic", "detail", msg)
+		return
+	}
+	l.log.Debug("smtp: " + msg)
+}
