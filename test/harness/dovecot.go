@@ -35,9 +35,10 @@ type Dovecot struct {
 	CAFile     string // CACertPEM in a file
 	Dir        string
 
-	cmd    *exec.Cmd
-	exited chan struct{}
-	pgid   int
+	cmd       *exec.Cmd
+	exited    chan struct{}
+	pgid      int
+	mailboxes []string // lower case, for Postfix's maps
 }
 
 // dovecotStartTimeout bounds the wait for the first IMAP greeting.
@@ -65,6 +66,9 @@ func StartDovecot(t TB, opts DovecotOptions) *Dovecot {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	d := &Dovecot{Dir: dir, AuthSocket: filepath.Join(dir, "run", "auth-client-ext")}
+	for _, m := range opts.Mailboxes {
+		d.mailboxes = append(d.mailboxes, strings.ToLower(m))
+	}
 	conf, err := d.writeFiles(opts)
 	if err != nil {
 		t.Fatalf("StartDovecot: %v", err)
