@@ -21,10 +21,13 @@ const daemonStartTimeout = 30 * time.Second
 
 // daemon is a running `broker serve` process.
 type daemon struct {
-	t        testing.TB
-	cmd      *exec.Cmd
-	config   string
+	t      testing.TB
+	cmd    *exec.Cmd
+	config string
+	// IMAPAddr and SMTPAddr are the first listener of each protocol, ""
+	// when the configuration has none.
 	IMAPAddr string
+	SMTPAddr string
 
 	mu     sync.Mutex
 	stderr bytes.Buffer
@@ -33,10 +36,15 @@ type daemon struct {
 	err    error
 }
 
-var listeningRE = regexp.MustCompile(`msg=listening addr=(\S+)`)
+var (
+	listeningRE = regexp.MustCompile(`msg=listening proto=(imap|smtp) addr=(\S+)`)
+	// The daemon logs this once every listener has been logged.
+	readyRE = regexp.MustCompile(`msg=ready(\s|$)`)
+)
 
 // startDaemon writes config to a file and runs `broker serve` on it until
-// the test ends. Listeners should use port 0: the daemon logs what it bound.
+// the test ends. Listeners should use port 0: the daemon logs what it
+// bound, and startDaemon returns once it has logged every listener.
 func startDaemon(t testing.TB, dir, config string) *daemon {
 	t.Helper()
 	return startDaemonBin(t, brokerBin, dir, config)
@@ -56,9 +64,12 @@ func startDaemonBin(t testing.TB, bin, dir, config string) *daemon {
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	addrs := make(chan string, 4)
+	// Only the scanner writes addrs until it closes ready.
+	addrs := map[string]string{}
+	ready := make(chan struct{})
 	go func() {
 		sc := bufio.NewScanner(pr)
+		started := false
 		for sc.Scan() {
 			line := sc.Text()
 			d.mu.Lock()
@@ -66,8 +77,14 @@ func startDaemonBin(t testing.TB, bin, dir, config string) *daemon {
 			close(d.logged)
 			d.logged = make(chan struct{})
 			d.mu.Unlock()
-			if m := listeningRE.FindStringSubmatch(line); m != nil {
-				addrs <- m[1]
+			if started {
+				continue
+			}
+			if m := listeningRE.FindStringSubmatch(line); m != nil && addrs[m[1]] == "" {
+				addrs[m[1]] = m[2]
+			} else if readyRE.MatchString(line) {
+				started = true
+				close(ready)
 			}
 		}
 	}()
@@ -78,7 +95,8 @@ func startDaemonBin(t testing.TB, bin, dir, config string) *daemon {
 	}()
 	t.Cleanup(d.stop)
 	select {
-	case d.IMAPAddr = <-addrs:
+	case <-ready:
+		d.IMAPAddr, d.SMTPAddr = addrs["imap"], addrs["smtp"]
 	case <-d.exited:
 		t.Fatalf("broker exited at start-up: %v\n%s", d.err, d.Log())
 	case <-time.After(daemonStartTimeout):

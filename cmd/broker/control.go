@@ -41,10 +41,12 @@ type controlResponse struct {
 // daemonStats is what a running daemon holds, for operators and for the
 // memory benchmark.
 type daemonStats struct {
-	Sessions   int    `json:"sessions"`
-	Goroutines int    `json:"goroutines"`
-	HeapBytes  uint64 `json:"heap_bytes"`  // in use after a collection
-	StackBytes uint64 `json:"stack_bytes"` // goroutine stacks
+	Sessions     int    `json:"sessions"` // every protocol's
+	IMAPSessions int    `json:"imap_sessions"`
+	SMTPSessions int    `json:"smtp_sessions"`
+	Goroutines   int    `json:"goroutines"`
+	HeapBytes    uint64 `json:"heap_bytes"`  // in use after a collection
+	StackBytes   uint64 `json:"stack_bytes"` // goroutine stacks
 }
 
 // appPasswordAdmin is implemented by *broker.Broker (no daemon running) and

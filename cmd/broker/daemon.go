@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"sync"
 	"syscall"
 	"time"
 
@@ -32,14 +33,27 @@ type daemon struct {
 	store  *store.DB
 	broker *broker.Broker
 	imap   *proxy.IMAPServer
+	smtp   *proxy.SMTPServer
 
 	listeners []servedListener
 	control   net.Listener
 }
 
 type servedListener struct {
+	proto string
 	l     net.Listener
 	serve func(net.Listener) error
+}
+
+// server is what the daemon needs of a protocol's proxy.
+type server interface {
+	Shutdown(context.Context) error
+	Close() error
+}
+
+type protoServer struct {
+	proto string
+	server
 }
 
 // dbFile and controlFile live in state_dir.
@@ -77,6 +91,11 @@ func newDaemon(cfg *config.Config, log *slog.Logger, opts broker.Options) (_ *da
 			return nil, err
 		}
 	}
+	if cfg.SMTP != nil {
+		if err := d.setupSMTP(cfg.SMTP); err != nil {
+			return nil, err
+		}
+	}
 	if d.control, err = listenControl(filepath.Join(cfg.StateDir, controlFile)); err != nil {
 		return nil, err
 	}
@@ -102,6 +121,50 @@ func (d *daemon) setupIMAP(lc *config.Listener) error {
 	return d.bind("imap", lc, localTLS, d.imap.Serve)
 }
 
+func (d *daemon) setupSMTP(sc *config.SMTP) error {
+	upstreamTLS, err := upstreamTLSConfig(&sc.Listener)
+	if err != nil {
+		return err
+	}
+	localTLS, err := localTLSConfig(&sc.Listener)
+	if err != nil {
+		return err
+	}
+	d.smtp = proxy.NewSMTPServer(&proxy.SMTPOptions{
+		Upstream:                 sc.Upstream,
+		UpstreamImplicitTLS:      sc.UpstreamImplicitTLS,
+		UpstreamTLS:              upstreamTLS,
+		TLS:                      localTLS,
+		Auth:                     d.broker,
+		Logger:                   d.log,
+		Hostname:                 hostname(),
+		UnauthenticatedAs:        sc.UnauthenticatedAs,
+		MaxConnectionsPerMailbox: sc.MaxConnectionsPerMailbox,
+		ConnectionWait:           sc.ConnectionWait,
+	})
+	return d.bind("smtp", &sc.Listener, localTLS, d.smtp.Serve)
+}
+
+// hostname names this machine in the SMTP greeting and in EHLO upstream.
+func hostname() string {
+	if h, err := os.Hostname(); err == nil && h != "" {
+		return h
+	}
+	return "localhost"
+}
+
+// servers are the protocol proxies configured.
+func (d *daemon) servers() []protoServer {
+	var ss []protoServer
+	if d.imap != nil {
+		ss = append(ss, protoServer{"imap", d.imap})
+	}
+	if d.smtp != nil {
+		ss = append(ss, protoServer{"smtp", d.smtp})
+	}
+	return ss
+}
+
 // bind opens a protocol's plain and implicit-TLS listeners.
 func (d *daemon) bind(proto string, lc *config.Listener, localTLS *tls.Config, serve func(net.Listener) error) error {
 	for _, addr := range lc.Listen {
@@ -109,14 +172,14 @@ func (d *daemon) bind(proto string, lc *config.Listener, localTLS *tls.Config, s
 		if err != nil {
 			return fmt.Errorf("%s.listen: %w", proto, err)
 		}
-		d.listeners = append(d.listeners, servedListener{l, serve})
+		d.listeners = append(d.listeners, servedListener{proto, l, serve})
 	}
 	for _, addr := range lc.ListenTLS {
 		l, err := net.Listen("tcp", addr)
 		if err != nil {
 			return fmt.Errorf("%s.listen_tls: %w", proto, err)
 		}
-		d.listeners = append(d.listeners, servedListener{tls.NewListener(l, localTLS), serve})
+		d.listeners = append(d.listeners, servedListener{proto, tls.NewListener(l, localTLS), serve})
 	}
 	return nil
 }
@@ -126,10 +189,13 @@ func (d *daemon) run(ctx context.Context) error {
 	d.broker.Start()
 	errc := make(chan error, len(d.listeners)+1)
 	for _, sl := range d.listeners {
-		d.log.Info("listening", "addr", sl.l.Addr().String())
+		d.log.Info("listening", "proto", sl.proto, "addr", sl.l.Addr().String())
 		go func() { errc <- sl.serve(sl.l) }()
 	}
 	go func() { errc <- serveControl(d.control, d.broker, d.stats, d.log) }()
+	// Tests and operators wait for this line: every listener is logged
+	// above it.
+	d.log.Info("ready")
 	notifySystemd("READY=1")
 
 	// SIGHUP would end the process by default; until reload exists, say so.
@@ -154,15 +220,25 @@ wait:
 	}
 	notifySystemd("STOPPING=1")
 	d.log.Info("shutting down")
-	drainCtx, cancel := context.WithTimeout(context.Background(), drainTimeout)
-	defer cancel()
-	if d.imap != nil {
-		if err := d.imap.Shutdown(drainCtx); err != nil {
-			d.log.Warn("sessions did not end in time; closed them", "err", err)
-		}
-	}
+	d.drain()
 	d.close()
 	return err
+}
+
+// drain shuts every proxy down at once, so that the protocols share the
+// drain budget rather than wait for one another.
+func (d *daemon) drain() {
+	ctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, s := range d.servers() {
+		wg.Go(func() {
+			if err := s.Shutdown(ctx); err != nil {
+				d.log.Warn("sessions did not end in time; closed them", "proto", s.proto, "err", err)
+			}
+		})
+	}
+	wg.Wait()
 }
 
 // stats collects garbage first, so that heap figures mean live memory; a
@@ -173,8 +249,12 @@ func (d *daemon) stats() *daemonStats {
 	runtime.ReadMemStats(&ms)
 	st := &daemonStats{Goroutines: runtime.NumGoroutine(), HeapBytes: ms.HeapAlloc, StackBytes: ms.StackInuse}
 	if d.imap != nil {
-		st.Sessions = d.imap.Sessions()
+		st.IMAPSessions = d.imap.Sessions()
 	}
+	if d.smtp != nil {
+		st.SMTPSessions = d.smtp.Sessions()
+	}
+	st.Sessions = st.IMAPSessions + st.SMTPSessions
 	return st
 }
 
@@ -182,8 +262,8 @@ func (d *daemon) close() {
 	for _, sl := range d.listeners {
 		sl.l.Close()
 	}
-	if d.imap != nil {
-		d.imap.Close()
+	for _, s := range d.servers() {
+		s.Close()
 	}
 	if d.control != nil {
 		d.control.Close()
