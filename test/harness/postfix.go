@@ -42,8 +42,11 @@ type Postfix struct {
 	Dir            string
 
 	cmd    *exec.Cmd
-	exited chan struct{}
+	exited chan struct{} // closed when every process of the instance has exited
 	pgid   int
+
+	watchdog     *exec.Cmd
+	watchdogPipe *os.File
 }
 
 const (
@@ -63,11 +66,11 @@ func StartPostfix(t TB, opts PostfixOptions) *Postfix {
 	if os.Geteuid() != 0 {
 		t.Fatalf("postfix harness must run as root: Postfix drops privileges to its own user")
 	}
-	postfix, master, err := findPostfix()
+	master, err := findPostfix()
 	if err != nil {
 		t.Fatalf("%v", err)
 	}
-	// A short path, as for Dovecot; its parent stays 0700.
+	// A short path, as for Dovecot: Postfix's unix sockets live below it.
 	dir, err := os.MkdirTemp("", "bkpf")
 	if err != nil {
 		t.Fatalf("StartPostfix: %v", err)
@@ -85,7 +88,7 @@ func StartPostfix(t TB, opts PostfixOptions) *Postfix {
 			t.Fatalf("StartPostfix: %v", err)
 		}
 		conf.SubmissionAddr = fmt.Sprintf("127.0.0.1:%d", ports[0])
-		err = p.start(postfix, master, conf, attempt == 1)
+		err = p.start(master, conf)
 		if err == nil {
 			return p
 		}
@@ -96,21 +99,21 @@ func StartPostfix(t TB, opts PostfixOptions) *Postfix {
 	}
 }
 
-// findPostfix returns the postfix command and the master daemon.
-func findPostfix() (postfix, master string, err error) {
-	postfix, err = exec.LookPath("postfix")
+// findPostfix returns the master daemon's path.
+func findPostfix() (string, error) {
+	postconf, err := exec.LookPath("postconf")
 	if err != nil {
 		// /usr/sbin is not on a normal user's PATH.
-		postfix = "/usr/sbin/postfix"
-		if _, err := os.Stat(postfix); err != nil {
-			return "", "", errors.New("postfix not installed: DEBIAN_FRONTEND=noninteractive apt-get install postfix")
+		postconf = "/usr/sbin/postconf"
+		if _, err := os.Stat(postconf); err != nil {
+			return "", errors.New("postfix not installed: DEBIAN_FRONTEND=noninteractive apt-get install postfix")
 		}
 	}
-	out, err := exec.Command(filepath.Join(filepath.Dir(postfix), "postconf"), "-dh", "daemon_directory").Output()
+	out, err := exec.Command(postconf, "-dh", "daemon_directory").Output()
 	if err != nil {
-		return "", "", fmt.Errorf("postconf -dh daemon_directory: %v", err)
+		return "", fmt.Errorf("postconf -dh daemon_directory: %v", err)
 	}
-	return postfix, filepath.Join(strings.TrimSpace(string(out)), "master"), nil
+	return filepath.Join(strings.TrimSpace(string(out)), "master"), nil
 }
 
 // LogTail returns the end of Postfix's maillog_file (and of the master's

@@ -8,9 +8,8 @@ import (
 	"text/template"
 )
 
-// postfixMainCf is the main.cf of a private instance. Everything it needs is
-// under Dir; from /etc/postfix only the compiled-in defaults and
-// meta_directory's lists of Postfix's own files are read.
+// postfixMainCf is the main.cf of a private instance: its files are all
+// under Dir, and /etc/postfix's main.cf and master.cf are not read.
 var postfixMainCf = template.Must(template.New("main.cf").Parse(`# written by broker's test harness
 compatibility_level = 3.6
 queue_directory = {{.Dir}}/queue
@@ -57,8 +56,11 @@ smtpd_recipient_restrictions = permit_sasl_authenticated, reject
 message_size_limit = {{.MessageSizeLimit}}
 mailbox_size_limit = 0
 virtual_mailbox_limit = 0
-# An XOAUTH2 initial response holds a whole JWT, and Entra's are long.
+# An XOAUTH2 response holds a whole JWT, and Entra's run to several KB:
+# AUTH with an initial response longer than line_length_limit (default
+# 2048) fails as invalid base64.
 line_length_limit = 16384
+smtpd_sasl_response_limit = 16384
 
 # What the client sends is what Dovecot stores, behind the trace headers:
 # no header rewriting for clients on 127.0.0.1.

@@ -218,8 +218,8 @@ func TestPostfixRequiresSTARTTLS(t *testing.T) {
 	}
 }
 
-// A real Entra token is 1.5 to 3 KB; its XOAUTH2 response in base64 does
-// not fit Postfix's default 2048-byte command line.
+// Entra's tokens run to several KB; an XOAUTH2 response in base64 holding
+// one does not fit Postfix's default 2048-byte command line.
 func TestPostfixAcceptsLongToken(t *testing.T) {
 	t.Parallel()
 	f := startPostfixFixture(t, PostfixOptions{})
@@ -310,6 +310,46 @@ func TestPostfixSenderLoginsOption(t *testing.T) {
 	}
 }
 
+// An app-only token logs in as whichever mailbox user= names, as in
+// Dovecot; the send-as check then applies to that mailbox.
+func TestPostfixAppToken(t *testing.T) {
+	t.Parallel()
+	f := startPostfixFixture(t, PostfixOptions{})
+	for _, mailbox := range []string{testMailbox, "sales@contoso.com"} {
+		c := f.submit(t)
+		if err := c.Auth(xoauth2.NewClient(mailbox, f.signer.sign(t, appClaims()))); err != nil {
+			t.Fatalf("AUTH XOAUTH2 as %s with an app token: %v\n%s", mailbox, err, f.logs())
+		}
+		if err := c.Mail(mailbox, nil); err != nil {
+			t.Fatalf("MAIL FROM: %v", err)
+		}
+		if err := c.Rcpt(testMailbox, nil); err != nil {
+			t.Fatalf("RCPT TO as %s: got %v, want 250\n%s", mailbox, err, f.logs())
+		}
+	}
+}
+
+func TestPostfixMessageSizeLimit(t *testing.T) {
+	t.Parallel()
+	const limit = 4096
+	f := startPostfixFixture(t, PostfixOptions{MessageSizeLimit: limit})
+	msg := "Subject: big\r\n\r\n" + strings.Repeat(strings.Repeat("x", 78)+"\r\n", 2*limit/80)
+
+	c := f.login(t, testMailbox)
+	if size, ok := c.MaxMessageSize(); !ok || size != limit {
+		t.Fatalf("got SIZE %d %v, want %d", size, ok, limit)
+	}
+	err := c.Mail(testMailbox, &smtp.MailOptions{Size: int64(len(msg))})
+	if code, enh := smtpCode(err); code != 552 || enh != (smtp.EnhancedCode{5, 3, 4}) {
+		t.Fatalf("MAIL FROM with SIZE=%d: got %v, want 552 5.3.4\n%s", len(msg), err, f.logs())
+	}
+	// Without SIZE=, Postfix reads the whole message, then refuses it.
+	err = f.login(t, testMailbox).SendMail(testMailbox, []string{"sales@contoso.com"}, strings.NewReader(msg))
+	if code, enh := smtpCode(err); code != 552 || enh != (smtp.EnhancedCode{5, 3, 4}) {
+		t.Fatalf("DATA of %d bytes: got %v, want 552 5.3.4\n%s", len(msg), err, f.logs())
+	}
+}
+
 func TestPostfixRefusesRecipients(t *testing.T) {
 	t.Parallel()
 	f := startPostfixFixture(t, PostfixOptions{})
@@ -373,4 +413,18 @@ func TestPostfixStop(t *testing.T) {
 		t.Fatalf("got %d live processes in group %d after Stop, want 0", n, pgid)
 	}
 	f.pf.Stop()
+}
+
+func BenchmarkStartPostfix(b *testing.B) {
+	s := newSigner(b, testKID)
+	dv := StartDovecot(b, DovecotOptions{
+		KeyID:        testKID,
+		PublicKeyPEM: s.publicKeyPEM(b),
+		Issuers:      []string{testIssuer},
+		Audience:     testAudience,
+		Mailboxes:    []string{testMailbox},
+	})
+	for b.Loop() {
+		StartPostfix(b, PostfixOptions{Dovecot: dv}).Stop()
+	}
 }

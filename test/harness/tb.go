@@ -1,4 +1,4 @@
-// Package harness starts real servers (Dovecot, later Postfix) as test
+// Package harness starts real servers (Dovecot, Postfix) as test
 // upstreams for broker. They run from Debian's packages as private instances
 // and need root, because they drop privileges to their own users.
 package harness
