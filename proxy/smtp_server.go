@@ -40,6 +40,11 @@ const (
 	// DefaultSMTPMaxLoginFailures is how many failed AUTHs a connection
 	// gets before it is closed.
 	DefaultSMTPMaxLoginFailures = 3
+	// smtpMaxLineLength bounds a command line and a line of a message.
+	// RFC 5321 §4.5.3.1.6 allows 1000 octets, but generated HTML often
+	// has longer lines that upstream takes; go-smtp applies one limit to
+	// both, and a command line is held in memory while it is read.
+	smtpMaxLineLength = 64 << 10
 	// DefaultSMTPMaxMessageBytes is advertised as SIZE until upstream's
 	// own limit is known: Exchange Online's 150 MiB.
 	DefaultSMTPMaxMessageBytes = 157286400
@@ -248,6 +253,7 @@ func (s *SMTPServer) newGoSMTPServer(cl *smtpClient, implicitTLS bool) *smtp.Ser
 	caps := s.caps.Load()
 	srv := smtp.NewServer(smtp.BackendFunc(cl.newSession))
 	srv.Domain = s.hostname
+	srv.MaxLineLength = smtpMaxLineLength
 	srv.MaxMessageBytes = caps.size
 	srv.EnableSMTPUTF8 = caps.smtpUTF8
 	srv.EnableDSN = caps.dsn

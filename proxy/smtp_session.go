@@ -26,6 +26,7 @@ var (
 	errSMTPNoUpstream   = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Upstream connection lost, message not accepted; try again later"}
 	errSMTPUpstreamWait = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 1}, Message: "Upstream server did not answer in time, message not accepted; try again later"}
 	errSMTPClientAbort  = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Message transfer interrupted, not accepted"}
+	errSMTPLongLine     = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "Message has a line longer than 65536 octets, not accepted"}
 )
 
 // smtpClient is one client connection. It outlives the sessions go-smtp
@@ -320,6 +321,9 @@ func (s *smtpSession) Data(r io.Reader) error {
 		if errors.As(rerr, &se) {
 			return se
 		}
+		if errors.Is(rerr, smtp.ErrTooLongLine) {
+			return errSMTPLongLine
+		}
 		return errSMTPClientAbort
 	case werr != nil:
 		s.drop(u)
@@ -465,15 +469,13 @@ func relayText(s string) string {
 	return strings.TrimSpace(s)
 }
 
-// smtpCopyBuffers are the buffers messages are streamed through.
-var smtpCopyBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+// smtpCopyBuffer is the size of the buffer a message is streamed through.
+const smtpCopyBuffer = 32 << 10
 
 // copyMessage streams r to w, giving each write to upstream its own
 // deadline. rerr is the client's failure, werr upstream's.
 func copyMessage(w io.Writer, r io.Reader, upstream net.Conn, timeout time.Duration) (n int64, rerr, werr error) {
-	bp := smtpCopyBuffers.Get().(*[]byte)
-	defer smtpCopyBuffers.Put(bp)
-	buf := *bp
+	buf := make([]byte, smtpCopyBuffer)
 	for {
 		nr, err := r.Read(buf)
 		if nr > 0 {

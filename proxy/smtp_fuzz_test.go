@@ -1,0 +1,127 @@
+package proxy
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+)
+
+// FuzzSMTPSASL drives the PLAIN and LOGIN servers with arbitrary
+// responses, the first one possibly absent (no initial response).
+func FuzzSMTPSASL(f *testing.F) {
+	f.Add(false, true, []byte("\x00alice\x00secret"))
+	f.Add(false, false, []byte("\n\x00alice\x00secret"))
+	f.Add(true, true, []byte("alice\nsecret"))
+	f.Add(true, false, []byte("\nalice\nsecret"))
+	f.Add(true, true, []byte("\n\n\n"))
+	f.Add(false, true, []byte("bob\x00alice\x00secret\x00"))
+	f.Fuzz(func(t *testing.T, login, withIR bool, input []byte) {
+		var calls int
+		var gotUser, gotPass string
+		check := func(user, pass string) error {
+			calls++
+			gotUser, gotPass = user, pass
+			return nil
+		}
+		srv := newPlainServer(check)
+		if login {
+			srv = newLoginServer(check)
+		}
+		responses := bytes.Split(input, []byte("\n"))
+		if !withIR {
+			responses = append([][]byte{nil}, responses...)
+		}
+		done := false
+		for i, r := range responses {
+			_, d, err := srv.Next(r)
+			if d {
+				done = true
+				var se *smtp.SMTPError
+				if err != nil && !errors.As(err, &se) {
+					t.Fatalf("step %d: error %v is not an SMTP reply", i, err)
+				}
+				if err == nil && calls != 1 {
+					t.Fatalf("success with %d credential checks", calls)
+				}
+				break
+			}
+			if err != nil {
+				t.Fatalf("step %d: error %v without done", i, err)
+			}
+		}
+		if calls > 1 {
+			t.Fatalf("credentials checked %d times", calls)
+		}
+		if calls == 1 && (gotUser == "" || len(gotUser) > maxSASLField || len(gotPass) > maxSASLField) {
+			t.Fatalf("checked user %q password of %d octets", gotUser, len(gotPass))
+		}
+		if calls == 1 && !done {
+			t.Fatalf("checked credentials but did not finish")
+		}
+	})
+}
+
+// FuzzSMTPSession feeds arbitrary client input to a whole session: it must
+// end, with every reply a well-formed SMTP reply, and never panic.
+func FuzzSMTPSession(f *testing.F) {
+	f.Add([]byte("EHLO x\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n"))
+	f.Add([]byte("EHLO x\r\nAUTH LOGIN\r\nYWxpY2U=\r\nd3Jvbmc=\r\nQUIT\r\n"))
+	f.Add([]byte("HELO x\nMAIL FROM:<a@b> SIZE=99999999999\nBDAT 5 LAST\nhello\n"))
+	f.Add([]byte("EHLO x\r\nAUTH PLAIN\r\n*\r\nAUTH XOAUTH2 =\r\nSTARTTLS\r\nRSET\r\nNOOP\r\nVRFY a\r\n"))
+	f.Add([]byte("\x00\xff\r\n\r\n.\r\n"))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer ln.Close()
+	f.Fuzz(func(t *testing.T, input []byte) {
+		srv := NewSMTPServer(&SMTPOptions{
+			Upstream:    "127.0.0.1:1",
+			Auth:        &smtpStubAuth{pass: "secret"},
+			Logger:      slog.New(slog.DiscardHandler),
+			ReadTimeout: 5 * time.Second,
+			DialTimeout: time.Second,
+		})
+		client, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer client.Close()
+		server, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		tc := srv.srv.track(server)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			srv.srv.run(tc)
+		}()
+		go func() {
+			client.Write(input)
+			// The end of input ends the session, whatever state it is in.
+			client.(*net.TCPConn).CloseWrite()
+		}()
+		client.SetReadDeadline(time.Now().Add(10 * time.Second))
+		out, err := io.ReadAll(client)
+		if err != nil && !isConnReset(err) {
+			t.Fatalf("reading replies: %v (got %q)", err, out)
+		}
+		<-done
+		for _, line := range strings.Split(strings.TrimSuffix(string(out), "\r\n"), "\r\n") {
+			if line == "" && len(out) == 0 {
+				continue
+			}
+			if len(line) < 4 || line[0] < '2' || line[0] > '5' || (line[3] != ' ' && line[3] != '-') {
+				t.Fatalf("malformed reply line %q in %q", line, out)
+			}
+		}
+	})
+}

@@ -1,0 +1,427 @@
+package proxy
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+	"github.com/mailbroker/broker/proxy/xoauth2"
+)
+
+// smtpStub is an upstream submission server for the proxy's tests, after
+// Exchange Online: STARTTLS, then AUTH XOAUTH2 with stubToken(user).
+type smtpStub struct {
+	// ImplicitTLS serves TLS from the first byte; NoSTARTTLS serves plain
+	// text only and still offers AUTH.
+	ImplicitTLS, NoSTARTTLS bool
+	// Reject refuses every token with this reply.
+	Reject *smtp.SMTPError
+	// Size is advertised as SIZE; 0 means go-smtp's bare SIZE.
+	Size int64
+	// ErrorChallenge sends the XOAUTH2 error challenge before refusing.
+	ErrorChallenge bool
+	// HashOnly keeps no message text, only its hash and size.
+	HashOnly bool
+	// Gate, if set, holds every DATA reply until it is closed.
+	Gate chan struct{}
+
+	srv  *smtp.Server
+	ln   net.Listener
+	addr string
+
+	mu       sync.Mutex
+	messages []stubMessage
+	gated    int // DATA replies waiting at Gate
+	active   map[string]int // authenticated sessions per user
+	peak     map[string]int
+	sessions map[*stubSession]struct{}
+	changed  chan struct{} // closed and replaced on every change
+
+	auths     atomic.Int32 // AUTH attempts
+	dropAfter atomic.Int64 // >0: the next DATA is cut after this many bytes
+	hold      chan struct{}
+	holding   chan struct{} // closed when a DATA reply is being held
+}
+
+type stubMessage struct {
+	user, from string
+	to         []string
+	data       []byte
+	sum        [32]byte
+	size       int64
+}
+
+// stubKeepBytes bounds the message bytes the stub keeps; larger messages
+// are only hashed, so that memory tests measure the proxy.
+const stubKeepBytes = 1 << 20
+
+func startSMTPStub(t testing.TB, s *smtpStub) *smtpStub {
+	t.Helper()
+	cert := mustCert(t)
+	s.active, s.peak = map[string]int{}, map[string]int{}
+	s.sessions = map[*stubSession]struct{}{}
+	s.changed = make(chan struct{})
+	s.srv = smtp.NewServer(smtp.BackendFunc(s.newSession))
+	s.srv.Domain = "upstream.test"
+	s.srv.MaxMessageBytes = s.Size
+	s.srv.MaxLineLength = 1 << 20
+	s.srv.EnableSMTPUTF8 = true
+	s.srv.ErrorLog = log.New(io.Discard, "", 0)
+	tlsConf := &tls.Config{Certificates: []tls.Certificate{cert.cert}}
+	var err error
+	switch {
+	case s.ImplicitTLS:
+		s.ln, err = tls.Listen("tcp", "127.0.0.1:0", tlsConf)
+	case s.NoSTARTTLS:
+		s.srv.AllowInsecureAuth = true
+		s.ln, err = net.Listen("tcp", "127.0.0.1:0")
+	default:
+		s.srv.TLSConfig = tlsConf
+		s.ln, err = net.Listen("tcp", "127.0.0.1:0")
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.addr = s.ln.Addr().String()
+	go s.srv.Serve(s.ln)
+	t.Cleanup(func() { s.srv.Close() })
+	return s
+}
+
+func (s *smtpStub) notify() {
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+// wait blocks until cond holds, under s.mu, or fails after 10 s.
+func (s *smtpStub) wait(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	timeout := time.After(10 * time.Second)
+	for {
+		s.mu.Lock()
+		ok, changed := cond(), s.changed
+		s.mu.Unlock()
+		if ok {
+			return
+		}
+		select {
+		case <-changed:
+		case <-timeout:
+			t.Fatalf("timed out waiting for upstream: %s", what)
+		}
+	}
+}
+
+func (s *smtpStub) received() []stubMessage {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]stubMessage(nil), s.messages...)
+}
+
+func (s *smtpStub) peakOf(user string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.peak[user]
+}
+
+// closeIdle drops every upstream connection, as a server ending idle
+// sessions does.
+func (s *smtpStub) closeIdle() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for x := range s.sessions {
+		x.conn.Conn().Close()
+	}
+}
+
+// holdData withholds the next DATA reply until release is called.
+func (s *smtpStub) holdData() (holding <-chan struct{}, release func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.hold, s.holding = make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	hold := s.hold
+	return s.holding, func() { once.Do(func() { close(hold) }) }
+}
+
+type stubSession struct {
+	s    *smtpStub
+	conn *smtp.Conn
+	user string
+	from string
+	to   []string
+}
+
+func (s *smtpStub) newSession(c *smtp.Conn) (smtp.Session, error) {
+	x := &stubSession{s: s, conn: c}
+	s.mu.Lock()
+	s.sessions[x] = struct{}{}
+	s.mu.Unlock()
+	return x, nil
+}
+
+func (x *stubSession) AuthMechanisms() []string { return []string{xoauth2.Mechanism} }
+
+func (x *stubSession) Auth(mech string) (sasl.Server, error) {
+	if mech != xoauth2.Mechanism {
+		return nil, smtp.ErrAuthUnknownMechanism
+	}
+	x.s.auths.Add(1)
+	check := func(user, token string) error {
+		if x.s.Reject != nil {
+			return x.s.Reject
+		}
+		if token != stubToken(user) {
+			return &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 3}, Message: "Authentication unsuccessful"}
+		}
+		x.user = user
+		x.s.mu.Lock()
+		defer x.s.mu.Unlock()
+		x.s.active[user]++
+		x.s.peak[user] = max(x.s.peak[user], x.s.active[user])
+		x.s.notify()
+		return nil
+	}
+	if x.s.ErrorChallenge {
+		return smtpErrors{xoauth2.NewServer(check, nil)}, nil
+	}
+	return directXOAUTH2(check), nil
+}
+
+// directXOAUTH2 refuses a token at once, as Exchange's SMTP does, without
+// an error challenge.
+type directXOAUTH2 func(user, token string) error
+
+func (f directXOAUTH2) Next(r []byte) ([]byte, bool, error) {
+	if r == nil {
+		return []byte{}, false, nil
+	}
+	user, token, err := xoauth2.ParseResponse(r)
+	if err == nil {
+		err = f(user, token)
+	}
+	var se *smtp.SMTPError
+	if err != nil && !errors.As(err, &se) {
+		err = &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 3}, Message: "Authentication unsuccessful"}
+	}
+	return nil, true, err
+}
+
+// smtpErrors makes any failure of the XOAUTH2 server an SMTP reply.
+type smtpErrors struct{ sasl.Server }
+
+func (s smtpErrors) Next(r []byte) ([]byte, bool, error) {
+	c, done, err := s.Server.Next(r)
+	var se *smtp.SMTPError
+	if err != nil && !errors.As(err, &se) {
+		err = &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 3}, Message: "Authentication unsuccessful"}
+	}
+	return c, done, err
+}
+
+func (x *stubSession) Mail(from string, opts *smtp.MailOptions) error {
+	if x.user == "" {
+		return &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 57}, Message: "Client not authenticated to send mail"}
+	}
+	if !strings.EqualFold(from, x.user) {
+		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 60}, Message: "SMTP; Client does not have permissions to send as this sender"}
+	}
+	x.from = from
+	return nil
+}
+
+func (x *stubSession) Rcpt(to string, opts *smtp.RcptOptions) error {
+	if strings.HasPrefix(to, "reject") {
+		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 10}, Message: "RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup"}
+	}
+	x.to = append(x.to, to)
+	return nil
+}
+
+func (x *stubSession) Data(r io.Reader) error {
+	h := sha256.New()
+	var kept []byte
+	var n int64
+	buf := make([]byte, 32<<10)
+	drop := x.s.dropAfter.Swap(0)
+	for {
+		m, err := r.Read(buf)
+		h.Write(buf[:m])
+		if n < stubKeepBytes && !x.s.HashOnly {
+			kept = append(kept, buf[:min(m, int(stubKeepBytes-n))]...)
+		}
+		n += int64(m)
+		if drop > 0 && n >= drop {
+			x.conn.Conn().Close()
+			return errors.New("dropped")
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+	}
+	x.s.mu.Lock()
+	hold, holding := x.s.hold, x.s.holding
+	x.s.hold, x.s.holding = nil, nil
+	x.s.mu.Unlock()
+	if hold != nil {
+		close(holding)
+		<-hold
+	}
+	if x.s.Gate != nil {
+		x.s.mu.Lock()
+		x.s.gated++
+		x.s.notify()
+		x.s.mu.Unlock()
+		<-x.s.Gate
+	}
+	msg := stubMessage{user: x.user, from: x.from, to: x.to, size: n}
+	copy(msg.sum[:], h.Sum(nil))
+	if n <= stubKeepBytes {
+		msg.data = kept
+	}
+	x.s.mu.Lock()
+	defer x.s.mu.Unlock()
+	x.s.messages = append(x.s.messages, msg)
+	x.s.notify()
+	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0},
+		Message: fmt.Sprintf("OK <Q%d@upstream.test> [Hostname=upstream.test]", len(x.s.messages))}
+}
+
+func (x *stubSession) Reset() { x.from, x.to = "", nil }
+
+func (x *stubSession) Logout() error {
+	x.s.mu.Lock()
+	defer x.s.mu.Unlock()
+	if _, ok := x.s.sessions[x]; !ok {
+		return nil
+	}
+	delete(x.s.sessions, x)
+	if x.user != "" {
+		x.s.active[x.user]--
+	}
+	x.s.notify()
+	return nil
+}
+
+// smtpStubAuth accepts any user but "unknown" with password pass and logs
+// in upstream with stubToken(user); AuthenticateAccount does the same for
+// any account without a password.
+type smtpStubAuth struct {
+	pass string
+	err  error // returned instead of an Upstream for good credentials
+
+	calls    atomic.Int32
+	mu       sync.Mutex
+	rejected []string
+}
+
+func (a *smtpStubAuth) Authenticate(ctx context.Context, l *Login) (*Upstream, error) {
+	a.calls.Add(1)
+	if l.Protocol != SMTP || l.Remote == nil {
+		return nil, fmt.Errorf("bad login %+v", l)
+	}
+	switch {
+	case l.Username == "unknown":
+		return nil, &LoginError{Kind: KindCredentials, Reason: "no such user", Err: errors.New("user unknown not found")}
+	case l.Password != a.pass:
+		return nil, &LoginError{Kind: KindCredentials, Reason: "wrong password", Err: errors.New("password mismatch")}
+	case a.err != nil:
+		return nil, a.err
+	}
+	return &Upstream{Account: l.Username, SASL: xoauth2.NewClient(l.Username, stubToken(l.Username))}, nil
+}
+
+func (a *smtpStubAuth) AuthenticateAccount(ctx context.Context, p Protocol, account string) (*Upstream, error) {
+	a.calls.Add(1)
+	return &Upstream{Account: account, SASL: xoauth2.NewClient(account, stubToken(account))}, nil
+}
+
+func (a *smtpStubAuth) UpstreamRejected(account, detail string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.rejected = append(a.rejected, account+": "+detail)
+}
+
+func (a *smtpStubAuth) rejections() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return append([]string(nil), a.rejected...)
+}
+
+// startSMTPProxy starts an SMTPServer on ln (127.0.0.1:0 if nil) in front
+// of up. opts.Upstream, UpstreamTLS, Auth and Logger have test defaults.
+func startSMTPProxy(t testing.TB, opts SMTPOptions, up *smtpStub, ln net.Listener) (*SMTPServer, string, *logBuffer) {
+	t.Helper()
+	if ln == nil {
+		var err error
+		if ln, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if opts.Upstream == "" {
+		opts.Upstream = up.addr
+		opts.UpstreamImplicitTLS = up.ImplicitTLS
+	}
+	if opts.UpstreamTLS == nil {
+		opts.UpstreamTLS = &tls.Config{RootCAs: mustCert(t).pool}
+	}
+	if opts.Auth == nil {
+		opts.Auth = &smtpStubAuth{pass: "secret"}
+	}
+	var logs *logBuffer
+	if opts.Logger == nil {
+		opts.Logger, logs = newTestLogger(t)
+	}
+	srv := NewSMTPServer(&opts)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	t.Cleanup(func() {
+		srv.Close()
+		if err := <-served; !errors.Is(err, ErrServerClosed) {
+			t.Errorf("Serve: got %v, want ErrServerClosed", err)
+		}
+		waitFor(t, "sessions to end", func() bool { return srv.Sessions() == 0 })
+	})
+	return srv, ln.Addr().String(), logs
+}
+
+// dialSMTP connects a go-smtp client to the proxy.
+func dialSMTP(t testing.TB, addr string) *smtp.Client {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.SetDeadline(time.Now().Add(30 * time.Second))
+	c := smtp.NewClient(conn)
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// smtpCode returns err's SMTP code and enhanced code as "535 5.7.8", or
+// err's text for other errors.
+func smtpCode(err error) string {
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
+		return fmt.Sprintf("%d %s", se.Code, enhancedString(se.EnhancedCode))
+	}
+	if err == nil {
+		return "ok"
+	}
+	return err.Error()
+}
