@@ -43,7 +43,7 @@ type smtpStub struct {
 
 	mu       sync.Mutex
 	messages []stubMessage
-	gated    int // DATA replies waiting at Gate
+	gated    int            // DATA replies waiting at Gate
 	active   map[string]int // authenticated sessions per user
 	peak     map[string]int
 	sessions map[*stubSession]struct{}
