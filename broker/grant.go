@@ -42,7 +42,7 @@ func newClientCredentials(app *config.App) *clientCredentials {
 		ClientID:     app.ClientID,
 		ClientSecret: app.ClientSecret,
 		TokenURL:     app.TokenURL(),
-		Scopes:       []string{app.Cloud.AppResource + "/.default"},
+		Scopes:       []string{app.Cloud.AppScope()},
 		AuthStyle:    oauth2.AuthStyleInParams,
 	}}
 }

@@ -58,3 +58,17 @@ func cloudNames() string {
 	}
 	return strings.Join(names, ", ")
 }
+
+// AppScope is the scope of app-only (client credentials) tokens, which
+// carry every role the app was granted: IMAP.AccessAsApp, SMTP.SendAsApp.
+func (c *Cloud) AppScope() string { return c.AppResource + "/.default" }
+
+// DelegatedScopes are the scopes of delegated tokens: one token serves
+// both IMAP and SMTP, and offline_access brings the refresh token.
+func (c *Cloud) DelegatedScopes() []string {
+	return []string{
+		"offline_access",
+		c.DelegatedResource + "/IMAP.AccessAsUser.All",
+		c.DelegatedResource + "/SMTP.Send",
+	}
+}

@@ -293,3 +293,15 @@ func TestWarnings(t *testing.T) {
 		})
 	}
 }
+
+func TestCloudScopes(t *testing.T) {
+	c := CloudByName("global")
+	if got, want := c.AppScope(), "https://outlook.office365.com/.default"; got != want {
+		t.Fatalf("AppScope: got %q, want %q", got, want)
+	}
+	got := strings.Join(c.DelegatedScopes(), " ")
+	want := "offline_access https://outlook.office.com/IMAP.AccessAsUser.All https://outlook.office.com/SMTP.Send"
+	if got != want {
+		t.Fatalf("DelegatedScopes: got %q, want %q", got, want)
+	}
+}
