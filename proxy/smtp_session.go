@@ -337,7 +337,8 @@ func (s *smtpSession) Data(r io.Reader) error {
 	}
 	s.cl.messages++
 	s.cl.bytes += n
-	s.log.Info("message relayed", append(attrs, "reply", resp.StatusText, "duration", time.Since(tx.start).Round(time.Millisecond))...)
+	s.log.Info("message relayed", append(attrs, "queue_id", queueID(resp.StatusText), "reply", resp.StatusText,
+		"duration", time.Since(tx.start).Round(time.Millisecond))...)
 	s.log.Debug("message recipients", "rcpt", tx.rcpts)
 	return acceptedReply(resp.StatusText)
 }
@@ -434,6 +435,22 @@ func acceptedReply(status string) *smtp.SMTPError {
 		reply.Message = t
 	}
 	return reply
+}
+
+// queueID finds the id upstream gave the message in its final reply:
+// Exchange's "2.0.0 OK <id@host> [Hostname=...]", Postfix's "2.0.0 Ok:
+// queued as ID". It returns "" for other replies.
+func queueID(reply string) string {
+	if _, id, ok := strings.Cut(reply, "queued as "); ok {
+		id, _, _ = strings.Cut(id, " ")
+		return id
+	}
+	if _, rest, ok := strings.Cut(reply, "<"); ok {
+		if id, _, ok := strings.Cut(rest, ">"); ok {
+			return id
+		}
+	}
+	return ""
 }
 
 func parseEnhanced(s string) (smtp.EnhancedCode, bool) {

@@ -719,7 +719,7 @@ func TestSMTPLogs(t *testing.T) {
 	waitFor(t, "session end", func() bool { return strings.Contains(logs.String(), "session end") })
 	log := logs.String()
 	for _, want := range []string{"session start", "message relayed", "rcpts=1", "bytes=" + strconv.Itoa(len(testMessage)),
-		"Q1@upstream.test", "messages=1", "account=" + sender} {
+		"queue_id=Q1@upstream.test", "messages=1", "account=" + sender} {
 		if !strings.Contains(log, want) {
 			t.Fatalf("log lacks %q:\n%s", want, log)
 		}
@@ -727,6 +727,20 @@ func TestSMTPLogs(t *testing.T) {
 	for _, secret := range []string{"secret", stubToken(sender), "Hello", "hidden dot"} {
 		if strings.Contains(log, secret) {
 			t.Fatalf("log contains %q:\n%s", secret, log)
+		}
+	}
+}
+
+func TestQueueID(t *testing.T) {
+	tests := []struct{ reply, want string }{
+		{"2.0.0 OK <DM6PR01MB1234.namprd01.prod.outlook.com> [Hostname=DM6PR01MB1234.namprd01.prod.outlook.com]", "DM6PR01MB1234.namprd01.prod.outlook.com"},
+		{"2.0.0 Ok: queued as 4XbG2T1Lq3z9", "4XbG2T1Lq3z9"},
+		{"2.0.0 OK", ""},
+		{"2.0.0 <unterminated", ""},
+	}
+	for _, tt := range tests {
+		if got := queueID(tt.reply); got != tt.want {
+			t.Fatalf("queueID(%q): got %q, want %q", tt.reply, got, tt.want)
 		}
 	}
 }
