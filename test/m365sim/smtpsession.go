@@ -9,6 +9,7 @@ import (
 	"io"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
@@ -78,6 +79,9 @@ type smtpSession struct {
 	mailbox   string // lower case, set by a successful AUTH
 	loggedOut bool
 
+	// The envelope. go-smtp runs a BDAT's Data on its own goroutine, and
+	// an RSET can reset the session meanwhile.
+	mu   sync.Mutex
 	from string
 	to   []string
 }
@@ -187,13 +191,17 @@ func (x *smtpSession) Mail(from string, opts *smtp.MailOptions) error {
 	if !strings.EqualFold(from, mailbox) {
 		return errSMTPSendAs
 	}
+	x.mu.Lock()
 	x.from, x.to = from, nil
+	x.mu.Unlock()
 	return nil
 }
 
 // Rcpt accepts any address but those whose local part begins with
 // "reject", up to MaxRecipients.
 func (x *smtpSession) Rcpt(to string, opts *smtp.RcptOptions) error {
+	x.mu.Lock()
+	defer x.mu.Unlock()
 	if len(x.to) >= x.s.opts.MaxRecipients {
 		return errSMTPTooManyRecipients
 	}
@@ -206,7 +214,9 @@ func (x *smtpSession) Rcpt(to string, opts *smtp.RcptOptions) error {
 }
 
 func (x *smtpSession) Reset() {
+	x.mu.Lock()
 	x.from, x.to = "", nil
+	x.mu.Unlock()
 }
 
 // Data reads the message as it comes, hashing it and keeping at most
@@ -218,9 +228,12 @@ func (x *smtpSession) Data(r io.Reader) error {
 	if mailbox == "" {
 		return errSMTPNotAuthenticated // Mail refused already
 	}
+	x.mu.Lock()
+	from, rcpts := x.from, slices.Clone(x.to)
+	x.mu.Unlock()
 	var deliver []string
 	if s.opts.IMAP != nil {
-		for _, to := range x.to {
+		for _, to := range rcpts {
 			to = strings.ToLower(to)
 			if s.opts.IMAP.user(to) != nil && !slices.Contains(deliver, to) {
 				deliver = append(deliver, to)
@@ -286,8 +299,8 @@ func (x *smtpSession) Data(r io.Reader) error {
 	}
 	m := Message{
 		Mailbox: mailbox,
-		From:    x.from,
-		To:      slices.Clone(x.to),
+		From:    from,
+		To:      rcpts,
 		Size:    size,
 		QueueID: newQueueID(),
 	}
