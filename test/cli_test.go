@@ -3,7 +3,8 @@ package test
 import (
 	"bufio"
 	"context"
-	"github.com/mailbroker/broker/test/m365sim"
+	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"os/user"
@@ -14,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/mailbroker/broker/test/m365sim"
 )
 
 func TestConfigErrorsNameKeyAndLine(t *testing.T) {
@@ -57,11 +60,12 @@ func TestSecondDaemonRefused(t *testing.T) {
 }
 
 // TestDevMode runs the README's first command and the curl command it
-// prints, exactly as a newcomer would.
+// prints, exactly as a newcomer would, and checks that the SMTP proxy of
+// the printed SMTP example greets.
 func TestDevMode(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, brokerBin, "serve", "-dev", "-dev-listen", "127.0.0.1:0")
+	cmd := exec.CommandContext(ctx, brokerBin, "serve", "-dev", "-dev-listen", "127.0.0.1:0", "-dev-smtp-listen", "127.0.0.1:0")
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -74,16 +78,22 @@ func TestDevMode(t *testing.T) {
 		cmd.Wait()
 	}()
 	curlRE := regexp.MustCompile(`^\s+(curl .*)$`)
+	smtpRE := regexp.MustCompile(`^\s+.*curl .*'smtp://([^'/]+)'`)
 	sc := bufio.NewScanner(stdout)
-	var curl string
-	for sc.Scan() {
-		if m := curlRE.FindStringSubmatch(sc.Text()); m != nil {
+	var curl, smtpAddr string
+	for sc.Scan() && (curl == "" || smtpAddr == "") {
+		if m := curlRE.FindStringSubmatch(sc.Text()); m != nil && curl == "" {
 			curl = m[1]
-			break
+		} else if m := smtpRE.FindStringSubmatch(sc.Text()); m != nil {
+			smtpAddr = m[1]
 		}
 	}
-	if curl == "" {
-		t.Fatal("serve -dev printed no curl command")
+	if curl == "" || smtpAddr == "" {
+		t.Fatalf("serve -dev printed no curl command for IMAP (%q) or SMTP (%q)", curl, smtpAddr)
+	}
+	greeting := smtpGreeting(t, smtpAddr)
+	if !strings.HasPrefix(greeting, "220 ") {
+		t.Fatalf("the printed SMTP example's %s greeted %q, want 220", smtpAddr, greeting)
 	}
 	out, err := exec.CommandContext(ctx, "sh", "-c", curl).CombinedOutput()
 	if err != nil {
@@ -94,6 +104,23 @@ func TestDevMode(t *testing.T) {
 			t.Fatalf("the printed curl command's output lacks %q:\n%s", subject, out)
 		}
 	}
+}
+
+// smtpGreeting returns the first line a server at addr sends.
+func smtpGreeting(t *testing.T, addr string) string {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		t.Fatalf("dial %s: %v", addr, err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	if err != nil {
+		t.Fatalf("reading the greeting of %s: %v (got %q)", addr, err, line)
+	}
+	fmt.Fprintf(conn, "QUIT\r\n")
+	return strings.TrimRight(line, "\r\n")
 }
 
 func TestSIGHUPDoesNotStopDaemon(t *testing.T) {

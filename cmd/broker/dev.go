@@ -30,6 +30,11 @@ listen = [%q]
 upstream = %q
 upstream_ca_file = %q
 
+[smtp]
+listen = [%q]
+upstream = %q
+upstream_ca_file = %q
+
 [[app]]
 name = "contoso"
 tenant = %q
@@ -46,7 +51,7 @@ flow = "client_credentials"
 // serveDev runs the real daemon against an in-process simulated Microsoft
 // 365, with a temporary state directory, a configuration written the same
 // way an administrator would, and one demo mailbox with an app password.
-func serveDev(ctx context.Context, listen string, stdout io.Writer, log *slog.Logger) error {
+func serveDev(ctx context.Context, imapListen, smtpListen string, stdout io.Writer, log *slog.Logger) error {
 	dir, err := os.MkdirTemp("", "broker-dev-")
 	if err != nil {
 		return err
@@ -64,7 +69,7 @@ func serveDev(ctx context.Context, listen string, stdout io.Writer, log *slog.Lo
 		Tenant:    devTenant,
 		ClientID:  devClientID,
 		Secret:    secret,
-		Roles:     []string{"IMAP.AccessAsApp"},
+		Roles:     []string{"IMAP.AccessAsApp", "SMTP.SendAsApp"},
 		Mailboxes: []string{devMailbox},
 	})
 	upstream, err := m365sim.NewIMAP(entra)
@@ -75,16 +80,19 @@ func serveDev(ctx context.Context, listen string, stdout io.Writer, log *slog.Lo
 	if err := upstream.AddMailbox(devMailbox); err != nil {
 		return err
 	}
-
-	if l, err := net.Listen("tcp", listen); err != nil {
-		log.Warn("dev listen address busy; using a random port", "addr", listen)
-		listen = "127.0.0.1:0"
-	} else {
-		l.Close()
+	// Messages sent through the proxy arrive in the simulated inbox.
+	smtpUpstream, err := m365sim.NewSMTP(entra, m365sim.SMTPOptions{IMAP: upstream})
+	if err != nil {
+		return err
 	}
+	defer smtpUpstream.Close()
+
+	imapListen = devListenAddr(imapListen, "imap", log)
+	smtpListen = devListenAddr(smtpListen, "smtp", log)
 	files := map[string][]byte{
-		"client.secret":   []byte(secret + "\n"),
-		"upstream-ca.pem": upstream.CACertPEM(),
+		"client.secret":        []byte(secret + "\n"),
+		"upstream-ca.pem":      upstream.CACertPEM(),
+		"smtp-upstream-ca.pem": smtpUpstream.CACertPEM(),
 	}
 	for name, data := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
@@ -92,8 +100,10 @@ func serveDev(ctx context.Context, listen string, stdout io.Writer, log *slog.Lo
 		}
 	}
 	cfgPath := filepath.Join(dir, "broker.toml")
-	cfgText := fmt.Sprintf(devConfig, filepath.Join(dir, "state"), listen, upstream.Addr(),
-		filepath.Join(dir, "upstream-ca.pem"), devTenant, devClientID,
+	cfgText := fmt.Sprintf(devConfig, filepath.Join(dir, "state"),
+		imapListen, upstream.Addr(), filepath.Join(dir, "upstream-ca.pem"),
+		smtpListen, smtpUpstream.Addr(), filepath.Join(dir, "smtp-upstream-ca.pem"),
+		devTenant, devClientID,
 		filepath.Join(dir, "client.secret"), entra.URL(), devMailbox)
 	if err := os.WriteFile(cfgPath, []byte(cfgText), 0o600); err != nil {
 		return err
@@ -111,23 +121,46 @@ func serveDev(ctx context.Context, listen string, stdout io.Writer, log *slog.Lo
 		d.close()
 		return err
 	}
-	addr := d.listeners[0].l.Addr().String()
+	addrs := map[string]string{}
+	for _, sl := range d.listeners {
+		if addrs[sl.proto] == "" {
+			addrs[sl.proto] = sl.l.Addr().String()
+		}
+	}
+	imapAddr, smtpAddr := addrs["imap"], addrs["smtp"]
 	fmt.Fprintf(stdout, `
 broker is running against a simulated Microsoft 365; nothing leaves this machine.
 
-  IMAP proxy     %s  (LOGIN or AUTHENTICATE PLAIN, plain text on loopback)
-  mailbox        %s
-  app password   %s
-  config         %s
+  IMAP proxy     %[1]s  (LOGIN or AUTHENTICATE PLAIN, plain text on loopback)
+  SMTP proxy     %[2]s  (AUTH PLAIN or LOGIN, plain text on loopback)
+  mailbox        %[3]s
+  app password   %[4]s
+  config         %[5]s
 
 List the inbox through the proxy:
 
-  curl -s -u '%s:%s' 'imap://%s/INBOX' -X 'FETCH 1:* (FLAGS ENVELOPE)'
+  curl -s -u '%[3]s:%[4]s' 'imap://%[1]s/INBOX' -X 'FETCH 1:* (FLAGS ENVELOPE)'
+
+Send a message through the proxy; it arrives in the inbox above:
+
+  printf 'From: %[3]s\r\nTo: %[3]s\r\nSubject: Hello through broker\r\n\r\nIt works.\r\n' | curl -s -u '%[3]s:%[4]s' 'smtp://%[2]s' --mail-from '%[3]s' --mail-rcpt '%[3]s' -T -
 
 Press Ctrl-C to stop; the temporary state is deleted.
 
-`, addr, devMailbox, password, cfgPath, devMailbox, password, addr)
+`, imapAddr, smtpAddr, devMailbox, password, cfgPath)
 	return d.run(ctx)
+}
+
+// devListenAddr is addr, or any free port when addr is taken, so that a
+// second -dev or a leftover one does not stop a newcomer.
+func devListenAddr(addr, proto string, log *slog.Logger) string {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		log.Warn("dev listen address busy; using a random port", "proto", proto, "addr", addr)
+		return "127.0.0.1:0"
+	}
+	l.Close()
+	return addr
 }
 
 func rand32() string {

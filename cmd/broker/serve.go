@@ -19,6 +19,7 @@ func serveCmd(args []string, stdout, stderr io.Writer) error {
 	configPath := fs.String("config", config.DefaultPath, "configuration `file`")
 	dev := fs.Bool("dev", false, "run against an in-process simulated Microsoft 365 with a temporary state directory")
 	devListen := fs.String("dev-listen", "127.0.0.1:1143", "IMAP listen `address` for -dev")
+	devSMTPListen := fs.String("dev-smtp-listen", "127.0.0.1:1587", "SMTP listen `address` for -dev")
 	debug := fs.Bool("debug", false, "log debug messages")
 	if pos, err := parseFlags(fs, args); err != nil {
 		return err
@@ -30,7 +31,7 @@ func serveCmd(args []string, stdout, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if *dev {
-		return serveDev(ctx, *devListen, stdout, log)
+		return serveDev(ctx, *devListen, *devSMTPListen, stdout, log)
 	}
 	cfg, err := config.Load(*configPath)
 	if err != nil {
