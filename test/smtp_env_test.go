@@ -71,6 +71,13 @@ type smtpSimOptions struct {
 	Config string
 	// Bin is the broker binary; "" is the -race build.
 	Bin string
+	// App changes the app as registered in Entra, to stage an
+	// administrator's mistake.
+	App func(*m365sim.App)
+	// Upstream and UpstreamCA replace the simulator's address and
+	// certificate in broker's [smtp] section.
+	Upstream   string
+	UpstreamCA []byte
 }
 
 // smtpSimEnv is a broker daemon with IMAP and SMTP in front of the
@@ -93,10 +100,14 @@ func newSMTPSimEnv(t testing.TB, o smtpSimOptions) *smtpSimEnv {
 	t.Cleanup(entra.Close)
 	env := &smtpSimEnv{Entra: entra, Secret: "Zx8Q~smtp.secret-value_0123456789abcdefXYZ"}
 	entra.AddTenant(tenant)
-	entra.AddApp(m365sim.App{
+	app := m365sim.App{
 		Tenant: tenant, ClientID: clientID, Secret: env.Secret,
 		Roles: smtpRoles, Mailboxes: []string{mailbox},
-	})
+	}
+	if o.App != nil {
+		o.App(&app)
+	}
+	entra.AddApp(app)
 	if env.IMAP, err = m365sim.NewIMAP(entra); err != nil {
 		t.Fatal(err)
 	}
@@ -113,9 +124,16 @@ func newSMTPSimEnv(t testing.TB, o smtpSimOptions) *smtpSimEnv {
 	t.Cleanup(func() { env.SMTP.Close() })
 	dir := t.TempDir()
 	imapCA := writeFile(t, dir, "imap-ca.pem", env.IMAP.CACertPEM())
-	smtpCA := writeFile(t, dir, "smtp-ca.pem", env.SMTP.CACertPEM())
+	upstream, upstreamCA := env.SMTP.Addr(), env.SMTP.CACertPEM()
+	if o.Upstream != "" {
+		upstream = o.Upstream
+	}
+	if o.UpstreamCA != nil {
+		upstreamCA = o.UpstreamCA
+	}
+	smtpCA := writeFile(t, dir, "smtp-ca.pem", upstreamCA)
 	secret := writeFile(t, dir, "client.secret", []byte(env.Secret+"\n"))
-	cfg := smtpBrokerConfig(dir+"/state", env.IMAP.Addr(), imapCA, env.SMTP.Addr(), smtpCA, entra.URL(), secret, o.Config)
+	cfg := smtpBrokerConfig(dir+"/state", env.IMAP.Addr(), imapCA, upstream, smtpCA, entra.URL(), secret, o.Config)
 	bin := o.Bin
 	if bin == "" {
 		bin = brokerBin

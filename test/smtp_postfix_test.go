@@ -144,8 +144,8 @@ func TestSMTPPostfix(t *testing.T) {
 		t.Fatalf("MAIL FROM at Postfix: %v", err)
 	}
 	unknownRcpt := direct.Rcpt("nobody@contoso.com", nil)
-	if code, _, _ := smtpReply(unknownRcpt); code != 550 {
-		t.Fatalf("Postfix answered RCPT TO an unknown mailbox with %v, want 550", unknownRcpt)
+	if code, enh, _ := smtpReply(unknownRcpt); code != 550 || enh != (smtp.EnhancedCode{5, 1, 1}) {
+		t.Fatalf("Postfix answered RCPT TO an unknown mailbox with %v, want 550 5.1.1", unknownRcpt)
 	}
 	if err := direct.Reset(); err != nil {
 		t.Fatal(err)
@@ -154,8 +154,8 @@ func TestSMTPPostfix(t *testing.T) {
 		t.Fatalf("MAIL FROM another sender at Postfix: %v", err)
 	}
 	sendAsDenied := direct.Rcpt(mailbox, nil)
-	if code, _, _ := smtpReply(sendAsDenied); code != 553 {
-		t.Fatalf("Postfix answered RCPT TO after a foreign MAIL FROM with %v, want 553", sendAsDenied)
+	if code, enh, _ := smtpReply(sendAsDenied); code != 553 || enh != (smtp.EnhancedCode{5, 7, 1}) {
+		t.Fatalf("Postfix answered RCPT TO after a foreign MAIL FROM with %v, want 553 5.7.1", sendAsDenied)
 	}
 	direct.Quit()
 
@@ -168,10 +168,9 @@ func TestSMTPPostfix(t *testing.T) {
 		if err := c.Mail(mailbox, nil); err != nil {
 			t.Fatalf("MAIL FROM: %v\n%s", err, env.logs())
 		}
-		want := &smtp.SMTPError{}
 		code, enh, text := smtpReply(unknownRcpt)
-		want.Code, want.EnhancedCode, want.Message = code, enh, text
-		checkReply(t, "RCPT TO an unknown mailbox", c.Rcpt("nobody@contoso.com", nil), *want)
+		checkReply(t, "RCPT TO an unknown mailbox", c.Rcpt("nobody@contoso.com", nil),
+			smtp.SMTPError{Code: code, EnhancedCode: enh, Message: text})
 		if err := c.Rcpt(mailbox, nil); err != nil {
 			t.Fatalf("RCPT TO:<%s>: %v\n%s", mailbox, err, env.logs())
 		}

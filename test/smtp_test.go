@@ -147,23 +147,121 @@ func testAuthDisabledForMailbox(t *testing.T, env *smtpSimEnv) {
 	}
 }
 
-// TestSMTPUpstreamWithoutSTARTTLS: an upstream that offers no STARTTLS
-// never gets the token; the client is told to come back later, the log
-// says what is wrong.
-func TestSMTPUpstreamWithoutSTARTTLS(t *testing.T) {
-	env := newSMTPSimEnv(t, smtpSimOptions{SMTP: m365sim.SMTPOptions{NoSTARTTLS: true}})
-	c := dialRawSMTP(t, env.Daemon.SMTPAddr)
-	c.cmd("EHLO client.test", "250 ")
-	c.cmd("AUTH PLAIN "+b64("\x00"+mailbox+"\x00"+env.Password), "454 4.7.0 ")
-	line := env.Daemon.waitLog("msg=\"upstream login failed\"")
-	if !strings.Contains(line, "STARTTLS") {
-		t.Fatalf("log line %q does not name STARTTLS", line)
+// TestSMTPUpstreamLoginProblems: whatever keeps broker from logging in
+// upstream, the client learns it at AUTH as a temporary 454 and keeps its
+// mail, and the log says what is wrong and what to do.
+func TestSMTPUpstreamLoginProblems(t *testing.T) {
+	tests := []struct {
+		name string
+		opts smtpSimOptions
+		// before runs ahead of the client's AUTH.
+		before func(t *testing.T, env *smtpSimEnv)
+		reply  string
+		logged []string
+		// sim checks what the simulator saw.
+		sim func(t *testing.T, env *smtpSimEnv)
+	}{
+		{
+			name:   "upstream offers no STARTTLS",
+			opts:   smtpSimOptions{SMTP: m365sim.SMTPOptions{NoSTARTTLS: true}},
+			reply:  "454 4.7.0 ",
+			logged: []string{"no STARTTLS", "port 465"},
+			sim: func(t *testing.T, env *smtpSimEnv) {
+				// It would have taken the token in clear text: it never saw
+				// one, good or bad.
+				if n, err := env.SMTP.Logins(), env.SMTP.LastAuthError(); n != 0 || err != nil {
+					t.Fatalf("simulator saw %d logins, last AUTH error %v; want no AUTH at all", n, err)
+				}
+			},
+		},
+		{
+			name:   "upstream certificate not trusted",
+			opts:   smtpSimOptions{UpstreamCA: otherCertPEM(t)},
+			reply:  "454 4.7.0 ",
+			logged: []string{"certificate"},
+			sim: func(t *testing.T, env *smtpSimEnv) {
+				if n, err := env.SMTP.Logins(), env.SMTP.LastAuthError(); n != 0 || err != nil {
+					t.Fatalf("simulator saw %d logins, last AUTH error %v; want no AUTH at all", n, err)
+				}
+			},
+		},
+		{
+			name:   "upstream unreachable",
+			opts:   smtpSimOptions{Upstream: closedPort(t)},
+			reply:  "454 4.7.0 ",
+			logged: []string{"connection refused"},
+		},
+		{
+			name:   "app lacks SMTP.SendAsApp",
+			opts:   smtpSimOptions{App: func(a *m365sim.App) { a.Roles = []string{"IMAP.AccessAsApp"} }},
+			reply:  "454 4.7.0 ",
+			logged: []string{"5.7.3", "SMTP.SendAsApp"},
+			sim: func(t *testing.T, env *smtpSimEnv) {
+				if err := env.SMTP.LastAuthError(); !errors.Is(err, m365sim.ErrTokenNoPermission) {
+					t.Fatalf("simulator's last AUTH error: got %v, want ErrTokenNoPermission", err)
+				}
+			},
+		},
+		{
+			// Another client of the mailbox uses Exchange's last connection.
+			name: "Exchange's connection limit reached",
+			opts: smtpSimOptions{SMTP: m365sim.SMTPOptions{MaxConnectionsPerMailbox: 1}},
+			before: func(t *testing.T, env *smtpSimEnv) {
+				dialSMTP(t, env.Daemon.SMTPAddr, mailbox, env.Password)
+			},
+			reply:  "454 4.7.0 ",
+			logged: []string{"4.3.2", "max_connections_per_mailbox"},
+			sim: func(t *testing.T, env *smtpSimEnv) {
+				if err := env.SMTP.LastAuthError(); !errors.Is(err, m365sim.ErrSMTPThreadLimit) {
+					t.Fatalf("simulator's last AUTH error: got %v, want ErrSMTPThreadLimit", err)
+				}
+			},
+		},
 	}
-	// The simulator would have taken the token in clear text: it never saw
-	// one, good or bad.
-	if n, err := env.SMTP.Logins(), env.SMTP.LastAuthError(); n != 0 || err != nil {
-		t.Fatalf("simulator saw %d logins, last AUTH error %v; want no AUTH at all", n, err)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			env := newSMTPSimEnv(t, tt.opts)
+			if tt.before != nil {
+				tt.before(t, env)
+			}
+			c := dialRawSMTP(t, env.Daemon.SMTPAddr)
+			c.cmd("EHLO client.test", "250 ")
+			c.cmd("AUTH PLAIN "+b64("\x00"+mailbox+"\x00"+env.Password), tt.reply)
+			// The client keeps its mail: no MAIL is taken without a login.
+			c.cmd("MAIL FROM:<"+mailbox+">", "530 5.7.0 ")
+			line := env.Daemon.waitLog(`msg="upstream login failed"`)
+			for _, want := range tt.logged {
+				if !strings.Contains(line, want) {
+					t.Fatalf("log line %q lacks %q", line, want)
+				}
+			}
+			if tt.sim != nil {
+				tt.sim(t, env)
+			}
+		})
 	}
+}
+
+// otherCertPEM is a certificate that did not sign the simulator's.
+func otherCertPEM(t *testing.T) []byte {
+	t.Helper()
+	cert, err := m365sim.NewCert("127.0.0.1", "localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cert.CertPEM
+}
+
+// closedPort returns a loopback address nothing listens on.
+func closedPort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
 }
 
 // testUpstreamLostDuringData: when upstream's connection ends during DATA,
