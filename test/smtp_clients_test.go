@@ -7,6 +7,8 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/mailbroker/broker/test/m365sim"
 )
 
 // runClientResult runs a client program that may fail and returns its
@@ -96,9 +98,8 @@ func testCurl(t *testing.T, env *smtpSimEnv) {
 		file := writeFile(t, dir, "msg.eml", []byte(smtpMessage("refused", "curl-refused@contoso.com")))
 		out, code := runClientResult(t, "curl", "-sS", "-v", "--max-time", "30",
 			"smtp://"+env.Daemon.SMTPAddr, "--mail-from", mailbox, "--mail-rcpt", mailbox, "--upload-file", file)
-		// 55: CURLE_SEND_ERROR, curl's answer to a refused MAIL FROM.
-		if code != 55 || !strings.Contains(out, "< 530 5.7.0 ") {
-			t.Fatalf("curl exited %d with\n%s\nwant 55 after 530 5.7.0", code, out)
+		if code == 0 || !strings.Contains(out, "< 530 5.7.0 ") {
+			t.Fatalf("curl exited %d with\n%s\nwant a failure after 530 5.7.0", code, out)
 		}
 	})
 	if n := len(env.SMTP.Messages()); n != sent {
@@ -221,5 +222,53 @@ func testSwaks(t *testing.T, env *smtpSimEnv) {
 			}
 			checkRelayed(t, env, before+i+1, msg, mailbox)
 		})
+	}
+}
+
+// TestSMTPLocalTLS: with a local certificate, curl sends through broker
+// with STARTTLS on the plain listener and over the implicit-TLS listener.
+func TestSMTPLocalTLS(t *testing.T) {
+	dir := t.TempDir()
+	cert, err := m365sim.NewCert("127.0.0.1", "localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile := writeFile(t, dir, "local.crt", cert.CertPEM)
+	keyFile := writeFile(t, dir, "local.key", cert.KeyPEM)
+	env := newSMTPSimEnv(t, smtpSimOptions{Config: fmt.Sprintf(
+		"listen_tls = [\"127.0.0.1:0\"]\ntls_cert_file = %q\ntls_key_file = %q", certFile, keyFile)})
+	var tlsAddr string
+	for _, m := range listeningRE.FindAllStringSubmatch(env.Daemon.Log(), -1) {
+		if m[1] == "smtp" && m[2] != env.Daemon.SMTPAddr {
+			tlsAddr = m[2]
+		}
+	}
+	if tlsAddr == "" {
+		t.Fatalf("daemon logged no second SMTP listener\n%s", env.Daemon.Log())
+	}
+	tests := []struct {
+		name, url, sent string
+		extra           []string
+	}{
+		{"STARTTLS", "smtp://" + env.Daemon.SMTPAddr, "> STARTTLS", []string{"--ssl-reqd"}},
+		{"implicit TLS", "smtps://" + tlsAddr, "> EHLO", nil},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			msg := smtpMessage("curl over "+tt.name, fmt.Sprintf("tls-%d@contoso.com", i))
+			file := writeFile(t, dir, "msg.eml", []byte(msg))
+			args := append([]string{"-sS", "-v", "--max-time", "30", "--cacert", certFile, tt.url,
+				"--mail-from", mailbox, "--mail-rcpt", mailbox,
+				"-u", mailbox + ":" + env.Password, "--upload-file", file}, tt.extra...)
+			out := runClient(t, "curl", args...)
+			if !strings.Contains(out, tt.sent) || !strings.Contains(out, "SSL connection using TLS") {
+				t.Fatalf("curl did not speak TLS (%q):\n%s", tt.sent, out)
+			}
+			checkRelayed(t, env, i+1, msg, mailbox)
+		})
+	}
+	// The implicit-TLS session says so from its start.
+	if line := env.Daemon.waitLog("tls=true"); !strings.Contains(line, `msg="session start" proto=smtp`) {
+		t.Fatalf("log line %q: want the implicit-TLS session's start", line)
 	}
 }

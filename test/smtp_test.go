@@ -2,6 +2,7 @@ package test
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"testing"
@@ -34,16 +35,21 @@ func TestSMTPSimEndToEnd(t *testing.T) {
 	if sent.Mailbox != mailbox || sent.From != mailbox || len(sent.To) != 1 || sent.To[0] != mailbox {
 		t.Fatalf("upstream recorded mailbox %q from %q to %v, want %s from and to itself", sent.Mailbox, sent.From, sent.To, mailbox)
 	}
-	line := env.Daemon.waitLog("msg=\"message relayed\"")
-	for _, want := range []string{"account=" + mailbox, "rcpts=1", "reply=", sent.QueueID} {
-		if !strings.Contains(line, want) {
-			t.Fatalf("log line %q lacks %q", line, want)
-		}
+	size := fmt.Sprint(len(msg))
+	logged := []struct {
+		line string
+		want []string
+	}{
+		{`msg="session start" proto=smtp`, []string{"remote=127.0.0.1:"}},
+		{`msg="message relayed"`, []string{"account=" + mailbox, "from=" + mailbox, "rcpts=1", "bytes=" + size, "reply=", sent.QueueID, "duration="}},
+		{`msg="session end" proto=smtp`, []string{"account=" + mailbox, "messages=1", "bytes=" + size, "duration="}},
 	}
-	line = env.Daemon.waitLog("msg=\"session end\" proto=smtp")
-	for _, want := range []string{"account=" + mailbox, "messages=1", "duration="} {
-		if !strings.Contains(line, want) {
-			t.Fatalf("log line %q lacks %q", line, want)
+	for _, l := range logged {
+		line := env.Daemon.waitLog(l.line)
+		for _, want := range l.want {
+			if !strings.Contains(line, want) {
+				t.Fatalf("log line %q lacks %q", line, want)
+			}
 		}
 	}
 }
