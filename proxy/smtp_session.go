@@ -125,9 +125,16 @@ func (s *smtpSession) authFailed(le *LoginError) error {
 	return &smtp.SMTPError{Code: 454, EnhancedCode: unavailableCode(le), Message: replyText(le.Reason, smtpReasonUnavailable)}
 }
 
+// unavailableCode is the enhanced code of a temporary login failure:
+// upstream's own when it refused for a while (432 4.3.2, its connection
+// limit), 4.3.2 when no connection slot came free.
 func unavailableCode(le *LoginError) smtp.EnhancedCode {
-	if errors.Is(le.Err, errSlotWait) {
+	var rej *smtpRejection
+	switch {
+	case errors.Is(le.Err, errSlotWait):
 		return smtp.EnhancedCode{4, 3, 2}
+	case errors.As(le.Err, &rej) && rej.reply.Code/100 == 4 && rej.reply.EnhancedCode[0] == 4:
+		return rej.reply.EnhancedCode
 	}
 	return smtp.EnhancedCode{4, 7, 0}
 }

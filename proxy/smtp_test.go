@@ -380,7 +380,7 @@ func TestSMTPUpstreamLoginFailures(t *testing.T) {
 		{
 			name: "connection limit",
 			stub: &smtpStub{Reject: &smtp.SMTPError{Code: 432, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "STOREDRV.ClientSubmit; sender thread limit exceeded"}},
-			want: "454 4.7.0", log: "3 concurrent SMTP connections",
+			want: "454 4.3.2", log: "3 concurrent SMTP connections",
 		},
 	}
 	for _, tt := range tests {
