@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"crypto/tls"
 	"io"
@@ -13,28 +14,31 @@ import (
 )
 
 // messageReader produces a message of n octets in 76-octet lines without
-// holding it: "Subject" header, then lines of a repeated pattern.
+// holding it.
 type messageReader struct {
 	n, off int64
 }
 
-var messageLine = []byte("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789ab\r\n")
+var (
+	messageLine  = []byte("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789ab\r\n")
+	messageBlock = bytes.Repeat(messageLine, 1024)
+)
 
 func (r *messageReader) Read(p []byte) (int, error) {
 	if r.off >= r.n {
 		return 0, io.EOF
 	}
-	n := 0
-	for n < len(p) && r.off < r.n {
-		c := messageLine[r.off%int64(len(messageLine))]
-		if r.off >= r.n-2 {
-			c = "\r\n"[r.off-(r.n-2)]
-		}
-		p[n] = c
-		n++
-		r.off++
+	p = p[:min(int64(len(p)), r.n-r.off)]
+	for n := 0; n < len(p); {
+		at := int((r.off + int64(n)) % int64(len(messageBlock)))
+		n += copy(p[n:], messageBlock[at:])
 	}
-	return n, nil
+	r.off += int64(len(p))
+	if r.off == r.n {
+		// The message ends with a line break wherever n falls.
+		copy(p[max(len(p)-2, 0):], "\r\n"[max(2-len(p), 0):])
+	}
+	return len(p), nil
 }
 
 func relayMessage(tb testing.TB, c *smtp.Client, size int64) {
