@@ -236,8 +236,19 @@ func (s *SMTPServer) handle(tc *trackedConn) {
 		s.mu.Unlock()
 	}()
 
-	_, implicitTLS := tc.conn.(*tls.Conn)
+	tlsConn, implicitTLS := tc.conn.(*tls.Conn)
 	cl.log.Info("session start", "remote", tc.conn.RemoteAddr().String(), "tls", implicitTLS)
+	if implicitTLS {
+		// go-smtp would handshake at its greeting with no read deadline: a
+		// client that never sends its hello would hold the session.
+		ctx, cancel := context.WithTimeout(s.srv.ctx, s.opts.ReadTimeout)
+		err := tlsConn.HandshakeContext(ctx)
+		cancel()
+		if err != nil {
+			cl.log.Info("session end", "reason", "tls handshake: "+err.Error())
+			return
+		}
+	}
 	srv := s.newGoSMTPServer(cl, implicitTLS)
 	// Serve returns once it has handed the connection over; Shutdown
 	// waits for that session to end.

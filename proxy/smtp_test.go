@@ -573,6 +573,35 @@ func TestSMTPLocalStartTLS(t *testing.T) {
 	}
 }
 
+func TestSMTPImplicitTLSHandshakeTimeout(t *testing.T) {
+	up := startSMTPStub(t, &smtpStub{})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsLn := tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{mustCert(t).cert}})
+	srv, addr, logs := startSMTPProxy(t, SMTPOptions{ReadTimeout: 100 * time.Millisecond}, up, tlsLn)
+	c := dialClient(t, addr) // says nothing, not even its TLS hello
+	waitFor(t, "the silent session to end", func() bool { return srv.Sessions() == 0 })
+	c.expectClosed()
+	if !strings.Contains(logs.String(), "tls handshake") {
+		t.Fatalf("log does not say why the session ended:\n%s", logs)
+	}
+
+	tc, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: mustCert(t).pool, ServerName: "localhost"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	cl := smtp.NewClient(tc)
+	if err := cl.Auth(sasl.NewPlainClient("", sender, "secret")); err != nil {
+		t.Fatalf("AUTH over implicit TLS: %v", err)
+	}
+	if ok, _ := cl.Extension("STARTTLS"); ok {
+		t.Fatalf("STARTTLS offered on an implicit-TLS connection")
+	}
+}
+
 func TestSMTPBDAT(t *testing.T) {
 	up := startSMTPStub(t, &smtpStub{})
 	_, addr, _ := startSMTPProxy(t, SMTPOptions{}, up, nil)
