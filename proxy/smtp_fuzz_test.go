@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
@@ -76,6 +77,10 @@ func FuzzSMTPSession(f *testing.F) {
 	f.Add([]byte("HELO x\nMAIL FROM:<a@b> SIZE=99999999999\nBDAT 5 LAST\nhello\n"))
 	f.Add([]byte("EHLO x\r\nAUTH PLAIN\r\n*\r\nAUTH XOAUTH2 =\r\nSTARTTLS\r\nRSET\r\nNOOP\r\nVRFY a\r\n"))
 	f.Add([]byte("\x00\xff\r\n\r\n.\r\n"))
+	f.Add([]byte("EHLO x\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\nMAIL FROM:<alice>\r\nRCPT TO:<bob>\r\nRCPT TO:<reject>\r\nDATA\r\n.x\r\n\n.\n\r\n.\r\nRSET\r\nMAIL FROM:<alice>\r\nRSET\r\n"))
+	// Logins with password "secret" reach a real upstream, so that the
+	// relay's paths are fuzzed too.
+	up := startSMTPStub(f, &smtpStub{HashOnly: true})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		f.Fatal(err)
@@ -83,7 +88,8 @@ func FuzzSMTPSession(f *testing.F) {
 	defer ln.Close()
 	f.Fuzz(func(t *testing.T, input []byte) {
 		srv := NewSMTPServer(&SMTPOptions{
-			Upstream:    "127.0.0.1:1",
+			Upstream:    up.addr,
+			UpstreamTLS: &tls.Config{RootCAs: mustCert(t).pool},
 			Auth:        &smtpStubAuth{pass: "secret"},
 			Logger:      slog.New(slog.DiscardHandler),
 			ReadTimeout: 5 * time.Second,
