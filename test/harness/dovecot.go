@@ -2,7 +2,6 @@ package harness
 
 import (
 	"errors"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -105,18 +104,4 @@ func findDovecot() (string, error) {
 }
 
 // LogTail returns the end of Dovecot's logs, for failure messages.
-func (d *Dovecot) LogTail() string {
-	var b strings.Builder
-	for _, name := range []string{"stderr.log", "dovecot.log"} {
-		data, err := os.ReadFile(filepath.Join(d.Dir, name))
-		if err != nil || len(data) == 0 {
-			continue
-		}
-		const max = 8 << 10
-		if len(data) > max {
-			data = data[len(data)-max:]
-		}
-		fmt.Fprintf(&b, "--- %s ---\n%s", name, data)
-	}
-	return b.String()
-}
+func (d *Dovecot) LogTail() string { return logTail(d.Dir, "", "stderr.log", "dovecot.log") }

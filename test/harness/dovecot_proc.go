@@ -47,31 +47,11 @@ func (d *Dovecot) start(bin string, conf dovecotConfData) error {
 		cmd.Wait()
 		close(d.exited)
 	}()
-	if err := d.waitReady(time.Now().Add(dovecotStartTimeout)); err != nil {
+	if err := waitReady("dovecot", d.cmd, d.exited, time.Now().Add(dovecotStartTimeout), d.greet); err != nil {
 		d.kill()
 		return err
 	}
 	return nil
-}
-
-// waitReady polls until the IMAP port greets over TLS.
-func (d *Dovecot) waitReady(deadline time.Time) error {
-	var lastErr error
-	for time.Now().Before(deadline) {
-		select {
-		case <-d.exited:
-			return fmt.Errorf("dovecot exited: %v", d.cmd.ProcessState)
-		default:
-		}
-		if lastErr = d.greet(deadline); lastErr == nil {
-			return nil
-		}
-		select {
-		case <-d.exited:
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
-	return fmt.Errorf("dovecot not ready after %v: %v", dovecotStartTimeout, lastErr)
 }
 
 func (d *Dovecot) greet(deadline time.Time) error {

@@ -1,8 +1,6 @@
 package harness
 
 import (
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"os"
@@ -118,26 +116,4 @@ func findPostfix() (string, error) {
 
 // LogTail returns the end of Postfix's maillog_file (and of the master's
 // stderr, where errors before logging starts go), for failure messages.
-func (p *Postfix) LogTail() string {
-	var b strings.Builder
-	for _, name := range []string{"stderr.log", "maillog"} {
-		data, err := os.ReadFile(filepath.Join(p.Dir, name))
-		if err != nil || len(data) == 0 {
-			continue
-		}
-		const max = 8 << 10
-		if len(data) > max {
-			data = data[len(data)-max:]
-		}
-		fmt.Fprintf(&b, "--- postfix %s ---\n%s", name, data)
-	}
-	return b.String()
-}
-
-// TLSConfig returns a client configuration trusting only the instance's
-// certificate.
-func (p *Postfix) TLSConfig() *tls.Config {
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(p.CACertPEM)
-	return &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}
-}
+func (p *Postfix) LogTail() string { return logTail(p.Dir, "postfix ", "stderr.log", "maillog") }

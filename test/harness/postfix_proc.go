@@ -223,33 +223,11 @@ func (p *Postfix) start(master string, conf postfixConfData) error {
 		p.kill()
 		return err
 	}
-	if err := p.waitReady(time.Now().Add(postfixStartTimeout)); err != nil {
+	if err := waitReady("postfix master", p.cmd, p.exited, time.Now().Add(postfixStartTimeout), p.greet); err != nil {
 		p.kill()
 		return err
 	}
 	return nil
-}
-
-// waitReady waits until the submission port greets. A master in the
-// foreground tells nobody when it has bound its ports (only the daemonising
-// "master -w" of "postfix start" does), so the port is polled.
-func (p *Postfix) waitReady(deadline time.Time) error {
-	var lastErr error
-	for time.Now().Before(deadline) {
-		select {
-		case <-p.exited:
-			return fmt.Errorf("postfix master exited: %v", p.cmd.ProcessState)
-		default:
-		}
-		if lastErr = p.greet(deadline); lastErr == nil {
-			return nil
-		}
-		select {
-		case <-p.exited:
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
-	return fmt.Errorf("postfix not ready after %v: %v", postfixStartTimeout, lastErr)
 }
 
 func (p *Postfix) greet(deadline time.Time) error {
