@@ -371,6 +371,8 @@ func (s *stubUpstream) authenticate(c net.Conn, tag, args string, write func(...
 type stubAuth struct {
 	pass string
 	err  error // returned instead of an Upstream for good credentials
+	// protocol is the one logins must name; "" means IMAP.
+	protocol Protocol
 
 	calls    atomic.Int32
 	mu       sync.Mutex
@@ -379,7 +381,11 @@ type stubAuth struct {
 
 func (a *stubAuth) Authenticate(ctx context.Context, l *Login) (*Upstream, error) {
 	a.calls.Add(1)
-	if l.Protocol != IMAP || l.Remote == nil {
+	want := a.protocol
+	if want == "" {
+		want = IMAP
+	}
+	if l.Protocol != want || l.Remote == nil {
 		return nil, fmt.Errorf("bad login %+v", l)
 	}
 	switch {

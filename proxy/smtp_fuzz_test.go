@@ -90,7 +90,7 @@ func FuzzSMTPSession(f *testing.F) {
 		srv := NewSMTPServer(&SMTPOptions{
 			Upstream:    up.addr,
 			UpstreamTLS: &tls.Config{RootCAs: mustCert(t).pool},
-			Auth:        &smtpStubAuth{pass: "secret"},
+			Auth:        newSMTPStubAuth("secret"),
 			Logger:      slog.New(slog.DiscardHandler),
 			ReadTimeout: 5 * time.Second,
 			DialTimeout: time.Second,

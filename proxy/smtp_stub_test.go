@@ -318,49 +318,17 @@ func (x *stubSession) Logout() error {
 	return nil
 }
 
-// smtpStubAuth accepts any user but "unknown" with password pass and logs
-// in upstream with stubToken(user); AuthenticateAccount does the same for
-// any account without a password.
-type smtpStubAuth struct {
-	pass string
-	err  error // returned instead of an Upstream for good credentials
+// smtpStubAuth is stubAuth for SMTP logins; AuthenticateAccount logs in
+// upstream as any account without a password.
+type smtpStubAuth struct{ stubAuth }
 
-	calls    atomic.Int32
-	mu       sync.Mutex
-	rejected []string
-}
-
-func (a *smtpStubAuth) Authenticate(ctx context.Context, l *Login) (*Upstream, error) {
-	a.calls.Add(1)
-	if l.Protocol != SMTP || l.Remote == nil {
-		return nil, fmt.Errorf("bad login %+v", l)
-	}
-	switch {
-	case l.Username == "unknown":
-		return nil, &LoginError{Kind: KindCredentials, Reason: "no such user", Err: errors.New("user unknown not found")}
-	case l.Password != a.pass:
-		return nil, &LoginError{Kind: KindCredentials, Reason: "wrong password", Err: errors.New("password mismatch")}
-	case a.err != nil:
-		return nil, a.err
-	}
-	return &Upstream{Account: l.Username, SASL: xoauth2.NewClient(l.Username, stubToken(l.Username))}, nil
+func newSMTPStubAuth(pass string) *smtpStubAuth {
+	return &smtpStubAuth{stubAuth{pass: pass, protocol: SMTP}}
 }
 
 func (a *smtpStubAuth) AuthenticateAccount(ctx context.Context, p Protocol, account string) (*Upstream, error) {
 	a.calls.Add(1)
 	return &Upstream{Account: account, SASL: xoauth2.NewClient(account, stubToken(account))}, nil
-}
-
-func (a *smtpStubAuth) UpstreamRejected(account, detail string) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.rejected = append(a.rejected, account+": "+detail)
-}
-
-func (a *smtpStubAuth) rejections() []string {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return append([]string(nil), a.rejected...)
 }
 
 // startSMTPProxy starts an SMTPServer on ln (127.0.0.1:0 if nil) in front
@@ -381,7 +349,7 @@ func startSMTPProxy(t testing.TB, opts SMTPOptions, up *smtpStub, ln net.Listene
 		opts.UpstreamTLS = &tls.Config{RootCAs: mustCert(t).pool}
 	}
 	if opts.Auth == nil {
-		opts.Auth = &smtpStubAuth{pass: "secret"}
+		opts.Auth = newSMTPStubAuth("secret")
 	}
 	var logs *logBuffer
 	if opts.Logger == nil {

@@ -115,7 +115,7 @@ func TestSMTPLoginWithoutInitialResponse(t *testing.T) {
 
 func TestSMTPAuthFailures(t *testing.T) {
 	up := startSMTPStub(t, &smtpStub{})
-	auth := &smtpStubAuth{pass: "secret"}
+	auth := newSMTPStubAuth("secret")
 	_, addr, logs := startSMTPProxy(t, SMTPOptions{Auth: auth}, up, nil)
 
 	c := dialSMTP(t, addr)
@@ -386,7 +386,7 @@ func TestSMTPUpstreamLoginFailures(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			up := startSMTPStub(t, tt.stub)
-			auth := &smtpStubAuth{pass: "secret"}
+			auth := newSMTPStubAuth("secret")
 			tt.opts.Auth = auth
 			_, addr, logs := startSMTPProxy(t, tt.opts, up, nil)
 			c := dialSMTP(t, addr)
@@ -801,7 +801,7 @@ func TestSMTPServeRequiresOptions(t *testing.T) {
 	}
 	defer ln.Close()
 	for _, opts := range []SMTPOptions{
-		{Auth: &smtpStubAuth{}},
+		{Auth: newSMTPStubAuth("")},
 		{Upstream: "127.0.0.1:1"},
 		{Upstream: "127.0.0.1:1", Auth: panicSMTPAuth{}, UnauthenticatedAs: "scanner@example.com"},
 	} {
