@@ -8,7 +8,6 @@ import (
 	"runtime"
 	"testing"
 
-	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 	"github.com/mailbroker/broker/proxy/xoauth2"
 )
@@ -68,10 +67,7 @@ func TestSMTPRelayStreams(t *testing.T) {
 	const size = 50 << 20
 	up := startSMTPStub(t, &smtpStub{HashOnly: true})
 	_, addr, _ := startSMTPProxy(t, SMTPOptions{}, up, nil)
-	c := dialSMTP(t, addr)
-	if err := c.Auth(sasl.NewPlainClient("", sender, "secret")); err != nil {
-		t.Fatal(err)
-	}
+	c := loginSMTP(t, addr)
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
 	relayMessage(t, c, size)
@@ -115,10 +111,7 @@ func BenchmarkSMTPRelay10MB(b *testing.B) {
 	})
 	b.Run("proxy", func(b *testing.B) {
 		_, addr, _ := startSMTPProxy(b, SMTPOptions{}, up, nil)
-		c := dialSMTP(b, addr)
-		if err := c.Auth(sasl.NewPlainClient("", sender, "secret")); err != nil {
-			b.Fatal(err)
-		}
+		c := loginSMTP(b, addr)
 		b.SetBytes(size)
 		b.ReportAllocs()
 		for b.Loop() {

@@ -381,6 +381,27 @@ func dialSMTP(t testing.TB, addr string) *smtp.Client {
 	return c
 }
 
+// loginSMTP connects a go-smtp client to the proxy and logs in as sender.
+func loginSMTP(t testing.TB, addr string) *smtp.Client {
+	t.Helper()
+	c := dialSMTP(t, addr)
+	if err := c.Auth(sasl.NewPlainClient("", sender, "secret")); err != nil {
+		t.Fatalf("AUTH: %v", err)
+	}
+	return c
+}
+
+// ehloClient connects a raw client to the proxy and greets it with EHLO.
+func ehloClient(t testing.TB, addr string) *testClient {
+	t.Helper()
+	c := dialClient(t, addr)
+	c.expect("220 ")
+	c.send("EHLO client.test\r\n")
+	for !strings.HasPrefix(c.line(), "250 ") {
+	}
+	return c
+}
+
 // smtpCode returns err's SMTP code and enhanced code as "535 5.7.8", or
 // err's text for other errors.
 func smtpCode(err error) string {

@@ -100,11 +100,7 @@ func TestSMTPLoginWithoutInitialResponse(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c := dialClient(t, addr)
-			c.expect("220 ")
-			c.send("EHLO client.test\r\n")
-			for !strings.HasPrefix(c.line(), "250 ") {
-			}
+			c := ehloClient(t, addr)
 			for i := 0; i < len(tt.steps); i += 2 {
 				c.send(tt.steps[i] + "\r\n")
 				c.expect(tt.steps[i+1])
@@ -211,10 +207,7 @@ func TestSMTPUnauthenticatedAs(t *testing.T) {
 func TestSMTPUpstreamRepliesPassThrough(t *testing.T) {
 	up := startSMTPStub(t, &smtpStub{})
 	_, addr, _ := startSMTPProxy(t, SMTPOptions{}, up, nil)
-	c := dialSMTP(t, addr)
-	if err := c.Auth(sasl.NewPlainClient("", sender, "secret")); err != nil {
-		t.Fatal(err)
-	}
+	c := loginSMTP(t, addr)
 
 	err := c.Mail("ceo@example.com", nil)
 	var se *smtp.SMTPError
@@ -257,10 +250,7 @@ func TestSMTPUpstreamRepliesPassThrough(t *testing.T) {
 func TestSMTPSeveralMessagesOneConnection(t *testing.T) {
 	up := startSMTPStub(t, &smtpStub{})
 	_, addr, _ := startSMTPProxy(t, SMTPOptions{}, up, nil)
-	c := dialSMTP(t, addr)
-	if err := c.Auth(sasl.NewPlainClient("", sender, "secret")); err != nil {
-		t.Fatal(err)
-	}
+	c := loginSMTP(t, addr)
 	for i := 0; i < 3; i++ {
 		if err := send(c, sender, []string{recipient}, testMessage); err != nil {
 			t.Fatalf("message %d: %v", i, err)
@@ -286,10 +276,7 @@ func TestSMTPSeveralMessagesOneConnection(t *testing.T) {
 func TestSMTPReconnectAfterUpstreamClosedIdle(t *testing.T) {
 	up := startSMTPStub(t, &smtpStub{})
 	_, addr, _ := startSMTPProxy(t, SMTPOptions{}, up, nil)
-	c := dialSMTP(t, addr)
-	if err := c.Auth(sasl.NewPlainClient("", sender, "secret")); err != nil {
-		t.Fatal(err)
-	}
+	c := loginSMTP(t, addr)
 	if err := send(c, sender, []string{recipient}, testMessage); err != nil {
 		t.Fatal(err)
 	}
@@ -307,10 +294,7 @@ func TestSMTPReconnectAfterUpstreamClosedIdle(t *testing.T) {
 func TestSMTPUpstreamLostDuringData(t *testing.T) {
 	up := startSMTPStub(t, &smtpStub{})
 	_, addr, _ := startSMTPProxy(t, SMTPOptions{}, up, nil)
-	c := dialSMTP(t, addr)
-	if err := c.Auth(sasl.NewPlainClient("", sender, "secret")); err != nil {
-		t.Fatal(err)
-	}
+	c := loginSMTP(t, addr)
 	big := bytes.Repeat([]byte("0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz\r\n"), 20000)
 	up.dropAfter.Store(100 << 10)
 	err := send(c, sender, []string{recipient}, big)
@@ -333,10 +317,7 @@ func TestSMTPUpstreamLostDuringData(t *testing.T) {
 func TestSMTPUpstreamSilentAfterData(t *testing.T) {
 	up := startSMTPStub(t, &smtpStub{})
 	_, addr, _ := startSMTPProxy(t, SMTPOptions{DataTimeout: 200 * time.Millisecond}, up, nil)
-	c := dialSMTP(t, addr)
-	if err := c.Auth(sasl.NewPlainClient("", sender, "secret")); err != nil {
-		t.Fatal(err)
-	}
+	c := loginSMTP(t, addr)
 	_, release := up.holdData()
 	defer release()
 	if got := smtpCode(send(c, sender, []string{recipient}, testMessage)); got != "451 4.4.1" {
@@ -413,10 +394,7 @@ func TestSMTPUpstreamLoginFailures(t *testing.T) {
 func TestSMTPUpstreamImplicitTLS(t *testing.T) {
 	up := startSMTPStub(t, &smtpStub{ImplicitTLS: true})
 	_, addr, _ := startSMTPProxy(t, SMTPOptions{}, up, nil)
-	c := dialSMTP(t, addr)
-	if err := c.Auth(sasl.NewPlainClient("", sender, "secret")); err != nil {
-		t.Fatal(err)
-	}
+	c := loginSMTP(t, addr)
 	if err := send(c, sender, []string{recipient}, testMessage); err != nil {
 		t.Fatal(err)
 	}
@@ -485,10 +463,7 @@ func TestSMTPConnectionCap(t *testing.T) {
 func TestSMTPConnectionWaitTimesOut(t *testing.T) {
 	up := startSMTPStub(t, &smtpStub{})
 	srv, addr, _ := startSMTPProxy(t, SMTPOptions{MaxConnectionsPerMailbox: 1, ConnectionWait: 100 * time.Millisecond}, up, nil)
-	first := dialSMTP(t, addr)
-	if err := first.Auth(sasl.NewPlainClient("", sender, "secret")); err != nil {
-		t.Fatal(err)
-	}
+	first := loginSMTP(t, addr)
 	second := dialSMTP(t, addr)
 	if got := smtpCode(second.Auth(sasl.NewPlainClient("", sender, "secret"))); got != "454 4.3.2" {
 		t.Fatalf("AUTH while the only connection is taken: got %s, want 454 4.3.2", got)
@@ -533,10 +508,7 @@ func TestSMTPMessageSize(t *testing.T) {
 func TestSMTPLongLines(t *testing.T) {
 	up := startSMTPStub(t, &smtpStub{})
 	_, addr, _ := startSMTPProxy(t, SMTPOptions{}, up, nil)
-	c := dialSMTP(t, addr)
-	if err := c.Auth(sasl.NewPlainClient("", sender, "secret")); err != nil {
-		t.Fatal(err)
-	}
+	c := loginSMTP(t, addr)
 	// Longer than RFC 5321's 1000 octets, as generated HTML often is.
 	long := []byte("Subject: html\r\n\r\n" + strings.Repeat("<td>x</td>", 2000) + "\r\n")
 	if err := send(c, sender, []string{recipient}, long); err != nil {
@@ -605,11 +577,7 @@ func TestSMTPImplicitTLSHandshakeTimeout(t *testing.T) {
 func TestSMTPBDAT(t *testing.T) {
 	up := startSMTPStub(t, &smtpStub{})
 	_, addr, _ := startSMTPProxy(t, SMTPOptions{}, up, nil)
-	c := dialClient(t, addr)
-	c.expect("220 ")
-	c.send("EHLO client.test\r\n")
-	for !strings.HasPrefix(c.line(), "250 ") {
-	}
+	c := ehloClient(t, addr)
 	c.send("AUTH PLAIN " + b64("\x00"+sender+"\x00secret") + "\r\n")
 	c.expect("235 ")
 	c.send("MAIL FROM:<" + sender + ">\r\nRCPT TO:<" + recipient + ">\r\n")
@@ -631,11 +599,7 @@ func TestSMTPBDAT(t *testing.T) {
 func TestSMTPBareLF(t *testing.T) {
 	up := startSMTPStub(t, &smtpStub{})
 	_, addr, _ := startSMTPProxy(t, SMTPOptions{}, up, nil)
-	c := dialClient(t, addr)
-	c.expect("220 ")
-	c.send("EHLO client.test\r\n")
-	for !strings.HasPrefix(c.line(), "250 ") {
-	}
+	c := ehloClient(t, addr)
 	c.send("AUTH PLAIN " + b64("\x00"+sender+"\x00secret") + "\r\n")
 	c.expect("235 ")
 	c.send("MAIL FROM:<" + sender + ">\r\n")
@@ -689,24 +653,15 @@ func TestSMTPMalformedInput(t *testing.T) {
 		})
 	}
 	// The server survived all of it.
-	c := dialSMTP(t, addr)
-	if err := c.Auth(sasl.NewPlainClient("", sender, "secret")); err != nil {
-		t.Fatal(err)
-	}
+	loginSMTP(t, addr)
 }
 
 func TestSMTPShutdown(t *testing.T) {
 	up := startSMTPStub(t, &smtpStub{})
 	srv, addr, _ := startSMTPProxy(t, SMTPOptions{}, up, nil)
 
-	idle := dialSMTP(t, addr)
-	if err := idle.Auth(sasl.NewPlainClient("", sender, "secret")); err != nil {
-		t.Fatal(err)
-	}
-	busy := dialSMTP(t, addr)
-	if err := busy.Auth(sasl.NewPlainClient("", sender, "secret")); err != nil {
-		t.Fatal(err)
-	}
+	idle := loginSMTP(t, addr)
+	busy := loginSMTP(t, addr)
 	holding, release := up.holdData()
 	result := make(chan error, 1)
 	go func() { result <- send(busy, sender, []string{recipient}, testMessage) }()
