@@ -65,34 +65,13 @@ func NewIMAPServer(opts *IMAPOptions) *IMAPServer {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	if o.PreAuthTimeout <= 0 {
-		o.PreAuthTimeout = DefaultIMAPPreAuthTimeout
-	}
-	if o.DialTimeout <= 0 {
-		o.DialTimeout = DefaultIMAPDialTimeout
-	}
-	if o.LoginTimeout <= 0 {
-		o.LoginTimeout = DefaultIMAPLoginTimeout
-	}
-	if o.MaxLoginFailures <= 0 {
-		o.MaxLoginFailures = DefaultIMAPMaxLoginFailures
-	}
+	setDefault(&o.PreAuthTimeout, DefaultIMAPPreAuthTimeout)
+	setDefault(&o.DialTimeout, DefaultIMAPDialTimeout)
+	setDefault(&o.LoginTimeout, DefaultIMAPLoginTimeout)
+	setDefault(&o.MaxLoginFailures, DefaultIMAPMaxLoginFailures)
 	s.logger = o.Logger.With("proto", string(IMAP))
-
-	s.upstreamTLS = &tls.Config{}
-	if o.UpstreamTLS != nil {
-		s.upstreamTLS = o.UpstreamTLS.Clone()
-	}
-	if s.upstreamTLS.ServerName == "" {
-		if host, _, err := net.SplitHostPort(o.Upstream); err == nil {
-			s.upstreamTLS.ServerName = host
-		}
-	}
-	s.upstreamTLS.MinVersion = max(s.upstreamTLS.MinVersion, tls.VersionTLS12)
-	if o.TLS != nil {
-		s.tls = o.TLS.Clone()
-		s.tls.MinVersion = max(s.tls.MinVersion, tls.VersionTLS12)
-	}
+	s.upstreamTLS = upstreamTLSConfig(o.UpstreamTLS, o.Upstream)
+	s.tls = localTLSConfig(o.TLS)
 	s.srv = newConnServer(s.logger, s.handle)
 	return s
 }

@@ -296,3 +296,38 @@ func closeAfterBye(c net.Conn) {
 	c.SetReadDeadline(time.Now().Add(lingerTimeout))
 	io.CopyN(io.Discard, c, lingerMaxBytes)
 }
+
+// setDefault sets an option left at zero (or below) to its default.
+func setDefault[T int | time.Duration](v *T, def T) {
+	if *v <= 0 {
+		*v = def
+	}
+}
+
+// upstreamTLSConfig copies an upstream TLS client configuration (nil: the
+// defaults), naming upstream's host as ServerName unless set, with TLS 1.2
+// at least.
+func upstreamTLSConfig(c *tls.Config, upstream string) *tls.Config {
+	conf := &tls.Config{}
+	if c != nil {
+		conf = c.Clone()
+	}
+	if conf.ServerName == "" {
+		if host, _, err := net.SplitHostPort(upstream); err == nil {
+			conf.ServerName = host
+		}
+	}
+	conf.MinVersion = max(conf.MinVersion, tls.VersionTLS12)
+	return conf
+}
+
+// localTLSConfig copies the local certificate's configuration, with TLS
+// 1.2 at least; nil stays nil (no STARTTLS).
+func localTLSConfig(c *tls.Config) *tls.Config {
+	if c == nil {
+		return nil
+	}
+	conf := c.Clone()
+	conf.MinVersion = max(conf.MinVersion, tls.VersionTLS12)
+	return conf
+}

@@ -140,30 +140,12 @@ func NewSMTPServer(opts *SMTPOptions) *SMTPServer {
 	setDefault(&o.MaxLoginFailures, DefaultSMTPMaxLoginFailures)
 	s.logger = o.Logger.With("proto", string(SMTP))
 
-	s.upstreamTLS = &tls.Config{}
-	if o.UpstreamTLS != nil {
-		s.upstreamTLS = o.UpstreamTLS.Clone()
-	}
-	if s.upstreamTLS.ServerName == "" {
-		if host, _, err := net.SplitHostPort(o.Upstream); err == nil {
-			s.upstreamTLS.ServerName = host
-		}
-	}
-	s.upstreamTLS.MinVersion = max(s.upstreamTLS.MinVersion, tls.VersionTLS12)
-	if o.TLS != nil {
-		s.tls = o.TLS.Clone()
-		s.tls.MinVersion = max(s.tls.MinVersion, tls.VersionTLS12)
-	}
+	s.upstreamTLS = upstreamTLSConfig(o.UpstreamTLS, o.Upstream)
+	s.tls = localTLSConfig(o.TLS)
 	s.slots = newMailboxSlots(o.MaxConnectionsPerMailbox)
 	s.caps.Store(defaultSMTPCaps)
 	s.srv = newConnServer(s.logger, s.handle)
 	return s
-}
-
-func setDefault[T int | time.Duration](v *T, def T) {
-	if *v <= 0 {
-		*v = def
-	}
 }
 
 // Serve accepts connections on l until Close or Shutdown, then returns
