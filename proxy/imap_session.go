@@ -332,19 +332,18 @@ func (s *imapSession) login(tag, cmdName, user, pass string) (end bool) {
 // logUpstreamFailure logs why upstream refused or could not be reached and
 // tells the Authenticator about a refusal.
 func (s *imapSession) logUpstreamFailure(user, account string, le *LoginError) {
-	attrs := []any{"user", user, "account", account, "kind", le.Kind.String(), "err", le.Err.Error()}
 	var rej *imapRejection
+	var advice string
 	if errors.As(le.Err, &rej) {
 		if e, ok := explainIMAP(rej.Text); ok {
-			attrs = append(attrs, "advice", e.advice)
+			advice = e.advice
 		}
 	}
-	s.log.Warn("upstream login failed", attrs...)
-	if rej != nil && le.Kind == KindAccount {
-		if r, ok := s.srv.opts.Auth.(UpstreamRejectionReporter); ok {
-			r.UpstreamRejected(account, rej.Error())
-		}
+	var refusal error
+	if rej != nil {
+		refusal = rej
 	}
+	reportUpstreamFailure(s.log, s.srv.opts.Auth, user, account, le, advice, refusal)
 }
 
 // imapLoginReply is the text of a failed login's NO (RFC 5530 codes). The

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 
 	"github.com/emersion/go-sasl"
@@ -112,4 +113,20 @@ func loginErrorOf(err error) *LoginError {
 		return le
 	}
 	return &LoginError{Kind: KindUnavailable, Reason: "temporary failure, try again later", Err: err}
+}
+
+// reportUpstreamFailure logs a failed upstream login, with advice for the
+// administrator if there is some, and tells auth when upstream's refusal
+// (nil if it did not refuse) is about the account.
+func reportUpstreamFailure(log *slog.Logger, auth Authenticator, user, account string, le *LoginError, advice string, refusal error) {
+	attrs := []any{"user", user, "account", account, "kind", le.Kind.String(), "err", le.Err.Error()}
+	if advice != "" {
+		attrs = append(attrs, "advice", advice)
+	}
+	log.Warn("upstream login failed", attrs...)
+	if refusal != nil && le.Kind == KindAccount {
+		if r, ok := auth.(UpstreamRejectionReporter); ok {
+			r.UpstreamRejected(account, refusal.Error())
+		}
+	}
 }

@@ -176,22 +176,21 @@ func (s *smtpSession) connect(ctx context.Context, authorize func(context.Contex
 // logUpstreamFailure logs why upstream refused or could not be reached and
 // tells the Authenticator about a refusal.
 func (s *smtpSession) logUpstreamFailure(user, account string, le *LoginError) {
-	attrs := []any{"user", user, "account", account, "kind", le.Kind.String(), "err", le.Err.Error()}
 	var rej *smtpRejection
-	if errors.As(le.Err, &rej) {
+	var advice string
+	switch {
+	case errors.As(le.Err, &rej):
 		if e, ok := explainSMTP(rej.reply); ok {
-			attrs = append(attrs, "advice", e.advice)
+			advice = e.advice
 		}
+	case errors.Is(le.Err, errNoSTARTTLS):
+		advice = "check [smtp] upstream: it must offer STARTTLS, or use port 465 for TLS from the first byte"
 	}
-	if errors.Is(le.Err, errNoSTARTTLS) {
-		attrs = append(attrs, "advice", "check [smtp] upstream: it must offer STARTTLS, or use port 465 for TLS from the first byte")
+	var refusal error
+	if rej != nil {
+		refusal = rej
 	}
-	s.log.Warn("upstream login failed", attrs...)
-	if rej != nil && le.Kind == KindAccount {
-		if r, ok := s.cl.srv.opts.Auth.(UpstreamRejectionReporter); ok {
-			r.UpstreamRejected(account, rej.Error())
-		}
-	}
+	reportUpstreamFailure(s.log, s.cl.srv.opts.Auth, user, account, le, advice, refusal)
 }
 
 // upstream returns the session's upstream connection, connecting anew if
