@@ -307,11 +307,7 @@ func (s *imapSession) login(tag, cmdName, user, pass string) (end bool) {
 	}
 	if err != nil {
 		le := loginErrorOf(err)
-		level := slog.LevelWarn
-		if le.Kind == KindCredentials {
-			level = slog.LevelInfo
-		}
-		s.log.Log(ctx, level, "login failed", "user", user, "kind", le.Kind.String(), "err", le.Error())
+		logLoginFailure(ctx, s.log, user, le)
 		return s.loginFailed(tag + " NO " + imapLoginReply(le))
 	}
 

@@ -115,6 +115,16 @@ func loginErrorOf(err error) *LoginError {
 	return &LoginError{Kind: KindUnavailable, Reason: "temporary failure, try again later", Err: err}
 }
 
+// logLoginFailure logs a login the Authenticator refused: wrong
+// credentials are routine, anything else needs attention.
+func logLoginFailure(ctx context.Context, log *slog.Logger, user string, le *LoginError) {
+	level := slog.LevelWarn
+	if le.Kind == KindCredentials {
+		level = slog.LevelInfo
+	}
+	log.Log(ctx, level, "login failed", "user", user, "kind", le.Kind.String(), "err", le.Error())
+}
+
 // reportUpstreamFailure logs a failed upstream login, with advice for the
 // administrator if there is some, and tells auth when upstream's refusal
 // (nil if it did not refuse) is about the account.

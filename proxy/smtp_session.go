@@ -148,11 +148,7 @@ func (s *smtpSession) connect(ctx context.Context, authorize func(context.Contex
 	}
 	if err != nil {
 		le := loginErrorOf(err)
-		level := slog.LevelWarn
-		if le.Kind == KindCredentials {
-			level = slog.LevelInfo
-		}
-		s.log.Log(ctx, level, "login failed", "user", user, "kind", le.Kind.String(), "err", le.Error())
+		logLoginFailure(ctx, s.log, user, le)
 		return le
 	}
 	u, err := s.cl.srv.loginSMTPUpstream(ctx, s.cl.tc, up)
