@@ -33,30 +33,12 @@ func smtpBrokerConfig(stateDir, imapUpstream, imapCA, smtpUpstream, smtpCA, auth
 	if !strings.Contains(smtpExtra, "listen =") {
 		smtpExtra = `listen = ["127.0.0.1:0"]` + "\n" + smtpExtra
 	}
-	return fmt.Sprintf(`state_dir = %q
-
-[imap]
-listen = ["127.0.0.1:0"]
-upstream = %q
-upstream_ca_file = %q
-
+	return brokerConfig(stateDir, imapUpstream, imapCA, authority, tenant, clientID, secretFile, mailbox) + fmt.Sprintf(`
 [smtp]
 upstream = %q
 upstream_ca_file = %q
 %s
-
-[[app]]
-name = "contoso"
-tenant = %q
-client_id = %q
-client_secret_file = %q
-authority = %q
-
-[[account]]
-mailbox = %q
-app = "contoso"
-flow = "client_credentials"
-`, stateDir, imapUpstream, imapCA, smtpUpstream, smtpCA, smtpExtra, tenant, clientID, secretFile, authority, mailbox)
+`, smtpUpstream, smtpCA, smtpExtra)
 }
 
 // smtpSimOptions shape a smtpSimEnv.
