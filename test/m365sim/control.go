@@ -97,16 +97,22 @@ func (e *Entra) WaitTokenRequests(ctx context.Context, n int64) error {
 
 // waitFor waits until cond, checked after every broadcast, holds.
 func (e *Entra) waitFor(ctx context.Context, cond func() bool) error {
+	return waitUntil(ctx, &e.mu, &e.changed, cond)
+}
+
+// waitUntil waits until cond holds. cond is checked under mu, first now and
+// then each time the channel *changed (read under mu) is closed; whoever
+// changes what cond looks at closes and replaces it.
+func waitUntil(ctx context.Context, mu *sync.Mutex, changed *chan struct{}, cond func() bool) error {
 	for {
-		e.mu.Lock()
-		changed := e.changed
-		ok := cond()
-		e.mu.Unlock()
+		mu.Lock()
+		ok, ch := cond(), *changed
+		mu.Unlock()
 		if ok {
 			return nil
 		}
 		select {
-		case <-changed:
+		case <-ch:
 		case <-ctx.Done():
 			return ctx.Err()
 		}

@@ -137,19 +137,7 @@ func (s *IMAP) Sessions() int {
 
 // WaitSessions waits until exactly n connections are open.
 func (s *IMAP) WaitSessions(ctx context.Context, n int) error {
-	for {
-		s.mu.Lock()
-		ok, changed := s.sessions == n, s.changed
-		s.mu.Unlock()
-		if ok {
-			return nil
-		}
-		select {
-		case <-changed:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
+	return waitUntil(ctx, &s.mu, &s.changed, func() bool { return s.sessions == n })
 }
 
 // LastAuthError is why the latest failed login failed (the client only sees

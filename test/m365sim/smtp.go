@@ -236,19 +236,15 @@ func (s *SMTP) Messages() []Message {
 // WaitMessages waits until at least n messages were accepted and returns
 // them.
 func (s *SMTP) WaitMessages(ctx context.Context, n int) ([]Message, error) {
-	for {
-		s.mu.Lock()
-		msgs, changed := s.messages, s.changed
-		s.mu.Unlock()
-		if len(msgs) >= n {
-			return slices.Clone(msgs), nil
-		}
-		select {
-		case <-changed:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
+	var msgs []Message
+	err := waitUntil(ctx, &s.mu, &s.changed, func() bool {
+		msgs = s.messages
+		return len(msgs) >= n
+	})
+	if err != nil {
+		return nil, err
 	}
+	return slices.Clone(msgs), nil
 }
 
 // Connections is the number of open TCP connections.
@@ -262,19 +258,7 @@ func (s *SMTP) Connections() int {
 // session's authentication slot is released before its connection counts
 // as closed.
 func (s *SMTP) WaitConnections(ctx context.Context, n int) error {
-	for {
-		s.mu.Lock()
-		ok, changed := len(s.conns) == n, s.changed
-		s.mu.Unlock()
-		if ok {
-			return nil
-		}
-		select {
-		case <-changed:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
+	return waitUntil(ctx, &s.mu, &s.changed, func() bool { return len(s.conns) == n })
 }
 
 // MaxConcurrent is the most authenticated sessions of mailbox that were
