@@ -457,6 +457,20 @@ func serveProxy(t testing.TB, opts IMAPOptions, up *stubUpstream, ln net.Listene
 		opts.Logger, _ = newTestLogger(t)
 	}
 	srv := NewIMAPServer(&opts)
+	serveUntilCleanup(t, srv, ln)
+	return srv
+}
+
+// testServer is what the tests need of IMAPServer and SMTPServer.
+type testServer interface {
+	Serve(net.Listener) error
+	Close() error
+	Sessions() int
+}
+
+// serveUntilCleanup serves ln until the test ends, then closes srv and
+// checks that Serve returned as documented and every session ended.
+func serveUntilCleanup(t testing.TB, srv testServer, ln net.Listener) {
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	t.Cleanup(func() {
@@ -466,7 +480,6 @@ func serveProxy(t testing.TB, opts IMAPOptions, up *stubUpstream, ln net.Listene
 		}
 		waitFor(t, "sessions to end", func() bool { return srv.Sessions() == 0 })
 	})
-	return srv
 }
 
 // waitFor polls cond until it holds, failing the test after 10 s.

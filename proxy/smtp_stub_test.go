@@ -356,15 +356,7 @@ func startSMTPProxy(t testing.TB, opts SMTPOptions, up *smtpStub, ln net.Listene
 		opts.Logger, logs = newTestLogger(t)
 	}
 	srv := NewSMTPServer(&opts)
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
-	t.Cleanup(func() {
-		srv.Close()
-		if err := <-served; !errors.Is(err, ErrServerClosed) {
-			t.Errorf("Serve: got %v, want ErrServerClosed", err)
-		}
-		waitFor(t, "sessions to end", func() bool { return srv.Sessions() == 0 })
-	})
+	serveUntilCleanup(t, srv, ln)
 	return srv, ln.Addr().String(), logs
 }
 
