@@ -34,9 +34,27 @@ func (v *validator) apps(raws []rawApp) []*App {
 			}
 			app.ClientID = strings.ToLower(id)
 		}
-		v.secretFileSet[app] = raw.ClientSecretFile.set
+		v.secretFileSet[app] = raw.ClientSecretFile.set || raw.ClientCertificateFile.set
 		if file, ok := v.str(key+".client_secret_file", raw.ClientSecretFile); ok {
-			app.ClientSecret = v.secret(key+".client_secret_file", v.resolve(file))
+			app.ClientSecretFile = v.resolve(file)
+			app.ClientSecret = v.secret(key+".client_secret_file", app.ClientSecretFile)
+		}
+		switch d := raw.ClientSecretExpires; {
+		case !d.set:
+		case d.bad != "":
+			v.errorf(key+".client_secret_expires", "%s is not a date: write it as 2027-06-30", d.bad)
+		case !raw.ClientSecretFile.set:
+			v.errorf(key+".client_secret_expires", "set without client_secret_file")
+		default:
+			app.ClientSecretExpires = d.t
+		}
+		v.certificate(key, app, raw)
+		app.RedirectURI = DefaultRedirectURI
+		if uri, ok := v.str(key+".redirect_uri", raw.RedirectURI); ok {
+			if err := checkRedirectURI(uri); err != nil {
+				v.errorf(key+".redirect_uri", "%v", err)
+			}
+			app.RedirectURI = uri
 		}
 		app.Cloud = CloudByName(DefaultCloud)
 		if name, ok := v.str(key+".cloud", raw.Cloud); ok {
@@ -57,6 +75,49 @@ func (v *validator) apps(raws []rawApp) []*App {
 		apps = append(apps, app)
 	}
 	return apps
+}
+
+// certificate reads the client certificate and its key. Either credential
+// may be set, not both: which one Entra sees would otherwise be a guess.
+func (v *validator) certificate(key string, app *App, raw rawApp) {
+	certFile, certSet := v.str(key+".client_certificate_file", raw.ClientCertificateFile)
+	keyFile, keySet := v.str(key+".client_key_file", raw.ClientKeyFile)
+	switch {
+	case !certSet && !keySet:
+		return
+	case certSet != keySet:
+		if certSet {
+			v.errorf(key+".client_key_file", "required with client_certificate_file")
+		} else {
+			v.errorf(key+".client_certificate_file", "required with client_key_file")
+		}
+		return
+	case raw.ClientSecretFile.set:
+		v.errorf(key+".client_certificate_file", "set together with client_secret_file: choose one credential for the app")
+		return
+	}
+	app.CertificateFile = v.resolve(certFile)
+	certPEM, _, err := readSmallFile(app.CertificateFile)
+	if err != nil {
+		v.errorf(key+".client_certificate_file", "%v", err)
+		return
+	}
+	keyPath := v.resolve(keyFile)
+	keyPEM, info, err := readSmallFile(keyPath)
+	if err != nil {
+		v.errorf(key+".client_key_file", "%v", err)
+		return
+	}
+	if perm := info.Mode().Perm(); perm&0o004 != 0 {
+		v.warnf(key+".client_key_file", "%s is readable by others (mode %04o): chmod o-r it", keyPath, perm)
+	}
+	cert, signer, err := parseCertificate(certPEM, keyPEM)
+	clear(keyPEM)
+	if err != nil {
+		v.errorf(key+".client_certificate_file", "%s: %v", app.CertificateFile, err)
+		return
+	}
+	app.Certificate, app.Key = cert, signer
 }
 
 // secret reads a client secret file. Its contents never appear in a

@@ -22,7 +22,7 @@ func isSpaceOrControl(r rune) bool { return r <= ' ' || r == 0x7f }
 func checkTenant(tenant string) error {
 	switch tenant {
 	case "common", "organizations", "consumers":
-		return fmt.Errorf("%q is not a tenant: client credentials need the directory's own domain (contoso.onmicrosoft.com) or tenant id", tenant)
+		return fmt.Errorf("%q is not a tenant: broker signs in to one directory, so name its domain (contoso.onmicrosoft.com) or tenant id", tenant)
 	}
 	if isGUID(tenant) || checkDomain(tenant) == nil {
 		return nil

@@ -10,6 +10,7 @@ var clouds = []Cloud{
 		SMTPHost:          "smtp.office365.com:587",
 		AppResource:       "https://outlook.office365.com",
 		DelegatedResource: "https://outlook.office.com",
+		GraphResource:     "https://graph.microsoft.com",
 	},
 	{
 		Name:              "usgovhigh",
@@ -18,6 +19,7 @@ var clouds = []Cloud{
 		SMTPHost:          "smtp.office365.us:587",
 		AppResource:       "https://outlook.office365.us",
 		DelegatedResource: "https://outlook.office365.us",
+		GraphResource:     "https://graph.microsoft.us",
 	},
 	{
 		Name:              "usgovdod",
@@ -26,6 +28,7 @@ var clouds = []Cloud{
 		SMTPHost:          "outlook-dod.office365.us:587",
 		AppResource:       "https://outlook-dod.office365.us",
 		DelegatedResource: "https://outlook-dod.office365.us",
+		GraphResource:     "https://dod-graph.microsoft.us",
 	},
 	{
 		Name:              "china",
@@ -34,6 +37,7 @@ var clouds = []Cloud{
 		SMTPHost:          "smtp.partner.outlook.cn:587",
 		AppResource:       "https://partner.outlook.cn",
 		DelegatedResource: "https://partner.outlook.cn",
+		GraphResource:     "https://microsoftgraph.chinacloudapi.cn",
 	},
 }
 
@@ -62,6 +66,13 @@ func cloudNames() string {
 // AppScope is the scope of app-only (client credentials) tokens, which
 // carry every role the app was granted: IMAP.AccessAsApp, SMTP.SendAsApp.
 func (c *Cloud) AppScope() string { return c.AppResource + "/.default" }
+
+// GraphScope is the scope that redeems a delegated sign-in for a Microsoft
+// Graph token with every permission the user consented to.
+func (c *Cloud) GraphScope() string { return c.GraphResource + "/.default" }
+
+// OutlookScope is the same for Exchange Online (Outlook) itself.
+func (c *Cloud) OutlookScope() string { return c.DelegatedResource + "/.default" }
 
 // DelegatedScopes are the scopes of delegated tokens: one token serves
 // both IMAP and SMTP, and offline_access brings the refresh token.

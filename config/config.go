@@ -3,7 +3,11 @@
 // rest of broker never sees an unchecked value.
 package config
 
-import "time"
+import (
+	"crypto"
+	"crypto/x509"
+	"time"
+)
 
 // Flow names how an account obtains its tokens.
 type Flow string
@@ -79,19 +83,41 @@ type Cloud struct {
 	// .default, https://outlook.office.com for delegated scopes).
 	AppResource       string
 	DelegatedResource string
+	// GraphResource is Microsoft Graph's resource, for tokens that local
+	// tools ask for (`broker token -scope graph`).
+	GraphResource string
 }
 
-// App is one Entra app registration.
+// App is one Entra app registration. It authenticates with a client secret,
+// with a certificate, or not at all (a public client).
 type App struct {
 	Name     string
 	Tenant   string // domain or directory (tenant) id
 	ClientID string
 	// ClientSecret is read from client_secret_file; never logged.
-	ClientSecret string
-	Cloud        *Cloud
+	ClientSecret     string
+	ClientSecretFile string
+	// ClientSecretExpires is when the secret stops working, as the
+	// administrator noted it; zero when unknown.
+	ClientSecretExpires time.Time
+	// Certificate and Key sign client assertions when set (client_
+	// certificate_file and client_key_file); Key is an RSA key, never logged.
+	Certificate *x509.Certificate
+	Key         crypto.Signer
+	// CertificateFile names where Certificate came from, for messages.
+	CertificateFile string
+	// RedirectURI is where the authorization code flow's browser is sent.
+	// Default DefaultRedirectURI, which Entra matches on any port.
+	RedirectURI string
+	Cloud       *Cloud
 	// Authority is the identity platform base URL, without tenant.
 	Authority string
 }
+
+// Public reports whether the app has no credential of its own: a public
+// client, which needs "Allow public client flows" for device code and
+// password sign-ins.
+func (a *App) Public() bool { return a.ClientSecret == "" && a.Key == nil }
 
 // TokenURL is the v2.0 token endpoint of the app's tenant.
 func (a *App) TokenURL() string { return a.Authority + "/" + a.Tenant + "/oauth2/v2.0/token" }
@@ -110,14 +136,41 @@ type Account struct {
 	Mailbox string
 	// Login is the local login name, lower case; default Mailbox.
 	Login string
-	App   *App
-	Flow  Flow
+	// LoginUser is the user who signs in for a delegated flow, lower case:
+	// Mailbox itself, or a delegate with FullAccess to a shared Mailbox.
+	// Accounts with the same App and LoginUser share one sign-in. Empty for
+	// client credentials.
+	LoginUser string
+	App       *App
+	Flow      Flow
+	// Scopes are requested for the account's upstream token; default
+	// DefaultScopes.
+	Scopes []string
+}
+
+// Delegated reports whether a user signs in for the account.
+func (a *Account) Delegated() bool { return a.Flow != FlowClientCredentials }
+
+// DefaultScopes are the scopes of a flow: the app's roles on Exchange
+// Online for app-only tokens, the IMAP and SMTP permissions with a refresh
+// token for delegated ones.
+func DefaultScopes(flow Flow, c *Cloud) []string {
+	if flow == FlowClientCredentials {
+		return []string{c.AppScope()}
+	}
+	return c.DelegatedScopes()
 }
 
 // Defaults.
 const (
 	DefaultPath     = "/etc/broker/broker.toml"
 	DefaultStateDir = "/var/lib/broker"
+	// DefaultRedirectURI is the redirect URI of the authorization code
+	// flow. Entra ignores the port of http://localhost, so one registered
+	// URI serves both the loopback listener and the pasted address.
+	DefaultRedirectURI = "http://localhost"
+	// DefaultFlow is the flow of accounts that name none.
+	DefaultFlow = FlowDeviceCode
 
 	// DefaultSMTPMaxConnectionsPerMailbox is Exchange Online's limit of
 	// concurrent SMTP connections per mailbox.

@@ -4,12 +4,14 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"math/big"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -31,7 +33,41 @@ func fixture(t *testing.T) string {
 	writeFile(t, dir, "key.pem", key, 0o600)
 	writeFile(t, dir, "other-key.pem", otherKey, 0o600)
 	writeFile(t, dir, "ca.pem", cert, 0o644)
+	rsaCert, rsaKey := selfSignedRSA(t)
+	writeFile(t, dir, "rsa-cert.pem", rsaCert, 0o644)
+	writeFile(t, dir, "rsa-key.pem", rsaKey, 0o600)
 	return dir
+}
+
+// selfSignedRSA is a client certificate as Entra takes them: RSA.
+func selfSignedRSA(t *testing.T) (certPEM, keyPEM string) {
+	t.Helper()
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2),
+		Subject:      pkix.Name{CommonName: "broker"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Date(2030, 1, 2, 0, 0, 0, 0, time.UTC),
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})),
+		string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}))
+}
+
+// equalAccount compares accounts field by field; App by identity.
+func equalAccount(a, b *Account) bool {
+	return a.Mailbox == b.Mailbox && a.Login == b.Login && a.LoginUser == b.LoginUser &&
+		a.App == b.App && a.Flow == b.Flow && slices.Equal(a.Scopes, b.Scopes)
 }
 
 func writeFile(t *testing.T, dir, name, content string, mode os.FileMode) string {

@@ -2,9 +2,11 @@ package config
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"regexp"
 	"strconv"
+	"time"
 
 	"github.com/BurntSushi/toml"
 )
@@ -65,19 +67,25 @@ type rawSMTP struct {
 }
 
 type rawApp struct {
-	Name             text `toml:"name"`
-	Tenant           text `toml:"tenant"`
-	ClientID         text `toml:"client_id"`
-	ClientSecretFile text `toml:"client_secret_file"`
-	Cloud            text `toml:"cloud"`
-	Authority        text `toml:"authority"`
+	Name                  text `toml:"name"`
+	Tenant                text `toml:"tenant"`
+	ClientID              text `toml:"client_id"`
+	ClientSecretFile      text `toml:"client_secret_file"`
+	ClientSecretExpires   date `toml:"client_secret_expires"`
+	ClientCertificateFile text `toml:"client_certificate_file"`
+	ClientKeyFile         text `toml:"client_key_file"`
+	RedirectURI           text `toml:"redirect_uri"`
+	Cloud                 text `toml:"cloud"`
+	Authority             text `toml:"authority"`
 }
 
 type rawAccount struct {
-	Mailbox text `toml:"mailbox"`
-	Login   text `toml:"login"`
-	App     text `toml:"app"`
-	Flow    text `toml:"flow"`
+	Mailbox   text  `toml:"mailbox"`
+	Login     text  `toml:"login"`
+	LoginUser text  `toml:"login_user"`
+	App       text  `toml:"app"`
+	Flow      text  `toml:"flow"`
+	Scopes    texts `toml:"scopes"`
 }
 
 // text is a string setting. wrongType is the TOML type found instead of a
@@ -95,6 +103,34 @@ func (t *text) UnmarshalTOML(v any) error {
 		t.wrongType = tomlType(v)
 	}
 	t.s = s
+	return nil
+}
+
+// date is a day or an instant, written as a TOML date or date-time or as a
+// string in either form.
+type date struct {
+	set bool
+	t   time.Time
+	// bad is what was found instead: a TOML type or an unparsable string.
+	bad string
+}
+
+func (d *date) UnmarshalTOML(v any) error {
+	d.set = true
+	switch v := v.(type) {
+	case time.Time:
+		d.t = v
+	case string:
+		for _, layout := range []string{time.DateOnly, time.RFC3339} {
+			if t, err := time.Parse(layout, v); err == nil {
+				d.t = t
+				return nil
+			}
+		}
+		d.bad = fmt.Sprintf("%q", v)
+	default:
+		d.bad = tomlType(v)
+	}
 	return nil
 }
 

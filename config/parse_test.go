@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestDefaults(t *testing.T) {
@@ -91,11 +92,12 @@ flow = "client_credentials"
 	if len(cfg.Accounts) != 2 {
 		t.Fatalf("got %d accounts, want 2", len(cfg.Accounts))
 	}
+	appScope := []string{"https://outlook.office365.com/.default"}
 	for i, want := range []Account{
-		{Mailbox: "support@contoso.com", Login: "support@contoso.com", App: app, Flow: FlowClientCredentials},
-		{Mailbox: "sales@contoso.com", Login: "acd1", App: app, Flow: FlowClientCredentials},
+		{Mailbox: "support@contoso.com", Login: "support@contoso.com", App: app, Flow: FlowClientCredentials, Scopes: appScope},
+		{Mailbox: "sales@contoso.com", Login: "acd1", App: app, Flow: FlowClientCredentials, Scopes: appScope},
 	} {
-		if got := *cfg.Accounts[i]; got != want {
+		if got := cfg.Accounts[i]; !equalAccount(got, &want) {
 			t.Fatalf("account %d: got %+v, want %+v", i, got, want)
 		}
 	}
@@ -303,5 +305,79 @@ func TestCloudScopes(t *testing.T) {
 	want := "offline_access https://outlook.office.com/IMAP.AccessAsUser.All https://outlook.office.com/SMTP.Send"
 	if got != want {
 		t.Fatalf("DelegatedScopes: got %q, want %q", got, want)
+	}
+}
+
+func TestDelegatedAccounts(t *testing.T) {
+	dir := fixture(t)
+	src := `[[app]]
+name = "contoso"
+tenant = "contoso.onmicrosoft.com"
+client_id = "00000000-0000-0000-0000-000000000001"
+client_certificate_file = "rsa-cert.pem"
+client_key_file = "rsa-key.pem"
+[[app]]
+name = "desk"
+tenant = "contoso.onmicrosoft.com"
+client_id = "00000000-0000-0000-0000-000000000002"
+client_secret_file = "contoso.secret"
+client_secret_expires = 2027-06-30
+redirect_uri = "http://localhost:8400/"
+cloud = "usgovhigh"
+[[account]]
+mailbox = "Agent@Contoso.com"
+app = "contoso"
+[[account]]
+mailbox = "queue@contoso.com"
+login_user = "AGENT@contoso.com"
+app = "contoso"
+[[account]]
+mailbox = "presence@contoso.com"
+app = "desk"
+flow = "password"
+scopes = ["offline_access", "https://outlook.office365.us/SMTP.Send"]
+`
+	cfg := mustParse(t, dir, src)
+	contoso, desk := cfg.AppByName("contoso"), cfg.AppByName("desk")
+	if contoso.Public() || contoso.Key == nil || contoso.Certificate == nil || contoso.ClientSecret != "" {
+		t.Fatalf("contoso: got public %v, key %v, certificate %v", contoso.Public(), contoso.Key != nil, contoso.Certificate != nil)
+	}
+	if got := contoso.Certificate.NotAfter; !got.Equal(time.Date(2030, 1, 2, 0, 0, 0, 0, time.UTC)) {
+		t.Fatalf("certificate NotAfter %v", got)
+	}
+	if contoso.RedirectURI != DefaultRedirectURI || desk.RedirectURI != "http://localhost:8400/" {
+		t.Fatalf("redirect URIs %q, %q", contoso.RedirectURI, desk.RedirectURI)
+	}
+	if got := desk.ClientSecretExpires; !got.Equal(time.Date(2027, 6, 30, 0, 0, 0, 0, time.UTC)) {
+		t.Fatalf("secret expiry %v", got)
+	}
+	delegated := DefaultScopes(FlowDeviceCode, contoso.Cloud)
+	for i, want := range []Account{
+		{Mailbox: "agent@contoso.com", Login: "agent@contoso.com", LoginUser: "agent@contoso.com", App: contoso, Flow: FlowDeviceCode, Scopes: delegated},
+		{Mailbox: "queue@contoso.com", Login: "queue@contoso.com", LoginUser: "agent@contoso.com", App: contoso, Flow: FlowDeviceCode, Scopes: delegated},
+		{Mailbox: "presence@contoso.com", Login: "presence@contoso.com", LoginUser: "presence@contoso.com", App: desk, Flow: FlowPassword,
+			Scopes: []string{"offline_access", "https://outlook.office365.us/SMTP.Send"}},
+	} {
+		if got := cfg.Accounts[i]; !equalAccount(got, &want) {
+			t.Fatalf("account %d: got %+v, want %+v", i, got, want)
+		}
+	}
+	if !slices.Contains(delegated, "offline_access") || !slices.Contains(delegated, "https://outlook.office.com/IMAP.AccessAsUser.All") {
+		t.Fatalf("delegated scopes %v lack offline_access or IMAP", delegated)
+	}
+}
+
+func TestPublicClient(t *testing.T) {
+	cfg := mustParse(t, fixture(t), `[[app]]
+name = "kiosk"
+tenant = "contoso.onmicrosoft.com"
+client_id = "00000000-0000-0000-0000-000000000003"
+[[account]]
+mailbox = "kiosk@contoso.com"
+app = "kiosk"
+flow = "auth_code"
+`)
+	if !cfg.AppByName("kiosk").Public() {
+		t.Fatal("an app without secret or certificate is not public")
 	}
 }

@@ -1,8 +1,11 @@
 package config
 
 import (
+	"crypto"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 )
 
 // appFields has App's fields without its methods, so printing or encoding it does
@@ -14,8 +17,20 @@ func (a App) redacted() appFields {
 	if c.ClientSecret != "" {
 		c.ClientSecret = "[redacted]"
 	}
+	if c.Key != nil {
+		c.Key = redactedKey{}
+	}
 	return c
 }
+
+// redactedKey stands for a private key in printed Apps.
+type redactedKey struct{}
+
+func (redactedKey) Public() crypto.PublicKey { return nil }
+func (redactedKey) Sign(io.Reader, []byte, crypto.SignerOpts) ([]byte, error) {
+	return nil, errors.New("redacted key")
+}
+func (redactedKey) String() string { return "[redacted]" }
 
 // Format prints an App with its ClientSecret redacted, whatever the verb, so
 // that logging an App or a Config cannot leak the secret.
