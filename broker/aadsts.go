@@ -21,7 +21,7 @@ var explanations = map[int]string{
 	650057:  "The requested resource is not among the app's permissions; add the Office 365 Exchange Online permissions (IMAP.AccessAsApp and SMTP.SendAsApp for app-only) in Entra admin center > App registrations > <app> > API permissions, then grant admin consent.",
 	7000215: "The client secret is wrong — often the secret's ID was pasted instead of its Value; create a new secret in Entra admin center > App registrations > <app> > Certificates & secrets and put its Value in client_secret_file.",
 	7000222: "The client secret has expired; create a new secret in Entra admin center > App registrations > <app> > Certificates & secrets and put its Value in client_secret_file.",
-	7000218: "The app requires a client secret for this flow; set client_secret_file for the app, or for device code sign-in enable 'Allow public client flows' in Entra admin center > App registrations > <app> > Authentication.",
+	7000218: "Public client flows are off for the app, so it must authenticate; turn on 'Allow public client flows' in Entra admin center > App registrations > <app> > Authentication (device code and password sign-ins of a public client need it), or set client_secret_file or client_certificate_file for the app.",
 	700025:  "The app is a public client and must not send a secret; remove client_secret_file for this app, or disable 'Allow public client flows' in Entra admin center > App registrations > <app> > Authentication.",
 	700016:  "The app was not found in this tenant — wrong client_id, wrong tenant or wrong cloud; compare client_id and tenant with the Overview page in Entra admin center > App registrations > <app>, and check the app's cloud.",
 	90002:   "The tenant was not found; set tenant to the Directory (tenant) ID or a verified domain, and check that the app's cloud matches the tenant's.",
@@ -31,17 +31,23 @@ var explanations = map[int]string{
 	700022:  "The scope is invalid or mixes resources; app-only requests take a single <resource>/.default scope, so check the account's scopes and the app's cloud.",
 	50076:   "Multi-factor authentication is required, which the password flow cannot do; switch the account to the device_code or auth_code flow, or exempt it in Conditional Access.",
 	50079:   "The user must enrol in multi-factor authentication, which the password flow cannot do; switch the account to the device_code or auth_code flow.",
-	50126:   "Wrong username or password for the password flow; update the account's password in broker's configuration.",
-	50055:   "The user's password has expired; the user must change it, then update it in broker's configuration.",
+	50126:   "Wrong username or password for the password flow; run broker login for the account and enter the user's current password.",
+	50055:   "The user's password has expired; the user must change it (or an admin reset it in Entra admin center > Users), then run broker login for the account with the new password.",
 	50057:   "The user account is disabled; enable it in Entra admin center > Users.",
 	50053:   "The account is locked after too many failed sign-ins; wait for the lockout to end and find the source of the failures in Entra admin center > Sign-in logs.",
 	53003:   "Conditional Access blocked the sign-in; find the policy in Entra admin center > Sign-in logs and exempt this app or allow broker's network location.",
 	530035:  "Security defaults blocked the sign-in; replace security defaults with Conditional Access policies, or use a flow that can satisfy MFA (device_code or auth_code).",
-	70043:   "The refresh token expired under a Conditional Access sign-in frequency policy; sign the account in again, or relax sign-in frequency for this app.",
-	700082:  "The refresh token expired after 90 days without use; sign the account in again.",
-	70008:   "The refresh token or authorization code has expired; sign the account in again.",
-	50173:   "The grant was revoked, typically because the user's password changed or an administrator revoked sessions; sign the account in again.",
-	54005:   "The authorization code was already redeemed; start the sign-in again.",
+	70043:   "The refresh token expired under a Conditional Access sign-in frequency policy; run broker login for the account, or relax sign-in frequency for this app.",
+	700082:  "The refresh token expired after 90 days without use; run broker login for the account.",
+	70008:   "The refresh token or authorization code has expired; run broker login for the account.",
+	50173:   "The grant was revoked, typically because the user's password changed or an administrator revoked sessions; run broker login for the account.",
+	54005:   "The authorization code was already redeemed (the address was pasted twice, or is from an earlier sign-in); run broker login again.",
+	50148:   "The PKCE code_verifier does not match the sign-in it came from; run broker login again and paste the address of that same sign-in.",
+	65004:   "The user declined to consent to the app's permissions; sign in again and accept, or have an admin grant consent in Entra admin center > App registrations > <app> > API permissions.",
+	700027:  "The client assertion was not accepted: the certificate is not registered for the app, or has expired; upload client_certificate_file in Entra admin center > App registrations > <app> > Certificates & secrets > Certificates.",
+	700024:  "The client assertion is outside its valid time range; check that this server's clock is right (NTP).",
+	50027:   "The client assertion is malformed; check client_certificate_file and client_key_file.",
+	65002:   "Consent between the app and Microsoft's first-party API is not configured; use an app registration of your own tenant.",
 	50196:   "The identity platform saw the same request too often (loop detected) and is refusing it for now; broker backs off and retries.",
 }
 
@@ -52,6 +58,9 @@ var transientCodes = map[int]bool{50196: true}
 type TokenError struct {
 	// Permanent means an administrator must act; retrying soon is pointless.
 	Permanent bool
+	// NeedsLogin means the delegated sign-in is gone (revoked, expired, or
+	// never made): only `broker login` brings it back. It implies Permanent.
+	NeedsLogin bool
 	// Code is the AADSTS number, 0 when there is none.
 	Code int
 	// Explanation is one sentence: what is wrong and what fixes it.
@@ -82,7 +91,7 @@ func (e *TokenError) Unwrap() error { return e.Err }
 
 // same reports whether two errors would explain the same thing to an admin.
 func (e *TokenError) same(o *TokenError) bool {
-	return e != nil && o != nil && e.Permanent == o.Permanent && e.Code == o.Code && e.Explanation == o.Explanation
+	return e != nil && o != nil && e.Permanent == o.Permanent && e.NeedsLogin == o.NeedsLogin && e.Code == o.Code && e.Explanation == o.Explanation
 }
 
 // errorBody is the identity platform's JSON error response.
@@ -167,12 +176,22 @@ func classify(err error) *TokenError {
 	switch {
 	case status >= 500 || status == http.StatusTooManyRequests || eb.Error == "temporarily_unavailable" || transientCodes[te.Code]:
 		te.retryAfter = retryAfter(re.Response)
+	case eb.Error == "invalid_grant":
+		// The refresh token, code or password no longer signs the user in.
+		te.Permanent, te.NeedsLogin = true, true
 	default:
 		te.Permanent = true
 	}
 	te.Explanation = explain(te, status, eb, isOAuth)
 	return te
 }
+
+var (
+	errNotSignedIn = &TokenError{Permanent: true, NeedsLogin: true,
+		Explanation: "The account has not been signed in yet; run broker login for it."}
+	errLoggedOut = &TokenError{Permanent: true, NeedsLogin: true,
+		Explanation: "The account was logged out (broker logout); run broker login for it."}
+)
 
 func explain(te *TokenError, status int, eb errorBody, isOAuth bool) string {
 	if s, ok := explanations[te.Code]; ok {

@@ -59,10 +59,7 @@ type accountIndex struct {
 	byLogin, byMailbox map[string]*config.Account
 }
 
-var (
-	errNoGrant = errors.New("the account's flow cannot request tokens in this broker version")
-	errNoToken = errors.New("no token yet")
-)
+var errNoToken = errors.New("no token yet")
 
 func errNotConfigured(mailbox string) error {
 	return fmt.Errorf("%s is not a configured account", mailbox)
@@ -91,20 +88,8 @@ func New(cfg *config.Config, st store.Store, opts Options) (*Broker, error) {
 	if client == nil {
 		client = defaultHTTPClient()
 	}
-	b.tokens = &tokens{
-		life: b.life, now: b.now, log: b.log, client: client, store: st, sealer: sealer,
-		wake:     make(chan struct{}, 1),
-		accounts: make(map[string]*tokenState),
-	}
-	for mailbox, acct := range idx.byMailbox {
-		a := &tokenState{mailbox: mailbox}
-		if acct.Flow == config.FlowClientCredentials {
-			a.grant = newClientCredentials(acct.App)
-		} else {
-			b.log.Warn("account flow not supported yet; logins will fail", "account", mailbox, "flow", string(acct.Flow))
-		}
-		b.tokens.accounts[mailbox] = a
-	}
+	b.tokens = newTokens(idx)
+	b.tokens.life, b.tokens.now, b.tokens.log, b.tokens.client, b.tokens.store, b.tokens.sealer = b.life, b.now, b.log, client, st, sealer
 	b.pw = newPasswords(b.life, st, b.now, b.log, runtime.GOMAXPROCS(0))
 
 	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
@@ -132,8 +117,8 @@ func indexAccounts(cfg *config.Config) (*accountIndex, error) {
 		if idx.byLogin[login] != nil {
 			return nil, fmt.Errorf("login name %s is used by two accounts", login)
 		}
-		if a.Flow == config.FlowClientCredentials && (a.App == nil || a.App.Cloud == nil) {
-			return nil, fmt.Errorf("account %s: client_credentials needs an app with a cloud", mailbox)
+		if a.App == nil || a.App.Cloud == nil {
+			return nil, fmt.Errorf("account %s needs an app with a cloud", mailbox)
 		}
 		idx.byMailbox[mailbox], idx.byLogin[login] = a, a
 	}

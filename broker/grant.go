@@ -2,16 +2,17 @@ package broker
 
 import (
 	"context"
-	"errors"
+	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/mailbroker/broker/config"
-	"golang.org/x/oauth2"
-	"golang.org/x/oauth2/clientcredentials"
 )
 
-// token is one account's token set. It is what is sealed into the store.
+// token is a sign-in's token set: the access token for the accounts'
+// scopes and, for delegated sign-ins, what renews it. It is what is sealed
+// into the store.
 type token struct {
 	AccessToken  string    `json:"access_token"`
 	Expiry       time.Time `json:"expiry"`
@@ -20,62 +21,106 @@ type token struct {
 	// Obtained is when the request was sent: the base of the lifetime, by
 	// the broker's clock.
 	Obtained time.Time `json:"obtained"`
+
+	// RefreshIssued is when RefreshToken was issued; every redemption
+	// rotates it.
+	RefreshIssued time.Time `json:"refresh_issued,omitzero"`
+	// SignedIn is when `broker login` (or the sealed password) last signed
+	// the user in, and User who that was.
+	SignedIn time.Time `json:"signed_in,omitzero"`
+	User     string    `json:"user,omitempty"`
+	// Password is the password flow's, kept to sign in again when the
+	// refresh token dies; PasswordExpires is when Entra said it expires.
+	Password        string    `json:"password,omitempty"`
+	PasswordExpires time.Time `json:"password_expires,omitzero"`
 }
 
 // lifetime is how long the token was issued for.
 func (t *token) lifetime() time.Duration { return t.Expiry.Sub(t.Obtained) }
 
-// grant obtains tokens for one account. ctx carries the HTTP client
-// (oauth2.HTTPClient) and bounds the request; now is the broker's clock at
-// the time of sending, the base for expires_in.
+// renewed is a new access token that keeps what cur knew of the sign-in.
+// A response without a refresh token leaves the current one in use.
+func (t *token) renewed(cur *token, now time.Time) *token {
+	if cur == nil {
+		return t
+	}
+	t.SignedIn, t.User, t.Password, t.PasswordExpires = cur.SignedIn, cur.User, cur.Password, cur.PasswordExpires
+	if t.RefreshToken == "" {
+		t.RefreshToken, t.RefreshIssued = cur.RefreshToken, cur.RefreshIssued
+	} else {
+		t.RefreshIssued = now
+	}
+	return t
+}
+
+// grant obtains tokens for one sign-in. cur is the sign-in's current token
+// set (nil when none), whose refresh token or password it may redeem;
+// scope is what to ask for. ctx carries the HTTP client (oauth2.HTTPClient)
+// and bounds the request; now is the broker's clock at the time of sending,
+// the base for expires_in.
 type grant interface {
-	token(ctx context.Context, now time.Time) (*token, error)
+	token(ctx context.Context, now time.Time, cur *token, scope string) (*token, error)
 }
 
 // clientCredentials is the app-only flow.
-type clientCredentials struct {
-	cfg clientcredentials.Config
-}
+type clientCredentials struct{ ep endpoint }
 
-func newClientCredentials(app *config.App) *clientCredentials {
-	return &clientCredentials{cfg: clientcredentials.Config{
-		ClientID:     app.ClientID,
-		ClientSecret: app.ClientSecret,
-		TokenURL:     app.TokenURL(),
-		Scopes:       []string{app.Cloud.AppScope()},
-		AuthStyle:    oauth2.AuthStyleInParams,
-	}}
-}
-
-func (g *clientCredentials) token(ctx context.Context, now time.Time) (*token, error) {
-	t, err := g.cfg.Token(ctx)
+func (g clientCredentials) token(ctx context.Context, now time.Time, cur *token, scope string) (*token, error) {
+	form := url.Values{"grant_type": {"client_credentials"}, "scope": {scope}}
+	tr, err := g.ep.post(ctx, g.ep.app.TokenURL(), form, true)
 	if err != nil {
 		return nil, err
 	}
-	return fromOAuth2(t, now)
+	return tr.toToken(now)
 }
 
-// fromOAuth2 uses expires_in against the broker's clock: x/oauth2's Expiry
-// is based on time.Now, which is not the clock the broker decides with.
-func fromOAuth2(t *oauth2.Token, now time.Time) (*token, error) {
-	if t.AccessToken == "" {
-		return nil, errors.New("token response has no access_token")
+// delegated renews a user's sign-in with its refresh token; for the
+// password flow, a dead refresh token is replaced by signing in again with
+// the sealed password.
+type delegated struct {
+	ep   endpoint
+	acct *config.Account
+}
+
+func (g delegated) token(ctx context.Context, now time.Time, cur *token, scope string) (*token, error) {
+	if cur == nil || cur.RefreshToken == "" {
+		if cur != nil && cur.Password != "" {
+			return g.password(ctx, now, cur)
+		}
+		return nil, errNotSignedIn
 	}
-	lifetime := expiresIn(t.Extra("expires_in"))
-	if lifetime == 0 && !t.Expiry.IsZero() {
-		lifetime = time.Until(t.Expiry)
+	form := url.Values{"grant_type": {"refresh_token"}, "refresh_token": {cur.RefreshToken}, "scope": {scope}}
+	tr, err := g.ep.post(ctx, g.ep.app.TokenURL(), form, !g.ep.app.Public())
+	if err != nil {
+		if te := classify(err); te.NeedsLogin && cur.Password != "" {
+			return g.password(ctx, now, cur)
+		}
+		return nil, err
 	}
-	if lifetime <= 0 {
-		return nil, errors.New("token response has no usable expires_in")
+	t, err := tr.toToken(now)
+	if err != nil {
+		return nil, err
 	}
-	scope, _ := t.Extra("scope").(string)
-	return &token{
-		AccessToken:  t.AccessToken,
-		Expiry:       now.Add(lifetime),
-		RefreshToken: t.RefreshToken,
-		Scope:        scope,
-		Obtained:     now,
-	}, nil
+	return t.renewed(cur, now), nil
+}
+
+func (g delegated) password(ctx context.Context, now time.Time, cur *token) (*token, error) {
+	tr, err := g.ep.passwordGrant(ctx, g.acct, cur.Password)
+	if err != nil {
+		return nil, err
+	}
+	t, err := tr.toToken(now)
+	if err != nil {
+		return nil, err
+	}
+	t = t.renewed(cur, now)
+	t.SignedIn = now
+	if tr.IDToken != "" {
+		if c, err := parseIDToken(tr.IDToken); err == nil && !c.passwordExpires().IsZero() {
+			t.PasswordExpires = c.passwordExpires()
+		}
+	}
+	return t, nil
 }
 
 // expiresIn reads expires_in as JSON number or, as some servers send it,
@@ -93,3 +138,6 @@ func expiresIn(v any) time.Duration {
 	}
 	return time.Duration(secs) * time.Second
 }
+
+// scopeString is how scopes go on the wire.
+func scopeString(scopes []string) string { return strings.Join(scopes, " ") }

@@ -6,6 +6,27 @@ import "time"
 // NTP step) is noticed within it.
 const maxIdle = time.Minute
 
+// expiryCheckInterval paces the log's warnings of expiring credentials.
+const expiryCheckInterval = 24 * time.Hour
+
+// warnExpiries logs each credential that has expired or expires soon.
+func (m *tokens) warnExpiries(now time.Time) {
+	for _, a := range m.snapshot() {
+		a.mu.Lock()
+		password := a.tok != nil && a.tok.Password != ""
+		var passwordExpires time.Time
+		if password {
+			passwordExpires = a.tok.PasswordExpires
+		}
+		a.mu.Unlock()
+		for _, c := range credentials(a.app.ClientSecret != "", a.app.ClientSecretExpires, a.app.Certificate, password, passwordExpires, now) {
+			if c.Warning != "" {
+				m.log.Warn("credential expiring", "accounts", a.mailboxes, "app", a.app.Name, "credential", c.Kind, "expires", c.Expires.Format(time.DateOnly), "advice", c.Warning)
+			}
+		}
+	}
+}
+
 // refresh runs until the broker closes, requesting tokens ahead of expiry
 // and retrying failures when their time comes. Decisions use the broker's
 // clock; the timer only says when to look again.
@@ -29,6 +50,10 @@ func (m *tokens) refresh() {
 // pass starts every due request and returns how long until the next is due.
 func (m *tokens) pass() time.Duration {
 	now := m.now()
+	if now.Sub(m.expiryChecked) >= expiryCheckInterval {
+		m.expiryChecked = now
+		m.warnExpiries(now)
+	}
 	wait := maxIdle
 	for _, a := range m.snapshot() {
 		a.mu.Lock()

@@ -2,12 +2,14 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
 	"sync"
 	"time"
 
+	"github.com/mailbroker/broker/config"
 	"github.com/mailbroker/broker/proxy"
 	"github.com/mailbroker/broker/store"
 	"golang.org/x/oauth2"
@@ -19,6 +21,9 @@ const (
 	minValidity = 5 * time.Minute
 	// minRefreshMargin: refresh when less than max(lifetime/3, this) is left.
 	minRefreshMargin = 10 * time.Minute
+	// maxRefreshInterval keeps a refresh token in use: Entra ends one that
+	// is not redeemed for 90 days (AADSTS700082).
+	maxRefreshInterval = 24 * time.Hour
 	// fetchTimeout bounds one token request, whoever waits for it.
 	fetchTimeout = 30 * time.Second
 	minBackoff   = 2 * time.Second
@@ -34,14 +39,29 @@ const (
 // Reasons shown to local clients.
 const (
 	reasonNeedsAdmin  = "account needs administrator action; see broker log"
+	reasonNeedsLogin  = "account must be signed in again by an administrator (broker login); see broker log"
 	reasonUnavailable = "cannot get a token from Microsoft now; try again later"
 )
 
-// tokenState is one account's token and the state of its requests.
-type tokenState struct {
-	mailbox string
-	// grant is nil when the account's flow cannot request tokens (yet).
-	grant grant
+// signIn is the credential behind one or more accounts: an app-only
+// account's own, or a user's delegated sign-in, which every account with
+// the same app and login user shares (a delegate and its shared
+// mailboxes).
+type signIn struct {
+	// key is the store record's key: the mailbox of an app-only account,
+	// "signin:<app>:<user>" for a delegated sign-in.
+	key       string
+	app       *config.App
+	flow      config.Flow
+	user      string // "" for app-only
+	scope     string
+	mailboxes []string
+	grant     grant
+
+	// redeem serialises requests that redeem or replace the refresh token,
+	// so that no refresh token is redeemed twice and the store always holds
+	// the newest before it is used.
+	redeem sync.Mutex
 
 	mu  sync.Mutex
 	tok *token
@@ -52,12 +72,21 @@ type tokenState struct {
 	failures int         // consecutive transient failures
 	retryAt  time.Time   // after a failure, no request before this
 	rejected string      // upstream's last rejection of a token
-	// persistMu orders store writes; persisted is the newest written.
-	persistMu sync.Mutex
-	persisted time.Time
+	// lastRefresh is when the last request ended, lastOK its outcome.
+	lastRefresh time.Time
+	lastOK      bool
+	// others are access tokens for other scopes (`broker token`).
+	others map[string]*token
 }
 
-// tokens keeps every account's access token valid.
+func (a *signIn) account() string {
+	if len(a.mailboxes) == 1 {
+		return a.mailboxes[0]
+	}
+	return a.user
+}
+
+// tokens keeps every sign-in's access token valid.
 type tokens struct {
 	life   *lifecycle
 	now    func() time.Time
@@ -67,12 +96,46 @@ type tokens struct {
 	sealer *Sealer
 	wake   chan struct{}
 
-	mu       sync.Mutex
-	accounts map[string]*tokenState
+	mu        sync.Mutex
+	byMailbox map[string]*signIn
+	signIns   []*signIn
+
+	expiryChecked time.Time // the refresher's
 
 	// Test hooks.
 	onWait func() // a caller starts waiting for a request
 	onPass func() // the refresher finished a pass
+}
+
+// signInKey is the store key of a delegated sign-in; it cannot be a
+// mailbox, which has no colon.
+func signInKey(app, user string) string { return "signin:" + normalize(app) + ":" + user }
+
+// newTokens groups the accounts into sign-ins.
+func newTokens(idx *accountIndex) *tokens {
+	m := &tokens{wake: make(chan struct{}, 1), byMailbox: make(map[string]*signIn)}
+	shared := map[string]*signIn{}
+	for mailbox, acct := range idx.byMailbox {
+		key := mailbox
+		if acct.Delegated() {
+			key = signInKey(acct.App.Name, acct.LoginUser)
+		}
+		a := shared[key]
+		if a == nil {
+			a = &signIn{key: key, app: acct.App, flow: acct.Flow, user: acct.LoginUser, scope: scopeString(acct.Scopes)}
+			ep := endpoint{app: acct.App}
+			if acct.Delegated() {
+				a.grant = delegated{ep: ep, acct: acct}
+			} else {
+				a.grant = clientCredentials{ep: ep}
+			}
+			shared[key] = a
+			m.signIns = append(m.signIns, a)
+		}
+		a.mailboxes = append(a.mailboxes, mailbox)
+		m.byMailbox[mailbox] = a
+	}
+	return m
 }
 
 // get returns a token for mailbox, from memory whenever one is valid.
@@ -83,7 +146,7 @@ func (m *tokens) get(ctx context.Context, mailbox string) (string, error) {
 	}
 	a.mu.Lock()
 	now := m.now()
-	if a.tok != nil && a.tok.Expiry.Sub(now) >= minValidity {
+	if a.tok != nil && a.tok.AccessToken != "" && a.tok.Expiry.Sub(now) >= minValidity {
 		if a.needsRefreshLocked(now) {
 			m.startLocked(a)
 		}
@@ -92,8 +155,8 @@ func (m *tokens) get(ctx context.Context, mailbox string) (string, error) {
 		return t, nil
 	}
 	if a.done == nil {
-		if a.grant == nil || (a.err != nil && now.Before(a.retryAt)) {
-			// Backing off or waiting for an admin: answer now.
+		if a.err != nil && (a.err.NeedsLogin || now.Before(a.retryAt)) {
+			// Backing off, or waiting for an admin: answer now.
 			defer a.mu.Unlock()
 			return a.lastResortLocked(now)
 		}
@@ -120,13 +183,13 @@ func (m *tokens) get(ctx context.Context, mailbox string) (string, error) {
 
 // lastResortLocked serves any unexpired token (a session that ends early
 // beats none), else explains the failure.
-func (a *tokenState) lastResortLocked(now time.Time) (string, error) {
-	if a.tok != nil && now.Before(a.tok.Expiry) {
+func (a *signIn) lastResortLocked(now time.Time) (string, error) {
+	if a.tok != nil && a.tok.AccessToken != "" && now.Before(a.tok.Expiry) {
 		return a.tok.AccessToken, nil
 	}
 	switch {
-	case a.grant == nil:
-		return "", &proxy.LoginError{Kind: proxy.KindAccount, Reason: reasonNeedsAdmin, Err: errNoGrant}
+	case a.err != nil && a.err.NeedsLogin:
+		return "", &proxy.LoginError{Kind: proxy.KindAccount, Reason: reasonNeedsLogin, Err: a.err}
 	case a.err != nil && a.err.Permanent:
 		return "", &proxy.LoginError{Kind: proxy.KindAccount, Reason: reasonNeedsAdmin, Err: a.err}
 	case a.err != nil:
@@ -135,36 +198,46 @@ func (a *tokenState) lastResortLocked(now time.Time) (string, error) {
 	return "", &proxy.LoginError{Kind: proxy.KindUnavailable, Reason: reasonUnavailable, Err: errNoToken}
 }
 
-// dueLocked says when the account next needs a request; ok is false when
-// none can be made or one is running.
-func (a *tokenState) dueLocked(now time.Time) (due time.Time, ok bool) {
+// dueLocked says when the sign-in next needs a request; ok is false when
+// none can be made (it waits for `broker login`) or one is running.
+func (a *signIn) dueLocked(now time.Time) (due time.Time, ok bool) {
 	switch {
-	case a.grant == nil || a.done != nil:
+	case a.done != nil:
+		return time.Time{}, false
+	case a.err != nil && a.err.NeedsLogin:
 		return time.Time{}, false
 	case a.err != nil:
 		return a.retryAt, true
-	case a.tok == nil:
+	case a.tok == nil || a.tok.AccessToken == "":
 		return now, true
 	}
 	return refreshAt(a.tok), true
 }
 
-func (a *tokenState) needsRefreshLocked(now time.Time) bool {
+func (a *signIn) needsRefreshLocked(now time.Time) bool {
 	due, ok := a.dueLocked(now)
 	return ok && !now.Before(due)
 }
 
 // refreshAt is when less than max(lifetime/3, 10 min) is left; never in the
-// first half of the lifetime, so that short-lived tokens do not loop.
+// first half of the lifetime, so that short-lived tokens do not loop; and
+// at least daily, so that a refresh token never idles out.
 func refreshAt(t *token) time.Time {
 	life := t.lifetime()
 	margin := min(max(life/3, minRefreshMargin), life/2)
-	return t.Expiry.Add(-margin)
+	return minTime(t.Expiry.Add(-margin), t.Obtained.Add(maxRefreshInterval))
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
 }
 
 // startLocked starts a request detached from any caller. It reports false
 // when the broker is closing.
-func (m *tokens) startLocked(a *tokenState) bool {
+func (m *tokens) startLocked(a *signIn) bool {
 	done := make(chan struct{})
 	if !m.life.goFunc(func() { m.fetch(a, done) }) {
 		return false
@@ -173,52 +246,67 @@ func (m *tokens) startLocked(a *tokenState) bool {
 	return true
 }
 
-func (m *tokens) fetch(a *tokenState, done chan struct{}) {
+func (m *tokens) fetch(a *signIn, done chan struct{}) {
 	ctx, cancel := context.WithTimeout(m.life.ctx, fetchTimeout)
 	defer cancel()
 	ctx = context.WithValue(ctx, oauth2.HTTPClient, m.client)
-	t, err := a.grant.token(ctx, m.now())
+
+	a.redeem.Lock()
+	a.mu.Lock()
+	cur := a.tok
+	a.mu.Unlock()
+	t, err := a.grant.token(ctx, m.now(), cur, a.scope)
+	if err == nil {
+		// Stored before it is used: the refresh token just redeemed may be
+		// the last one a crash would leave.
+		m.persist(a, t)
+	}
+	a.redeem.Unlock()
 
 	a.mu.Lock()
+	a.lastRefresh = m.now()
 	switch {
 	case err != nil && m.life.ctx.Err() != nil:
 		// Shutting down: not the identity platform's failure.
 	case err == nil:
 		if a.err != nil {
-			m.log.Info("token request succeeded again", "account", a.mailbox)
+			m.log.Info("token request succeeded again", "account", a.account())
 		}
-		a.tok, a.err, a.failures, a.retryAt = t, nil, 0, time.Time{}
-		m.log.Debug("new access token", "account", a.mailbox, "expires", t.Expiry)
+		a.tok, a.err, a.failures, a.retryAt, a.lastOK = t, nil, 0, time.Time{}, true
+		m.log.Info("token refreshed", "account", a.account(), "flow", string(a.flow), "expires", t.Expiry.Round(time.Second))
 	default:
+		a.lastOK = false
 		m.failLocked(a, classify(err))
 	}
 	a.done = nil
 	close(done)
 	a.mu.Unlock()
-
-	if err == nil {
-		m.persist(a, t)
-	}
 	m.kick()
 }
 
-func (m *tokens) failLocked(a *tokenState, te *TokenError) {
+func (m *tokens) failLocked(a *signIn, te *TokenError) {
 	now := m.now()
 	prev := a.err
 	a.err = te
-	if te.Permanent {
+	switch {
+	case te.NeedsLogin:
+		a.failures, a.retryAt = 0, time.Time{}
+		if !te.same(prev) {
+			m.log.Error("account needs sign-in: run `broker login "+a.mailboxes[0]+"`", "account", a.account(), "accounts", a.mailboxes, "err", te.Error())
+		}
+	case te.Permanent:
 		a.failures = 0
 		a.retryAt = now.Add(permanentRetry + rand.N(permanentRetry/10))
 		// Logged once per change, not per attempt or per login.
 		if !te.same(prev) {
-			m.log.Error("account needs administrator action", "account", a.mailbox, "err", te.Error())
+			m.log.Error("account needs administrator action", "account", a.account(), "err", te.Error())
 		}
-		return
+	default:
+		a.failures++
+		d := max(backoff(a.failures), te.retryAfter)
+		a.retryAt = now.Add(d)
+		m.log.Warn("token request failed; retrying", "account", a.account(), "attempt", a.failures, "retry_in", d.Round(time.Second), "err", te.Error())
 	}
-	a.failures++
-	d := max(backoff(a.failures), te.retryAfter)
-	a.retryAt = now.Add(d)
-	m.log.Warn("token request failed; retrying", "account", a.mailbox, "attempt", a.failures, "retry_in", d.Round(time.Second), "err", te.Error())
 }
 
 // backoff is exponential with jitter: n=1 gives 1-2 s, doubling to 5 min.
@@ -238,45 +326,125 @@ func (m *tokens) kick() {
 	}
 }
 
-func (m *tokens) account(mailbox string) *tokenState {
+func (m *tokens) account(mailbox string) *signIn {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.accounts[mailbox]
+	return m.byMailbox[mailbox]
 }
 
-func (m *tokens) snapshot() []*tokenState {
+func (m *tokens) snapshot() []*signIn {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	list := make([]*tokenState, 0, len(m.accounts))
-	for _, a := range m.accounts {
-		list = append(list, a)
-	}
-	return list
+	return append([]*signIn(nil), m.signIns...)
 }
 
-// upstreamRejected drops the account's access token so that the next login
-// gets a new one, unless the token is too new to blame.
-func (m *tokens) upstreamRejected(mailbox, detail string) {
+// upstreamRejected drops the sign-in's access token so that the next login
+// gets a new one, unless the token is too new to blame. It reports whether
+// a new token is worth trying at once.
+func (m *tokens) upstreamRejected(mailbox, detail string) bool {
 	a := m.account(mailbox)
 	if a == nil {
-		return
+		return false
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.rejected = detail
 	now := m.now()
-	if a.tok == nil || !now.Before(a.tok.Expiry) {
-		return
+	if a.tok == nil || a.tok.AccessToken == "" || !now.Before(a.tok.Expiry) {
+		return false
 	}
 	if now.Sub(a.tok.Obtained) < freshToken {
-		m.log.Warn("upstream rejected a fresh token; check the mailbox's permissions for the app (Add-MailboxPermission) and that IMAP/SMTP AUTH is enabled for it",
+		m.log.Warn("upstream rejected a fresh token; check the mailbox's permissions (Add-MailboxPermission for the app or the signed-in user) and that IMAP/SMTP AUTH is enabled for it",
 			"account", mailbox, "detail", detail)
-		return
+		return false
 	}
 	m.log.Warn("upstream rejected the token; requesting a new one", "account", mailbox, "detail", detail)
-	// Expire the access token but keep the rest (a refresh token, later).
+	// Expire the access token but keep the rest: the refresh token.
 	t := *a.tok
 	t.AccessToken, t.Expiry = "", t.Obtained
 	a.tok = &t
 	m.kick()
+	return true
+}
+
+// signedIn installs the credentials of an interactive sign-in.
+func (m *tokens) signedIn(a *signIn, t *token) error {
+	a.redeem.Lock()
+	defer a.redeem.Unlock()
+	if err := m.persist(a, t); err != nil {
+		return err
+	}
+	a.mu.Lock()
+	a.tok, a.err, a.failures, a.retryAt, a.others = t, nil, 0, time.Time{}, nil
+	a.lastRefresh, a.lastOK = m.now(), true
+	a.mu.Unlock()
+	m.log.Info("signed in", "accounts", a.mailboxes, "user", t.User, "flow", string(a.flow))
+	m.kick()
+	return nil
+}
+
+// logout forgets a sign-in's tokens, in memory and in the store.
+func (m *tokens) logout(ctx context.Context, a *signIn) error {
+	a.redeem.Lock()
+	defer a.redeem.Unlock()
+	if err := m.store.DeleteAccount(ctx, a.key); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
+	a.mu.Lock()
+	a.tok, a.others, a.failures, a.retryAt = nil, nil, 0, time.Time{}
+	a.err = nil
+	if a.user != "" {
+		a.err = errLoggedOut
+	}
+	a.mu.Unlock()
+	m.log.Info("logged out", "accounts", a.mailboxes)
+	m.kick()
+	return nil
+}
+
+// other returns an access token for scope, which is not the accounts' own:
+// a Graph token for a local tool, say. It is cached until close to expiry.
+func (m *tokens) other(ctx context.Context, a *signIn, scope string) (*token, error) {
+	a.mu.Lock()
+	if t := a.others[scope]; t != nil && t.Expiry.Sub(m.now()) >= minValidity {
+		a.mu.Unlock()
+		return t, nil
+	}
+	a.mu.Unlock()
+
+	ctx, cancel := context.WithTimeout(ctx, fetchTimeout)
+	defer cancel()
+	ctx = context.WithValue(ctx, oauth2.HTTPClient, m.client)
+	a.redeem.Lock()
+	defer a.redeem.Unlock()
+	a.mu.Lock()
+	cur := a.tok
+	a.mu.Unlock()
+	t, err := a.grant.token(ctx, m.now(), cur, scope)
+	if err != nil {
+		return nil, classify(err)
+	}
+	if cur != nil && t.RefreshToken != "" && t.RefreshToken != cur.RefreshToken {
+		// The redemption rotated the sign-in's refresh token: keep the
+		// newest, stored first.
+		main := *cur
+		main.RefreshToken, main.RefreshIssued = t.RefreshToken, t.RefreshIssued
+		if err := m.persist(a, &main); err != nil {
+			return nil, err
+		}
+		a.mu.Lock()
+		if a.tok != nil {
+			next := *a.tok
+			next.RefreshToken, next.RefreshIssued = main.RefreshToken, main.RefreshIssued
+			a.tok = &next
+		}
+		a.mu.Unlock()
+	}
+	a.mu.Lock()
+	if a.others == nil {
+		a.others = make(map[string]*token)
+	}
+	a.others[scope] = t
+	a.mu.Unlock()
+	return t, nil
 }

@@ -11,56 +11,57 @@ import (
 
 const storeTimeout = 10 * time.Second
 
-// tokenAAD binds a sealed token set to its account, so that a blob copied
+// tokenAAD binds a sealed token set to its record, so that a blob copied
 // to another account's record does not open.
-func tokenAAD(mailbox string) []byte { return []byte("broker token v1\x00" + mailbox) }
+func tokenAAD(key string) []byte { return []byte("broker token v1\x00" + key) }
 
-func (m *tokens) persist(a *tokenState, t *token) {
-	a.persistMu.Lock()
-	defer a.persistMu.Unlock()
-	if t.Obtained.Before(a.persisted) {
-		return // a newer token was written already
-	}
+// persist seals t into the sign-in's record. The caller holds a.redeem, so
+// writes happen in the order tokens were obtained. bbolt syncs each commit
+// to disk before it returns.
+func (m *tokens) persist(a *signIn, t *token) error {
 	plain, err := json.Marshal(t)
 	if err != nil {
-		m.log.Error("cannot encode token", "account", a.mailbox, "err", err)
-		return
+		m.log.Error("cannot encode token", "account", a.account(), "err", err)
+		return err
 	}
-	rec := &store.Account{Mailbox: a.mailbox, Token: m.sealer.Seal(plain, tokenAAD(a.mailbox)), UpdatedAt: m.now()}
+	rec := &store.Account{Mailbox: a.key, Token: m.sealer.Seal(plain, tokenAAD(a.key)), UpdatedAt: m.now()}
 	clear(plain)
 	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
 	defer cancel()
 	if err := m.store.PutAccount(ctx, rec); err != nil {
-		m.log.Error("cannot save token; a restart will need a new one", "account", a.mailbox, "err", err)
-		return
+		m.log.Error("cannot save token; a restart will need a new one", "account", a.account(), "err", err)
+		return err
 	}
-	a.persisted = t.Obtained
+	return nil
 }
 
-// load reads the persisted tokens of the configured accounts. A blob that
-// does not open is ignored (and a new token requested): it was sealed with
-// another key, or for another account.
+// load reads the persisted tokens of the configured sign-ins. A blob that
+// does not open is ignored (and a new token requested, or a sign-in asked
+// for): it was sealed with another key, or for another record. A delegated
+// sign-in without a record waits for `broker login`.
 func (m *tokens) load(ctx context.Context) error {
 	recs, err := m.store.Accounts(ctx)
 	if err != nil {
 		return err
 	}
+	byKey := make(map[string]*store.Account, len(recs))
 	for _, rec := range recs {
-		a := m.account(rec.Mailbox)
-		if a == nil || rec.Token == nil {
-			continue
-		}
-		t, err := m.openToken(rec)
-		if err != nil {
-			m.log.Error("ignoring stored token", "account", rec.Mailbox, "err", err)
-			continue
+		byKey[rec.Mailbox] = rec
+	}
+	for _, a := range m.snapshot() {
+		rec := byKey[a.key]
+		var t *token
+		if rec != nil && rec.Token != nil {
+			if t, err = m.openToken(rec); err != nil {
+				m.log.Error("ignoring stored token", "account", a.account(), "err", err)
+			}
 		}
 		a.mu.Lock()
 		a.tok = t
+		if a.user != "" && (t == nil || (t.RefreshToken == "" && t.Password == "")) {
+			a.err = errNotSignedIn
+		}
 		a.mu.Unlock()
-		a.persistMu.Lock()
-		a.persisted = t.Obtained
-		a.persistMu.Unlock()
 	}
 	return nil
 }
