@@ -1,6 +1,7 @@
 package m365sim
 
 import (
+	"strconv"
 	"strings"
 	"time"
 )
@@ -77,14 +78,23 @@ type idClaims struct {
 	Sub               string `json:"sub"`
 	TID               string `json:"tid"`
 	Ver               string `json:"ver"`
+	// PwdExp and PwdURL are Entra's optional claims for a password that
+	// will expire: seconds from iat, as a decimal string as Entra sends it,
+	// and where to change it.
+	PwdExp string `json:"pwd_exp,omitempty"`
+	PwdURL string `json:"pwd_url,omitempty"`
 }
+
+// changePasswordURL is the pwd_url Entra sends.
+const changePasswordURL = "https://portal.microsoftonline.com/ChangePassword.aspx"
 
 // clockSkew is how far Entra backdates iat and nbf.
 const clockSkew = 5 * time.Minute
 
 // accessToken issues an access token of app a for resource res: app-only
-// when u is nil, else delegated with the permissions perms.
-func (e *Entra) accessToken(t *tenant, a *app, confidential bool, u *user, res *resource, perms []string) (string, time.Duration, error) {
+// when u is nil, else delegated with the permissions perms. acr is how the
+// client authenticated: "0" public, "1" secret, "2" certificate.
+func (e *Entra) accessToken(t *tenant, a *app, acr string, u *user, amr []string, res *resource, perms []string) (string, time.Duration, error) {
 	now := e.now()
 	lifetime := e.tokenLifetime()
 	c := accessClaims{
@@ -98,10 +108,7 @@ func (e *Entra) accessToken(t *tenant, a *app, confidential bool, u *user, res *
 		UTI:   randomString(16),
 		Ver:   "1.0",
 	}
-	c.AppIDACR = "0"
-	if confidential {
-		c.AppIDACR = "1"
-	}
+	c.AppIDACR = acr
 	if u == nil {
 		c.IDType = "app"
 		c.IDP = c.Iss
@@ -110,7 +117,7 @@ func (e *Entra) accessToken(t *tenant, a *app, confidential bool, u *user, res *
 		c.Roles = a.rolesFor(res)
 	} else {
 		c.IDType = "user"
-		c.Amr = []string{"pwd"}
+		c.Amr = amr
 		c.Name = u.name
 		c.OID = u.oid
 		c.Sub = u.oid
@@ -124,6 +131,15 @@ func (e *Entra) accessToken(t *tenant, a *app, confidential bool, u *user, res *
 
 func (e *Entra) idToken(t *tenant, a *app, u *user) (string, error) {
 	now := e.now()
+	iat := now.Add(-clockSkew)
+	e.mu.Lock()
+	expires := u.PasswordExpires
+	e.mu.Unlock()
+	var pwdExp, pwdURL string
+	if !expires.IsZero() && now.Before(expires) {
+		pwdExp = strconv.FormatInt(int64(expires.Sub(iat)/time.Second), 10)
+		pwdURL = changePasswordURL
+	}
 	return signJWT(e.key, e.kid, idClaims{
 		Aud:               a.ClientID,
 		Iss:               "https://login.microsoftonline.com/" + t.id + "/v2.0",
@@ -136,5 +152,7 @@ func (e *Entra) idToken(t *tenant, a *app, u *user) (string, error) {
 		Sub:               u.oid,
 		TID:               t.id,
 		Ver:               "2.0",
+		PwdExp:            pwdExp,
+		PwdURL:            pwdURL,
 	})
 }

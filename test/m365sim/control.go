@@ -7,38 +7,81 @@ import (
 	"sync"
 )
 
-// FailNext makes the next n token requests fail with f, ahead of any
-// SetFailure.
-func (e *Entra) FailNext(n int, f Failure) {
-	f.Codes = slices.Clone(f.Codes)
-	e.mu.Lock()
-	e.failNext, e.failNextF = n, f
-	e.mu.Unlock()
+// Endpoint names an endpoint of Entra for failure injection.
+type Endpoint string
+
+const (
+	EndpointToken      Endpoint = "token"      // /{tenant}/oauth2/v2.0/token
+	EndpointDeviceCode Endpoint = "devicecode" // /{tenant}/oauth2/v2.0/devicecode
+	// EndpointAuthorize is /{tenant}/oauth2/v2.0/authorize and Authorize:
+	// a request with a valid client and redirect URI is redirected back
+	// with the failure's error and error_description, as Entra does with
+	// errors such as Conditional Access (AADSTS53003); Status is unused.
+	EndpointAuthorize Endpoint = "authorize"
+)
+
+// injection is the failures waiting at one endpoint.
+type injection struct {
+	next   int
+	nextF  Failure
+	always *Failure
 }
 
+// FailNext makes the next n token requests fail with f, ahead of any
+// SetFailure.
+func (e *Entra) FailNext(n int, f Failure) { e.FailNextAt(EndpointToken, n, f) }
+
 // SetFailure makes every token request fail with f until SetFailure(nil).
-func (e *Entra) SetFailure(f *Failure) {
+func (e *Entra) SetFailure(f *Failure) { e.SetFailureAt(EndpointToken, f) }
+
+// FailNextAt makes the next n requests to ep fail with f, ahead of any
+// SetFailureAt.
+func (e *Entra) FailNextAt(ep Endpoint, n int, f Failure) {
+	f.Codes = slices.Clone(f.Codes)
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	in := e.injectionLocked(ep)
+	in.next, in.nextF = n, f
+}
+
+// SetFailureAt makes every request to ep fail with f until
+// SetFailureAt(ep, nil).
+func (e *Entra) SetFailureAt(ep Endpoint, f *Failure) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	in := e.injectionLocked(ep)
 	if f == nil {
-		e.failure = nil
+		in.always = nil
 		return
 	}
 	copied := *f
 	copied.Codes = slices.Clone(f.Codes)
-	e.failure = &copied
+	in.always = &copied
 }
 
-func (e *Entra) injectedFailure() *Failure {
+func (e *Entra) injectionLocked(ep Endpoint) *injection {
+	in := e.injected[ep]
+	if in == nil {
+		in = &injection{}
+		e.injected[ep] = in
+	}
+	return in
+}
+
+// injectedFailure takes the failure due at ep, if any.
+func (e *Entra) injectedFailure(ep Endpoint) *Failure {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.failNext > 0 {
-		e.failNext--
-		f := e.failNextF
+	in := e.injected[ep]
+	switch {
+	case in == nil:
+		return nil
+	case in.next > 0:
+		in.next--
+		f := in.nextF
 		return &f
-	}
-	if e.failure != nil {
-		f := *e.failure
+	case in.always != nil:
+		f := *in.always
 		return &f
 	}
 	return nil

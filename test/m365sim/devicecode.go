@@ -25,6 +25,7 @@ type deviceAuth struct {
 	interval             time.Duration
 	lastPoll             time.Time
 	user                 *user // set on approval
+	amr                  []string
 	declined             bool
 }
 
@@ -44,7 +45,11 @@ type deviceCodeResponse struct {
 // handleDeviceCode starts a device authorization. The client is not
 // authenticated here; the token endpoint does that when it is polled.
 func (e *Entra) handleDeviceCode(w http.ResponseWriter, r *http.Request) {
-	resp, f := e.deviceCode(r)
+	f := e.injectedFailure(EndpointDeviceCode)
+	var resp *deviceCodeResponse
+	if f == nil {
+		resp, f = e.deviceCode(r)
+	}
 	if f != nil {
 		e.writeFailure(w, r, f)
 		return
@@ -146,18 +151,22 @@ func (e *Entra) deviceCodeToken(req *tokenRequest) (*tokenResponse, *Failure) {
 	if f != nil {
 		return nil, f
 	}
-	return e.userTokens(req, d.user, d.scope, d.scope, d.scope.has("offline_access"))
+	return e.userTokens(req, delegation{user: d.user, amr: d.amr, scope: d.scope}, d.scope, d.scope.has("offline_access"))
 }
 
 // ApproveDeviceCode signs upn in and approves the pending device
 // authorization with userCode, as the user would at the verification page.
+// A locked or disabled account cannot: the error is a *SignInError.
 func (e *Entra) ApproveDeviceCode(userCode, upn string) error {
 	return e.decideDevice(userCode, func(t *tenant, d *deviceAuth) error {
 		u := t.users[strings.ToLower(upn)]
 		if u == nil {
 			return fmt.Errorf("m365sim: no user %s in tenant %s", upn, t.domain)
 		}
-		d.user = u
+		if f := u.interactiveFailure(); f != nil {
+			return signInError(f)
+		}
+		d.user, d.amr = u, u.amr()
 		return nil
 	})
 }

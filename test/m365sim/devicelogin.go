@@ -40,10 +40,13 @@ func (e *Entra) handleDeviceLogin(w http.ResponseWriter, r *http.Request) {
 	username, password := r.PostForm.Get("username"), r.PostForm.Get("password")
 	err := e.decideDevice(code, func(t *tenant, d *deviceAuth) error {
 		u := t.users[strings.ToLower(username)]
-		if u == nil || !equalSecret(u.password, password) {
+		if u == nil || !equalSecret(u.Password, password) {
 			return errors.New("your account or password is incorrect")
 		}
-		d.user = u
+		if f := u.interactiveFailure(); f != nil {
+			return signInError(f)
+		}
+		d.user, d.amr = u, u.amr()
 		return nil
 	})
 	if err != nil {

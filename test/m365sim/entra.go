@@ -6,7 +6,6 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
-	"errors"
 	"log"
 	mathrand "math/rand/v2"
 	"net"
@@ -48,26 +47,31 @@ type Entra struct {
 
 	tokenRequests atomic.Int64
 
-	mu        sync.Mutex
-	closed    bool
-	changed   chan struct{} // closed and replaced on every observable event
-	jitter    bool
-	lifetime  time.Duration
-	tenants   map[string]*tenant // by ID
-	domains   map[string]string  // lower-case domain → tenant ID
-	grants    map[string]*grant  // by refresh token
-	devices   []*deviceAuth
-	failNext  int
-	failNextF Failure
-	failure   *Failure
-	holds     int
-	gate      chan struct{} // non-nil while held
+	mu       sync.Mutex
+	closed   bool
+	changed  chan struct{} // closed and replaced on every observable event
+	jitter   bool
+	lifetime time.Duration
+	tenants  map[string]*tenant // by ID
+	domains  map[string]string  // lower-case domain → tenant ID
+	grants   map[string]*grant  // by refresh token
+	codes    map[string]*authCode
+	jtis     map[string]time.Time // client assertions seen, until they expire
+	devices  []*deviceAuth
+	injected map[Endpoint]*injection
+	holds    int
+
+	refreshReuse   int
+	strictRotation bool
+	gate           chan struct{} // non-nil while held
 }
 
 type tenant struct {
 	id, domain string
 	apps       map[string]*app  // by client ID
 	users      map[string]*user // by lower-case UPN
+	// delegates are the users with FullAccess to a mailbox, lower case.
+	delegates map[string][]string
 }
 
 // App is an app registration with its enterprise application (service
@@ -89,18 +93,19 @@ type App struct {
 	Roles []string
 	// Mailboxes the service principal has FullAccess to in Exchange.
 	Mailboxes []string
+	// RedirectURIs are the registered redirect (reply) URIs of the
+	// authorization code flow. "http://localhost" (or 127.0.0.1) matches
+	// that host on any port, with the same path; others match exactly.
+	RedirectURIs []string
+	// Certificates are the registered certificate credentials: client
+	// assertions signed with their keys authenticate the app. Only their
+	// NotAfter is checked.
+	Certificates []*x509.Certificate
 }
 
 type app struct {
 	App
 	spID string // object ID of the service principal
-}
-
-type user struct {
-	upn, password, oid, name string
-	// generation counts revocations: grants of older generations fail.
-	generation int
-	validFrom  time.Time
 }
 
 // NewEntra starts a simulated identity platform on 127.0.0.1.
@@ -130,6 +135,9 @@ func NewEntra(opts EntraOptions) (*Entra, error) {
 		tenants:  make(map[string]*tenant),
 		domains:  make(map[string]string),
 		grants:   make(map[string]*grant),
+		codes:    make(map[string]*authCode),
+		jtis:     make(map[string]time.Time),
+		injected: make(map[Endpoint]*injection),
 	}
 	if e.now == nil {
 		e.now = time.Now
@@ -177,7 +185,7 @@ func (e *Entra) addTenantLocked(domain string) *tenant {
 	if t := e.tenantLocked(domain); t != nil {
 		return t
 	}
-	t := &tenant{id: NewGUID(), domain: domain, apps: make(map[string]*app), users: make(map[string]*user)}
+	t := &tenant{id: NewGUID(), domain: domain, apps: make(map[string]*app), users: make(map[string]*user), delegates: make(map[string][]string)}
 	e.tenants[t.id] = t
 	e.domains[strings.ToLower(domain)] = t.id
 	return t
@@ -210,6 +218,8 @@ func (e *Entra) AddApp(a App) {
 	}
 	a.Roles = slices.Clone(a.Roles)
 	a.Mailboxes = slices.Clone(a.Mailboxes)
+	a.RedirectURIs = slices.Clone(a.RedirectURIs)
+	a.Certificates = slices.Clone(a.Certificates)
 	a.ClientID = strings.ToLower(a.ClientID)
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -219,35 +229,6 @@ func (e *Entra) AddApp(a App) {
 		spID = old.spID
 	}
 	t.apps[a.ClientID] = &app{App: a, spID: spID}
-}
-
-// AddUser adds a user (a work account with a mailbox of the same address)
-// to a tenant; an unknown domain is added as a tenant.
-func (e *Entra) AddUser(tenantName, upn, password string) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	t := e.addTenantLocked(tenantName)
-	name, _, _ := strings.Cut(upn, "@")
-	t.users[strings.ToLower(upn)] = &user{upn: upn, password: password, oid: NewGUID(), name: name}
-}
-
-// RevokeSessions revokes the user's refresh tokens, as a password reset or
-// an admin's "revoke sessions" does: they then fail with AADSTS50173.
-// Access tokens stay valid until they expire.
-func (e *Entra) RevokeSessions(tenantName, upn string) error {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	t := e.tenantLocked(tenantName)
-	if t == nil {
-		return errors.New("m365sim: unknown tenant " + tenantName)
-	}
-	u := t.users[strings.ToLower(upn)]
-	if u == nil {
-		return errors.New("m365sim: unknown user " + upn)
-	}
-	u.generation++
-	u.validFrom = e.now()
-	return nil
 }
 
 // Issuer is the iss claim of access tokens of a tenant.

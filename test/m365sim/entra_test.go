@@ -139,7 +139,7 @@ func TestTokenErrors(t *testing.T) {
 		{"expired secret", domain, cc("client_id", "99999999-aaaa-4bbb-8ccc-dddddddddddd", "client_secret", "old"), 401, "invalid_client", 7000222},
 		{"public client sends secret", domain, cc("client_id", publicID), 401, "invalid_client", 700025},
 		{"public client without secret", domain, cc("client_id", publicID, "client_secret", ""), 401, "invalid_client", 7000218},
-		{"client assertion", domain, cc("client_secret", "", "client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer", "client_assertion", "x.y.z"), 401, "invalid_client", 700027},
+		{"malformed client assertion", domain, cc("client_secret", "", "client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer", "client_assertion", "x.y.z"), 401, "invalid_client", 50027},
 		{"permission instead of .default", domain, cc("scope", "https://outlook.office365.com/IMAP.AccessAsApp"), 400, "invalid_scope", 1002012},
 		{".default with offline_access", domain, cc("scope", outlookDef+" offline_access"), 400, "invalid_scope", 70011},
 		{"mixed resources", domain, cc("scope", outlookDef+" https://graph.microsoft.com/.default"), 400, "invalid_scope", 28000},

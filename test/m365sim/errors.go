@@ -48,9 +48,13 @@ func (e *Entra) writeFailure(w http.ResponseWriter, r *http.Request, f *Failure)
 		body.ErrorCodes = []int{}
 	}
 	if len(f.Codes) > 0 {
-		body.ErrorURI = "https://login.microsoftonline.com/error?code=" + strconv.Itoa(f.Codes[0])
+		body.ErrorURI = errorURI(f.Codes[0])
 	}
 	writeJSON(w, status, body)
+}
+
+func errorURI(code int) string {
+	return "https://login.microsoftonline.com/error?code=" + strconv.Itoa(code)
 }
 
 type trace struct{ traceID, correlationID string }
@@ -202,4 +206,119 @@ func errBadDeviceCode() *Failure {
 
 func errServer(err error) *Failure {
 	return aadError(500, "server_error", 90033, "A transient error has occurred. Please try again. (%v)", err)
+}
+
+// Account state (users.go).
+
+func errLocked() *Failure {
+	return aadError(400, "invalid_grant", 50053, "The account is locked, you've tried to sign in too many times with an incorrect user ID or password.")
+}
+
+func errDisabled() *Failure {
+	return aadError(400, "invalid_grant", 50057, "The user account is disabled.")
+}
+
+func errPasswordExpired() *Failure {
+	return aadError(400, "invalid_grant", 50055, "The password is expired.")
+}
+
+func errMFARequired(resourceAppID string) *Failure {
+	return aadError(400, "invalid_grant", 50076, "Due to a configuration change made by your administrator, or because you moved to a new location, you must use multi-factor authentication to access '%s'.", resourceAppID)
+}
+
+// Refresh token rotation (rotation.go).
+
+func errRefreshReused() *Failure {
+	return aadError(400, "invalid_grant", 70008, "The provided authorization code or refresh token has expired due to inactivity. Send a new interactive authorization request for this user and resource. (m365sim strict rotation: the refresh token has been used.)")
+}
+
+// The authorization endpoint and the authorization code grant
+// (authorize.go, authcode.go).
+
+func errNoReplyAddress(clientID string) *Failure {
+	return aadError(400, "invalid_request", 500113, "No reply address is registered for the application '%s'.", clientID)
+}
+
+func errReplyMismatch(redirectURI, clientID string) *Failure {
+	return aadError(400, "invalid_request", 50011, "The redirect URI '%s' specified in the request does not match the redirect URIs configured for the application '%s'. Make sure the redirect URI sent in the request matches one added to your application in the Azure portal. Navigate to https://aka.ms/redirectUriMismatchError to learn more about how to fix this.", redirectURI, clientID)
+}
+
+func errResponseType(responseType string) *Failure {
+	return aadError(400, "unsupported_response_type", 70005, "response_type '%s' is not enabled for the application.", responseType)
+}
+
+func errChallengeMethod(method string) *Failure {
+	return aadError(400, "invalid_request", 90023, "Unsupported code_challenge_method '%s': the simulator accepts only S256.", method)
+}
+
+func errChallengeSize() *Failure {
+	return aadError(400, "invalid_request", 501491, "Invalid size of Code_Challenge parameter.")
+}
+
+func errConsentDeclined() *Failure {
+	return aadError(400, "access_denied", 65004, "User declined to consent to access the app.")
+}
+
+func errLoginRequired() *Failure {
+	return aadError(400, "login_required", 50058, "A silent sign-in request was sent but no user is signed in.")
+}
+
+func errCodeRedeemed() *Failure {
+	return aadError(400, "invalid_grant", 54005, "OAuth2 Authorization code was already redeemed, please retry with a new valid code or use an existing refresh token.")
+}
+
+func errCodeExpired() *Failure {
+	return aadError(400, "invalid_grant", 70008, "The provided authorization code or refresh token has expired due to inactivity. Send a new interactive authorization request for this user and resource.")
+}
+
+func errCodeReplyMismatch(got, want string) *Failure {
+	return aadError(400, "invalid_grant", 500112, "The reply address '%s' does not match the reply address '%s' provided when requesting Authorization code.", got, want)
+}
+
+func errCodeVerifier() *Failure {
+	return aadError(400, "invalid_grant", 50148, "The code_verifier does not match the code_challenge supplied in the authorization request for PKCE.")
+}
+
+// Client assertions (assertion.go). Texts follow Entra's; for the
+// conditions Entra gives no code of its own (replay, both credentials) the
+// simulator picks the nearest.
+
+func errTwoCredentials() *Failure {
+	return aadError(400, "invalid_request", 90023, "Only one client credential may be presented: both 'client_assertion' and 'client_secret' were sent.")
+}
+
+func errAssertionType() *Failure {
+	return aadError(400, "invalid_request", 90011, "Unexpected client assertion type.")
+}
+
+func errAssertionMalformed(reason string) *Failure {
+	return aadError(401, "invalid_client", 50027, "JWT token is invalid or malformed. (%s)", reason)
+}
+
+func errAssertionAlg(alg string) *Failure {
+	return aadError(401, "invalid_client", 5002738, "Invalid JWT token. '%s' is not a supported signature algorithm. Supported signing algorithms are: 'RS256, PS256'", alg)
+}
+
+func errAssertionSignature(thumbprint, start, end string) *Failure {
+	return aadError(401, "invalid_client", 700027, "Client assertion contains an invalid signature. [Reason - The provided signature value did not match the expected signature value., Thumbprint of key used by client: '%s', Found key 'Start=%s, End=%s']", thumbprint, start, end)
+}
+
+func errAssertionCertExpired(thumbprint, start, end string) *Failure {
+	return aadError(401, "invalid_client", 700027, "Client assertion contains an invalid signature. [Reason - The key used is expired., Thumbprint of key used by client: '%s', Found key 'Start=%s, End=%s']", thumbprint, start, end)
+}
+
+func errAssertionIssuer() *Failure {
+	return aadError(401, "invalid_client", 700021, "Client assertion application identifier doesn't match 'client_id' parameter. Review the documentation at https://docs.microsoft.com/en-us/azure/active-directory/develop/active-directory-certificate-credentials .")
+}
+
+func errAssertionAudience() *Failure {
+	return aadError(401, "invalid_client", 700023, "Client assertion audience claim does not match Realm issuer. Review the documentation at https://docs.microsoft.com/en-us/azure/active-directory/develop/active-directory-certificate-credentials .")
+}
+
+func errAssertionTime(now, from, until string) *Failure {
+	return aadError(401, "invalid_client", 700024, "Client assertion is not within its valid time range. Current time: %s, assertion valid from %s, expiry time of assertion %s. Review the documentation at https://docs.microsoft.com/en-us/azure/active-directory/develop/active-directory-certificate-credentials .", now, from, until)
+}
+
+func errAssertionReplay(jti string) *Failure {
+	return aadError(401, "invalid_client", 50027, "JWT token is invalid or malformed. (The client assertion with jti '%s' was presented before: replay.)", jti)
 }

@@ -1,7 +1,6 @@
 package m365sim
 
 import (
-	"strings"
 	"time"
 )
 
@@ -9,19 +8,31 @@ import (
 // lives this long, and each refresh hands out a new one.
 const refreshTokenLifetime = 90 * 24 * time.Hour
 
+// delegation is what a user's sign-in lets an app do, and what each
+// refresh token of it carries on.
+type delegation struct {
+	user  *user
+	amr   []string  // how the user signed in
+	scope *scopeSet // what a refresh without a scope asks for
+	// family names the chain of refresh tokens that one sign-in started;
+	// "" starts a new one.
+	family string
+}
+
 // grant is what a refresh token stands for.
 type grant struct {
+	delegation
 	tenantID, clientID string
-	user               *user
 	generation         int // user.generation at issue
-	scope              *scopeSet
 	issued             time.Time
+	redeemed           bool // a refresh_token grant used it
+	expired            bool // ExpireRefreshTokens
 }
 
 // userTokens answers a delegated grant: an access token for s, a refresh
-// token if withRefresh, an ID token if s asks for openid.
-func (e *Entra) userTokens(req *tokenRequest, u *user, s *scopeSet, origScope *scopeSet, withRefresh bool) (*tokenResponse, *Failure) {
-	tok, lifetime, err := e.accessToken(req.tenant, req.app, req.confidential, u, s.res, s.perms)
+// token of d if withRefresh, an ID token if s asks for openid.
+func (e *Entra) userTokens(req *tokenRequest, d delegation, s *scopeSet, withRefresh bool) (*tokenResponse, *Failure) {
+	tok, lifetime, err := e.accessToken(req.tenant, req.app, req.acr, d.user, d.amr, s.res, s.perms)
 	if err != nil {
 		return nil, errServer(err)
 	}
@@ -34,29 +45,32 @@ func (e *Entra) userTokens(req *tokenRequest, u *user, s *scopeSet, origScope *s
 		AccessToken:  tok,
 	}
 	if withRefresh {
+		if d.family == "" {
+			d.family = NewGUID()
+		}
 		resp.RefreshToken = "0.A" + randomString(48)
 		e.mu.Lock()
 		e.grants[resp.RefreshToken] = &grant{
+			delegation: d,
 			tenantID:   req.tenant.id,
 			clientID:   req.app.ClientID,
-			user:       u,
-			generation: u.generation,
-			scope:      origScope,
+			generation: d.user.generation,
 			issued:     e.now(),
 		}
 		e.mu.Unlock()
 	}
 	if s.has("openid") {
-		if resp.IDToken, err = e.idToken(req.tenant, req.app, u); err != nil {
+		if resp.IDToken, err = e.idToken(req.tenant, req.app, d.user); err != nil {
 			return nil, errServer(err)
 		}
 	}
 	return resp, nil
 }
 
-// refreshToken redeems a refresh token. The old one stays valid; the new
-// one carries a fresh 90-day window. A scope may name another resource
-// (consent is assumed), without one the original scope is used.
+// refreshToken redeems a refresh token. The old one stays valid (unless
+// SetStrictRefreshRotation); the new one carries a fresh 90-day window. A
+// scope may name another resource (consent is assumed), without one the
+// original scope is used.
 func (e *Entra) refreshToken(req *tokenRequest) (*tokenResponse, *Failure) {
 	rt := req.form.Get("refresh_token")
 	if rt == "" {
@@ -66,8 +80,9 @@ func (e *Entra) refreshToken(req *tokenRequest) (*tokenResponse, *Failure) {
 	g, ok := e.grants[rt]
 	var current int
 	var validFrom time.Time
+	var disabled, expired bool
 	if ok {
-		current, validFrom = g.user.generation, g.user.validFrom
+		current, validFrom, disabled, expired = g.user.generation, g.user.validFrom, g.user.Disabled, g.expired
 	}
 	e.mu.Unlock()
 	const dateLayout = "2006-01-02T15:04:05.000Z"
@@ -76,9 +91,11 @@ func (e *Entra) refreshToken(req *tokenRequest) (*tokenResponse, *Failure) {
 		return nil, errMalformedGrant()
 	case g.tenantID != req.tenant.id || g.clientID != req.app.ClientID:
 		return nil, errGrantClient()
+	case disabled:
+		return nil, errDisabled()
 	case g.generation < current:
 		return nil, errRevoked(g.issued.UTC().Format(dateLayout), validFrom.UTC().Format(dateLayout))
-	case !e.now().Before(g.issued.Add(refreshTokenLifetime)):
+	case expired || !e.now().Before(g.issued.Add(refreshTokenLifetime)):
 		return nil, errRefreshExpired(g.issued.UTC().Format(dateLayout))
 	}
 	s := g.scope
@@ -88,38 +105,8 @@ func (e *Entra) refreshToken(req *tokenRequest) (*tokenResponse, *Failure) {
 			return nil, f
 		}
 	}
-	return e.userTokens(req, g.user, s, g.scope, true)
-}
-
-// password is the resource owner password credentials grant (ROPC).
-func (e *Entra) password(req *tokenRequest) (*tokenResponse, *Failure) {
-	username, password := req.form.Get("username"), req.form.Get("password")
-	if username == "" {
-		return nil, errMissingParam("username")
-	}
-	if password == "" {
-		return nil, errMissingParam("password")
-	}
-	s, f := parseScope(req.form.Get("scope"), req.tenantName, false)
-	if f != nil {
+	if f := e.redeem(g); f != nil {
 		return nil, f
 	}
-	u, f := e.checkPassword(req.tenant, username, password)
-	if f != nil {
-		return nil, f
-	}
-	return e.userTokens(req, u, s, s, s.has("offline_access"))
-}
-
-func (e *Entra) checkPassword(t *tenant, username, password string) (*user, *Failure) {
-	e.mu.Lock()
-	u := t.users[strings.ToLower(username)]
-	e.mu.Unlock()
-	if u == nil {
-		return nil, errNoUser(t.domain)
-	}
-	if !equalSecret(u.password, password) {
-		return nil, errBadPassword()
-	}
-	return u, nil
+	return e.userTokens(req, g.delegation, s, true)
 }

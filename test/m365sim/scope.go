@@ -66,6 +66,9 @@ func cutResource(s string) (res, name string, ok bool) {
 	return s[:i], s[i+1:], true
 }
 
+// appID is the resource's application ID, the last of its ids.
+func (r *resource) appID() string { return r.ids[len(r.ids)-1] }
+
 func (r *resource) scope(name string) (string, bool) {
 	for _, s := range r.scopes {
 		if strings.EqualFold(s, name) {

@@ -14,6 +14,7 @@ func (e *Entra) routes() http.Handler {
 	mux.HandleFunc("GET /{tenant}/v2.0/.well-known/openid-configuration", e.handleOpenIDConfig)
 	mux.HandleFunc("GET /{tenant}/discovery/v2.0/keys", e.handleKeys)
 	mux.HandleFunc("/devicelogin", e.handleDeviceLogin)
+	mux.HandleFunc("/{tenant}/oauth2/v2.0/authorize", e.handleAuthorize)
 	return mux
 }
 
@@ -22,6 +23,7 @@ const (
 	grantRefreshToken      = "refresh_token"
 	grantDeviceCode        = "urn:ietf:params:oauth:grant-type:device_code"
 	grantPassword          = "password"
+	grantAuthorizationCode = "authorization_code"
 )
 
 // tokenResponse is Entra's successful answer, in its field order.
@@ -38,11 +40,11 @@ type tokenResponse struct {
 // tokenRequest is what every grant needs: the tenant from the path and the
 // authenticated client.
 type tokenRequest struct {
-	form         url.Values
-	tenantName   string
-	tenant       *tenant
-	app          *app
-	confidential bool // authenticated with a secret
+	form       url.Values
+	tenantName string
+	tenant     *tenant
+	app        *app
+	acr        string // appidacr: "0" public, "1" secret, "2" certificate
 }
 
 func (e *Entra) handleToken(w http.ResponseWriter, r *http.Request) {
@@ -53,7 +55,7 @@ func (e *Entra) handleToken(w http.ResponseWriter, r *http.Request) {
 	if !e.waitHold(r) {
 		return
 	}
-	if f := e.injectedFailure(); f != nil {
+	if f := e.injectedFailure(EndpointToken); f != nil {
 		e.writeFailure(w, r, f)
 		return
 	}
@@ -79,18 +81,21 @@ func (e *Entra) token(r *http.Request) (*tokenResponse, *Failure) {
 		return nil, f
 	}
 	grantType := form.Get("grant_type")
-	var publicAllowed bool
+	var public publicPolicy
 	switch grantType {
 	case "":
 		return nil, errMissingParam("grant_type")
 	case grantClientCredentials:
-	case grantRefreshToken, grantDeviceCode, grantPassword:
-		publicAllowed = true
+		public = confidentialOnly
+	case grantDeviceCode, grantPassword:
+		public = publicClientFlows
+	case grantRefreshToken, grantAuthorizationCode:
+		public = publicClients
 	default:
 		return nil, errUnsupportedGrant(grantType)
 	}
 	req := &tokenRequest{form: form, tenantName: tenantName}
-	if req.tenant, req.app, req.confidential, f = e.authenticateClient(r, t, tenantName, publicAllowed); f != nil {
+	if req.tenant, req.app, req.acr, f = e.authenticateClient(r, t, tenantName, public); f != nil {
 		return nil, f
 	}
 	switch grantType {
@@ -100,6 +105,8 @@ func (e *Entra) token(r *http.Request) (*tokenResponse, *Failure) {
 		return e.refreshToken(req)
 	case grantDeviceCode:
 		return e.deviceCodeToken(req)
+	case grantAuthorizationCode:
+		return e.authorizationCode(req)
 	default:
 		return e.password(req)
 	}
@@ -150,37 +157,66 @@ func (e *Entra) findApp(t *tenant, tenantName, clientID string) (*tenant, *app, 
 	return t, &copied, nil
 }
 
-// authenticateClient finds the client and checks its secret, sent in the
-// body or with HTTP Basic (client_secret_basic). Without a secret only
-// public client flows pass, and only if the app allows them.
-func (e *Entra) authenticateClient(r *http.Request, t *tenant, tenantName string, publicAllowed bool) (*tenant, *app, bool, *Failure) {
+// publicPolicy says when a grant may go without client authentication.
+type publicPolicy int
+
+const (
+	confidentialOnly  publicPolicy = iota // client credentials
+	publicClientFlows                     // device code, password: "Allow public client flows"
+	publicClients                         // authorization code, refresh: any app without credentials, too
+)
+
+// appidacr values: how the client authenticated.
+const (
+	acrPublic      = "0"
+	acrSecret      = "1"
+	acrCertificate = "2"
+)
+
+// authenticateClient finds the client and checks its credential: a secret,
+// sent in the body or with HTTP Basic (client_secret_basic), or a client
+// assertion signed with a registered certificate. Without one only public
+// clients pass, as policy says.
+func (e *Entra) authenticateClient(r *http.Request, t *tenant, tenantName string, policy publicPolicy) (*tenant, *app, string, *Failure) {
 	clientID, secret := r.PostForm.Get("client_id"), r.PostForm.Get("client_secret")
 	if id, s, ok := r.BasicAuth(); ok {
 		clientID, secret = formUnescape(id), formUnescape(s)
 	}
+	assertion, assertionType := r.PostForm.Get("client_assertion"), r.PostForm.Get("client_assertion_type")
 	t, a, f := e.findApp(t, tenantName, clientID)
 	if f != nil {
-		return nil, nil, false, f
+		return nil, nil, "", f
 	}
-	if r.PostForm.Get("client_assertion") != "" {
-		// No certificates are registered in the simulator.
-		return nil, nil, false, errAssertionKey(a.ClientID)
-	}
+	hasCredentials := a.Secret != "" || len(a.Certificates) > 0
 	switch {
-	case secret != "" && a.Secret == "":
-		return nil, nil, false, errPublicClientSecret()
+	case (assertion != "" || assertionType != "") && secret != "":
+		return nil, nil, "", errTwoCredentials()
+	case (assertion != "" || secret != "") && !hasCredentials:
+		return nil, nil, "", errPublicClientSecret()
+	case assertion != "" || assertionType != "":
+		if assertionType != assertionTypeJWT {
+			return nil, nil, "", errAssertionType()
+		}
+		if assertion == "" {
+			return nil, nil, "", errMissingParam("client_assertion")
+		}
+		if f := e.checkAssertion(t, a, tenantName, assertion); f != nil {
+			return nil, nil, "", f
+		}
+		return t, a, acrCertificate, nil
 	case secret != "":
-		if !equalSecret(secret, a.Secret) {
-			return nil, nil, false, errInvalidSecret(a.ClientID)
+		if a.Secret == "" || !equalSecret(secret, a.Secret) {
+			return nil, nil, "", errInvalidSecret(a.ClientID)
 		}
 		if !a.SecretExpires.IsZero() && !e.now().Before(a.SecretExpires) {
-			return nil, nil, false, errSecretExpired(a.ClientID)
+			return nil, nil, "", errSecretExpired(a.ClientID)
 		}
-		return t, a, true, nil
-	case publicAllowed && a.PublicClientFlows:
-		return t, a, false, nil
+		return t, a, acrSecret, nil
+	case policy != confidentialOnly && a.PublicClientFlows,
+		policy == publicClients && !hasCredentials:
+		return t, a, acrPublic, nil
 	default:
-		return nil, nil, false, errSecretRequired()
+		return nil, nil, "", errSecretRequired()
 	}
 }
 
@@ -202,7 +238,7 @@ func (e *Entra) clientCredentials(req *tokenRequest) (*tokenResponse, *Failure) 
 	if f != nil {
 		return nil, f
 	}
-	tok, lifetime, err := e.accessToken(req.tenant, req.app, req.confidential, nil, s.res, nil)
+	tok, lifetime, err := e.accessToken(req.tenant, req.app, req.acr, nil, nil, s.res, nil)
 	if err != nil {
 		return nil, errServer(err)
 	}

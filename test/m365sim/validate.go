@@ -36,7 +36,7 @@ func (e *Entra) ValidateToken(token string) (*Claims, error) {
 // application role ("IMAP.AccessAsApp"), which the token must carry and the
 // app's service principal must hold FullAccess to the mailbox; for a user
 // token a delegated scope ("IMAP.AccessAsUser.All"), and the mailbox must
-// be the user's own.
+// be the user's own or one the user is a delegate of (AddDelegate).
 func (e *Entra) MayAccess(c *Claims, mailbox, role string) error {
 	if c.Audience != outlook.aud {
 		return fmt.Errorf("%w: %q", ErrTokenAudience, c.Audience)
@@ -61,8 +61,8 @@ func (e *Entra) MayAccess(c *Claims, mailbox, role string) error {
 		if !slices.Contains(c.Scopes, role) {
 			return fmt.Errorf("%w: scopes %v lack %s", ErrTokenNoPermission, c.Scopes, role)
 		}
-		if !strings.EqualFold(c.UPN, mailbox) {
-			return fmt.Errorf("%w: %s is not %s", ErrNoMailboxAccess, c.UPN, mailbox)
+		if !strings.EqualFold(c.UPN, mailbox) && !e.isDelegate(c.TenantID, mailbox, c.UPN) {
+			return fmt.Errorf("%w: %s is not %s nor its delegate", ErrNoMailboxAccess, c.UPN, mailbox)
 		}
 		return nil
 	}
