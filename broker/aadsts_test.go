@@ -15,7 +15,9 @@ import (
 // The codes of docs/reference: each must be explained.
 var listedCodes = []int{50011, 500113, 65001, 650057, 7000215, 7000222, 7000218, 700025, 700016, 90002,
 	50194, 70011, 28000, 700022, 50076, 50079, 50126, 50055, 50057, 50053, 53003, 530035, 70043, 700082,
-	70008, 50173, 54005, 50196}
+	70008, 50173, 54005, 50196,
+	// Met by the delegated sign-ins and certificate credentials.
+	50148, 65004, 700027, 700024, 50027, 65002}
 
 func TestEveryListedCodeIsExplained(t *testing.T) {
 	for _, c := range listedCodes {

@@ -2,8 +2,10 @@ package broker
 
 import (
 	"context"
+
 	"errors"
 	"fmt"
+	"github.com/mailbroker/broker/config"
 	"time"
 )
 
@@ -21,6 +23,10 @@ func (b *Broker) SignedIn(ctx context.Context, mailbox string, c *Credentials) (
 	if c.User != "" && c.User != a.user {
 		return nil, fmt.Errorf("signed in as %s, but %s signs in as %s", c.User, mailbox, a.user)
 	}
+	password := c.Password
+	if a.flow != config.FlowPassword {
+		password = "" // only the password flow may keep one
+	}
 	now := b.now()
 	t := &token{
 		AccessToken:     c.AccessToken,
@@ -31,7 +37,7 @@ func (b *Broker) SignedIn(ctx context.Context, mailbox string, c *Credentials) (
 		RefreshIssued:   now,
 		SignedIn:        now,
 		User:            a.user,
-		Password:        c.Password,
+		Password:        password,
 		PasswordExpires: c.PasswordExpires,
 	}
 	if err := b.tokens.signedIn(a, t); err != nil {

@@ -3,6 +3,7 @@ package broker
 import (
 	"crypto/x509"
 	"fmt"
+	"math"
 	"time"
 )
 
@@ -32,7 +33,7 @@ func credential(kind string, expires, now time.Time, fix string) Credential {
 	case left <= 0:
 		c.Warning = fmt.Sprintf("%s expired on %s: %s", kindName(kind), expires.Format(time.DateOnly), fix)
 	case left <= expiryWarning:
-		c.Warning = fmt.Sprintf("%s expires on %s (in %d days): %s", kindName(kind), expires.Format(time.DateOnly), int(left.Hours()/24)+1, fix)
+		c.Warning = fmt.Sprintf("%s expires on %s (in %d days): %s", kindName(kind), expires.Format(time.DateOnly), int(math.Ceil(left.Hours()/24)), fix)
 	}
 	return c
 }

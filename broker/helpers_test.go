@@ -217,7 +217,7 @@ func wantKind(t *testing.T, err error, kind proxy.ErrorKind) *proxy.LoginError {
 }
 
 // state reads an account's token state under its lock.
-func state(b *Broker, mailbox string, f func(a *tokenState)) {
+func state(b *Broker, mailbox string, f func(a *signIn)) {
 	a := b.tokens.account(mailbox)
 	a.mu.Lock()
 	defer a.mu.Unlock()

@@ -20,6 +20,24 @@ type memStore struct {
 	accounts  map[string]store.Account
 	passwords map[[2]string]store.AppPassword
 	touches   int
+	// gate, when set, holds PutAccount until closed; held counts the
+	// writes waiting.
+	gate chan struct{}
+	held int
+}
+
+// holdPuts makes account writes wait until the returned channel is closed.
+func (s *memStore) holdPuts() chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.gate = make(chan struct{})
+	return s.gate
+}
+
+func (s *memStore) heldPuts() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.held
 }
 
 var _ store.Store = (*memStore)(nil)
@@ -53,6 +71,15 @@ func (s *memStore) Accounts(_ context.Context) ([]*store.Account, error) {
 
 func (s *memStore) PutAccount(_ context.Context, a *store.Account) error {
 	s.mu.Lock()
+	if gate := s.gate; gate != nil {
+		s.held++
+		s.mu.Unlock()
+		s.changed.notify()
+		<-gate
+		s.mu.Lock()
+		s.held--
+		s.gate = nil
+	}
 	c := *a
 	c.Token = bytes.Clone(a.Token)
 	s.accounts[a.Mailbox] = c

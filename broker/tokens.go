@@ -122,7 +122,11 @@ func newTokens(idx *accountIndex) *tokens {
 		}
 		a := shared[key]
 		if a == nil {
-			a = &signIn{key: key, app: acct.App, flow: acct.Flow, user: acct.LoginUser, scope: scopeString(acct.Scopes)}
+			scopes := acct.Scopes
+			if len(scopes) == 0 {
+				scopes = config.DefaultScopes(acct.Flow, acct.App.Cloud)
+			}
+			a = &signIn{key: key, app: acct.App, flow: acct.Flow, user: acct.LoginUser, scope: scopeString(scopes)}
 			ep := endpoint{app: acct.App}
 			if acct.Delegated() {
 				a.grant = delegated{ep: ep, acct: acct}

@@ -79,7 +79,7 @@ func TestRefreshFailureKeepsServing(t *testing.T) {
 	b.Start()
 	waitUntil(t, &e.store.changed, "the warm-up token is stored", func() bool { return e.store.token(mailboxA) != nil })
 	var old string
-	state(b, mailboxA, func(a *tokenState) { old = a.tok.AccessToken })
+	state(b, mailboxA, func(a *signIn) { old = a.tok.AccessToken })
 
 	e.entra.failWith(http.StatusServiceUnavailable, "Service Unavailable")
 	e.entra.block()
@@ -98,7 +98,7 @@ func TestRefreshFailureKeepsServing(t *testing.T) {
 		var retryIn time.Duration
 		waitUntil(t, &passed, "the failure is recorded", func() bool {
 			ok := false
-			state(b, mailboxA, func(a *tokenState) {
+			state(b, mailboxA, func(a *signIn) {
 				ok = a.done == nil && a.failures == attempt
 				retryIn = a.retryAt.Sub(e.clock.Now())
 			})
@@ -114,7 +114,7 @@ func TestRefreshFailureKeepsServing(t *testing.T) {
 		if tok := mustLogin(t, b, "alice", pw); tok != old {
 			t.Fatalf("login in backoff got %q, want %q", tok, old)
 		}
-		state(b, mailboxA, func(a *tokenState) {
+		state(b, mailboxA, func(a *signIn) {
 			if a.done != nil || a.failures != attempt {
 				t.Fatalf("a request was sent before the backoff ended")
 			}
@@ -164,7 +164,7 @@ func TestPermanentErrorNeedsAdmin(t *testing.T) {
 		t.Fatalf("explanation logged %d times, want once:\n%s", n, e.logs)
 	}
 	s := b.AccountStatus(mailboxA)
-	if s.State != StateNeedsAdmin || !strings.Contains(s.Explanation, explained) || !strings.Contains(s.Explanation, "trace_id=0000aaaa-0000") {
+	if s.State != StateFailing || !strings.Contains(s.Explanation, explained) || !strings.Contains(s.Explanation, "trace_id=0000aaaa-0000") {
 		t.Fatalf("got status %+v, want needs-admin with the explanation", s)
 	}
 	if d := s.NextAttempt.Sub(e.clock.Now()); d < permanentRetry || d > permanentRetry*11/10 {
@@ -205,7 +205,7 @@ func TestTransientErrorWithoutToken(t *testing.T) {
 	if n := e.entra.count(); n != 1 {
 		t.Fatalf("got %d token requests, want 1", n)
 	}
-	if s := b.AccountStatus(mailboxA); s.State != StateUnavailable {
+	if s := b.AccountStatus(mailboxA); s.State != StateFailing {
 		t.Fatalf("got state %s, want unavailable", s.State)
 	}
 }
@@ -253,12 +253,12 @@ func TestLoginStartsRefresh(t *testing.T) {
 	b := e.broker(t)
 	pw := e.addPassword(t, b, mailboxA)
 	old := mustLogin(t, b, "alice", pw)
-	if got, want := b.AccountStatus(mailboxA).TokenExpiry, e.clock.Now().Add(4500*time.Second); !got.Equal(want) {
+	if got, want := b.AccountStatus(mailboxA).AccessTokenExpires, e.clock.Now().Add(4500*time.Second); !got.Equal(want) {
 		t.Fatalf("got expiry %v, want %v", got, want)
 	}
 	e.clock.Advance(45 * time.Minute) // 30 min left: not yet due (margin 25 min)
 	mustLogin(t, b, "alice", pw)
-	state(b, mailboxA, func(a *tokenState) {
+	state(b, mailboxA, func(a *signIn) {
 		if a.done != nil {
 			t.Fatalf("refresh started %v before expiry", 30*time.Minute)
 		}
@@ -272,7 +272,7 @@ func TestLoginStartsRefresh(t *testing.T) {
 	e.entra.release()
 	waitUntil(t, &e.store.changed, "the new token", func() bool {
 		var fresh bool
-		state(b, mailboxA, func(a *tokenState) { fresh = a.tok.AccessToken != old })
+		state(b, mailboxA, func(a *signIn) { fresh = a.tok.AccessToken != old })
 		return fresh
 	})
 	if tok := mustLogin(t, b, "alice", pw); tok == old {
@@ -457,7 +457,7 @@ func TestLogsHoldNoSecrets(t *testing.T) {
 func TestAccountStatus(t *testing.T) {
 	e := newEnv(t)
 	b := e.broker(t)
-	if s := b.AccountStatus(mailboxA); s.State != StatePending {
+	if s := b.AccountStatus(mailboxA); s.State != StateRefreshing {
 		t.Fatalf("got %s, want pending", s.State)
 	}
 	if s := b.AccountStatus("nobody@contoso.example"); s.State != StateUnknown {
@@ -466,7 +466,7 @@ func TestAccountStatus(t *testing.T) {
 	pw := e.addPassword(t, b, mailboxA)
 	mustLogin(t, b, "alice", pw)
 	list := b.AccountStatuses()
-	if len(list) != 2 || list[0].Mailbox != mailboxA || list[0].State != StateOK || list[1].State != StatePending {
+	if len(list) != 2 || list[0].Mailbox != mailboxA || list[0].State != StateOK || list[1].State != StateRefreshing {
 		t.Fatalf("got %+v, want alice ok and bob pending", list)
 	}
 }
