@@ -182,7 +182,8 @@ func (b *Broker) upstream(ctx context.Context, mailbox string) (*proxy.Upstream,
 }
 
 // UpstreamRejected is told that upstream refused a token for account: the
-// token is dropped so the next login gets a new one.
-func (b *Broker) UpstreamRejected(account, detail string) {
-	b.tokens.upstreamRejected(normalize(account), strings.TrimSpace(detail))
+// token is dropped so the next login gets a new one, and the proxy is told
+// to retry at once unless the token was too fresh to blame.
+func (b *Broker) UpstreamRejected(account, detail string) bool {
+	return b.tokens.upstreamRejected(normalize(account), strings.TrimSpace(detail))
 }

@@ -296,28 +296,27 @@ func (s *imapSession) loginFailed(reply string) (end bool) {
 func (s *imapSession) login(tag, cmdName, user, pass string) (end bool) {
 	ctx, cancel := context.WithTimeout(s.srv.srv.ctx, s.srv.opts.LoginTimeout)
 	defer cancel()
-	up, err := s.srv.opts.Auth.Authenticate(ctx, &Login{
-		Protocol: IMAP,
-		Username: user,
-		Password: pass,
-		Remote:   s.tc.conn.RemoteAddr(),
-	})
-	if err == nil && (up == nil || up.SASL == nil) {
-		err = errors.New("authenticator returned no upstream")
-	}
-	if err != nil {
-		le := loginErrorOf(err)
-		logLoginFailure(ctx, s.log, user, le)
-		return s.loginFailed(tag + " NO " + imapLoginReply(le))
-	}
-
-	u, err := s.srv.loginUpstream(ctx, s.tc, up)
-	if err != nil {
+	login := &Login{Protocol: IMAP, Username: user, Password: pass, Remote: s.tc.conn.RemoteAddr()}
+	var u *imapUpstream
+	for retried := false; ; retried = true {
+		up, err := s.srv.opts.Auth.Authenticate(ctx, login)
+		if err == nil && (up == nil || up.SASL == nil) {
+			err = errors.New("authenticator returned no upstream")
+		}
+		if err != nil {
+			le := loginErrorOf(err)
+			logLoginFailure(ctx, s.log, user, le)
+			return s.loginFailed(tag + " NO " + imapLoginReply(le))
+		}
+		if u, err = s.srv.loginUpstream(ctx, s.tc, up); err == nil {
+			s.account = up.Account
+			break
+		}
 		le := upstreamLoginError(err)
-		s.logUpstreamFailure(user, up.Account, le)
-		return s.loginFailed(tag + " NO " + imapLoginReply(le))
+		if !s.logUpstreamFailure(user, up.Account, le, retried) {
+			return s.loginFailed(tag + " NO " + imapLoginReply(le))
+		}
 	}
-	s.account = up.Account
 	if !s.write(tag + " OK " + imapCapabilityCode(u.caps) + cmdName + " completed") {
 		return true
 	}
@@ -326,8 +325,8 @@ func (s *imapSession) login(tag, cmdName, user, pass string) (end bool) {
 }
 
 // logUpstreamFailure logs why upstream refused or could not be reached and
-// tells the Authenticator about a refusal.
-func (s *imapSession) logUpstreamFailure(user, account string, le *LoginError) {
+// tells the Authenticator about a refusal; it reports whether to retry.
+func (s *imapSession) logUpstreamFailure(user, account string, le *LoginError, retried bool) bool {
 	var rej *imapRejection
 	var advice string
 	if errors.As(le.Err, &rej) {
@@ -339,7 +338,7 @@ func (s *imapSession) logUpstreamFailure(user, account string, le *LoginError) {
 	if rej != nil {
 		refusal = rej
 	}
-	reportUpstreamFailure(s.log, s.srv.opts.Auth, user, account, le, advice, refusal)
+	return reportUpstreamFailure(s.log, s.srv.opts.Auth, user, account, le, advice, refusal, retried)
 }
 
 // imapLoginReply is the text of a failed login's NO (RFC 5530 codes). The

@@ -374,6 +374,10 @@ type stubAuth struct {
 	// protocol is the one logins must name; "" means IMAP.
 	protocol Protocol
 
+	// retry is UpstreamRejected's answer; staleFirst makes the first
+	// upstream token one that upstream refuses, as an expired one.
+	retry, staleFirst bool
+
 	calls    atomic.Int32
 	mu       sync.Mutex
 	rejected []string // "account: detail"
@@ -396,13 +400,18 @@ func (a *stubAuth) Authenticate(ctx context.Context, l *Login) (*Upstream, error
 	case a.err != nil:
 		return nil, a.err
 	}
-	return &Upstream{Account: l.Username, SASL: xoauth2.NewClient(l.Username, stubToken(l.Username))}, nil
+	tok := stubToken(l.Username)
+	if a.staleFirst && a.calls.Load() == 1 {
+		tok = "stale-" + tok
+	}
+	return &Upstream{Account: l.Username, SASL: xoauth2.NewClient(l.Username, tok)}, nil
 }
 
-func (a *stubAuth) UpstreamRejected(account, detail string) {
+func (a *stubAuth) UpstreamRejected(account, detail string) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.rejected = append(a.rejected, account+": "+detail)
+	return a.retry
 }
 
 func (a *stubAuth) rejections() []string {

@@ -284,6 +284,38 @@ func TestIMAPUpstreamRejected(t *testing.T) {
 	}
 }
 
+// A token upstream refuses although the Authenticator believed it valid is
+// replaced once, within the same login; a second refusal fails the client.
+func TestIMAPUpstreamRejectedRetriesOnce(t *testing.T) {
+	t.Run("new token accepted", func(t *testing.T) {
+		stub := defaultStub()
+		startStub(t, stub)
+		auth := &stubAuth{pass: "pw", retry: true, staleFirst: true}
+		_, addr := startProxy(t, IMAPOptions{Auth: auth}, stub)
+		c := dialClient(t, addr)
+		c.greet()
+		c.send("a LOGIN alice pw\r\n")
+		c.expect("a OK")
+		if n, r := auth.calls.Load(), auth.rejections(); n != 2 || len(r) != 1 {
+			t.Fatalf("%d Authenticate calls and rejections %q, want 2 and one", n, r)
+		}
+	})
+	t.Run("refused again", func(t *testing.T) {
+		stub := defaultStub()
+		stub.Reject = "NO AUTHENTICATE failed."
+		startStub(t, stub)
+		auth := &stubAuth{pass: "pw", retry: true}
+		_, addr := startProxy(t, IMAPOptions{Auth: auth}, stub)
+		c := dialClient(t, addr)
+		c.greet()
+		c.send("a LOGIN alice pw\r\n")
+		c.expect("a NO [AUTHENTICATIONFAILED]")
+		if n, r := auth.calls.Load(), auth.rejections(); n != 2 || len(r) != 2 {
+			t.Fatalf("%d Authenticate calls and %d rejections, want 2 and 2", n, len(r))
+		}
+	})
+}
+
 func TestIMAPUpstreamCapabilities(t *testing.T) {
 	noIR := defaultStub()
 	noIR.Greeting = "* OK stub ready"

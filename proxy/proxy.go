@@ -57,9 +57,11 @@ type AccountAuthenticator interface {
 
 // UpstreamRejectionReporter is an optional interface of an Authenticator: it
 // is told when upstream refused credentials the Authenticator handed out, so
-// that it can mark the account or discard a token.
+// that it can mark the account or discard a token. When it returns true it
+// has discarded a token it had believed valid, and the proxy asks it once
+// more before failing the client.
 type UpstreamRejectionReporter interface {
-	UpstreamRejected(account string, detail string)
+	UpstreamRejected(account string, detail string) (retry bool)
 }
 
 // ErrorKind classifies a failed login for the client's reply.
@@ -127,16 +129,22 @@ func logLoginFailure(ctx context.Context, log *slog.Logger, user string, le *Log
 
 // reportUpstreamFailure logs a failed upstream login, with advice for the
 // administrator if there is some, and tells auth when upstream's refusal
-// (nil if it did not refuse) is about the account.
-func reportUpstreamFailure(log *slog.Logger, auth Authenticator, user, account string, le *LoginError, advice string, refusal error) {
+// (nil if it did not refuse) is about the account. It reports whether auth
+// wants the login retried once with new credentials.
+func reportUpstreamFailure(log *slog.Logger, auth Authenticator, user, account string, le *LoginError, advice string, refusal error, retried bool) (retry bool) {
 	attrs := []any{"user", user, "account", account, "kind", le.Kind.String(), "err", le.Err.Error()}
 	if advice != "" {
 		attrs = append(attrs, "advice", advice)
 	}
-	log.Warn("upstream login failed", attrs...)
 	if refusal != nil && le.Kind == KindAccount {
 		if r, ok := auth.(UpstreamRejectionReporter); ok {
-			r.UpstreamRejected(account, refusal.Error())
+			retry = r.UpstreamRejected(account, refusal.Error()) && !retried
 		}
 	}
+	if retry {
+		log.Info("upstream refused the token; retrying with a new one", attrs...)
+	} else {
+		log.Warn("upstream login failed", attrs...)
+	}
+	return retry
 }

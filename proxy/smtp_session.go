@@ -142,20 +142,26 @@ func unavailableCode(le *LoginError) smtp.EnhancedCode {
 // connect asks authorize for credentials and logs in upstream. Its errors
 // are *LoginError, or an SMTP reply if the session ended meanwhile.
 func (s *smtpSession) connect(ctx context.Context, authorize func(context.Context) (*Upstream, error), user string) error {
-	up, err := authorize(ctx)
-	if err == nil && (up == nil || up.SASL == nil) {
-		err = errors.New("authenticator returned no upstream")
-	}
-	if err != nil {
-		le := loginErrorOf(err)
-		logLoginFailure(ctx, s.log, user, le)
-		return le
-	}
-	u, err := s.cl.srv.loginSMTPUpstream(ctx, s.cl.tc, up)
-	if err != nil {
+	var up *Upstream
+	var u *smtpUpstream
+	for retried := false; ; retried = true {
+		var err error
+		up, err = authorize(ctx)
+		if err == nil && (up == nil || up.SASL == nil) {
+			err = errors.New("authenticator returned no upstream")
+		}
+		if err != nil {
+			le := loginErrorOf(err)
+			logLoginFailure(ctx, s.log, user, le)
+			return le
+		}
+		if u, err = s.cl.srv.loginSMTPUpstream(ctx, s.cl.tc, up); err == nil {
+			break
+		}
 		le := smtpLoginError(err)
-		s.logUpstreamFailure(user, up.Account, le)
-		return le
+		if !s.logUpstreamFailure(user, up.Account, le, retried) {
+			return le
+		}
 	}
 	s.mu.Lock()
 	if s.ended {
@@ -170,8 +176,8 @@ func (s *smtpSession) connect(ctx context.Context, authorize func(context.Contex
 }
 
 // logUpstreamFailure logs why upstream refused or could not be reached and
-// tells the Authenticator about a refusal.
-func (s *smtpSession) logUpstreamFailure(user, account string, le *LoginError) {
+// tells the Authenticator about a refusal; it reports whether to retry.
+func (s *smtpSession) logUpstreamFailure(user, account string, le *LoginError, retried bool) bool {
 	var rej *smtpRejection
 	var advice string
 	switch {
@@ -186,7 +192,7 @@ func (s *smtpSession) logUpstreamFailure(user, account string, le *LoginError) {
 	if rej != nil {
 		refusal = rej
 	}
-	reportUpstreamFailure(s.log, s.cl.srv.opts.Auth, user, account, le, advice, refusal)
+	return reportUpstreamFailure(s.log, s.cl.srv.opts.Auth, user, account, le, advice, refusal, retried)
 }
 
 // upstream returns the session's upstream connection, connecting anew if

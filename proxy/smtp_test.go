@@ -391,6 +391,24 @@ func TestSMTPUpstreamLoginFailures(t *testing.T) {
 	}
 }
 
+// As for IMAP: a token upstream refuses is replaced once within the AUTH.
+func TestSMTPUpstreamRejectedRetriesOnce(t *testing.T) {
+	up := startSMTPStub(t, &smtpStub{})
+	auth := newSMTPStubAuth("secret")
+	auth.retry, auth.staleFirst = true, true
+	_, addr, _ := startSMTPProxy(t, SMTPOptions{Auth: auth}, up, nil)
+	c := dialSMTP(t, addr)
+	if err := c.Auth(sasl.NewPlainClient("", sender, "secret")); err != nil {
+		t.Fatalf("AUTH: %v", err)
+	}
+	if err := send(c, sender, []string{recipient}, testMessage); err != nil {
+		t.Fatal(err)
+	}
+	if n, r := auth.calls.Load(), auth.rejections(); n != 2 || len(r) != 1 {
+		t.Fatalf("%d Authenticate calls and rejections %q, want 2 and one", n, r)
+	}
+}
+
 func TestSMTPUpstreamImplicitTLS(t *testing.T) {
 	up := startSMTPStub(t, &smtpStub{ImplicitTLS: true})
 	_, addr, _ := startSMTPProxy(t, SMTPOptions{}, up, nil)
