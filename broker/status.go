@@ -72,8 +72,8 @@ type Status struct {
 	// SignedIn is when `broker login` last signed the account in;
 	// RefreshTokenIssued when the refresh token in use was issued (each
 	// refresh rotates it).
-	SignedIn           time.Time `json:"signed_in,omitzero"`
-	RefreshTokenIssued time.Time `json:"refresh_token_issued,omitzero"`
+	SignedIn           time.Time    `json:"signed_in,omitzero"`
+	RefreshTokenIssued time.Time    `json:"refresh_token_issued,omitzero"`
 	Credentials        []Credential `json:"credentials,omitempty"`
 	// UpstreamRejection is upstream's last refusal of a token.
 	UpstreamRejection string `json:"upstream_rejection,omitempty"`
