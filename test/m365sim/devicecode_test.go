@@ -2,6 +2,7 @@ package m365sim
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"net/http"
 	"net/url"
@@ -172,5 +173,60 @@ func TestDeviceLoginPage(t *testing.T) {
 	post(t, f.e.URL()+"/devicelogin", form("code", uc, "username", alice, "password", alicePass))
 	if c, err := f.e.ValidateToken(f.token(t, domain, poll(publicID, dc)).AccessToken); err != nil || c.UPN != alice {
 		t.Fatalf("after sign-in: got %+v, %v", c, err)
+	}
+}
+
+// Polling authenticates the client: without public client flows, a secret
+// or an assertion is required.
+func TestDeviceCodeClientAuthentication(t *testing.T) {
+	f := newFixture(t)
+	now := f.clock.Now()
+	ck := newCertKey(t, now.AddDate(1, 0, 0))
+	f.e.AddApp(App{Tenant: domain, ClientID: certAppID, Certificates: []*x509.Certificate{ck.cert}})
+	for _, clientID := range []string{noFlowsID, confID, certAppID} {
+		status, body := post(t, f.e.URL()+"/"+domain+"/oauth2/v2.0/devicecode", form("client_id", clientID, "scope", userScope))
+		if status != 200 {
+			t.Fatalf("devicecode for %s: got %d %s", clientID, status, body)
+		}
+		var da deviceCodeResponse
+		if err := json.Unmarshal(body, &da); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.e.ApproveDeviceCode(da.UserCode, alice); err != nil {
+			t.Fatalf("ApproveDeviceCode: %v", err)
+		}
+		status, eb := f.tokenError(t, domain, poll(clientID, da.DeviceCode))
+		checkError(t, status, eb, 401, "invalid_client", 7000218)
+		var cred []string
+		switch clientID {
+		case confID:
+			cred = []string{"client_secret", secret}
+		case certAppID:
+			cred = []string{"client_assertion_type", assertionTypeJWT, "client_assertion", ck.assertion(t, nil, map[string]any{
+				"aud": f.tokenURL(domain), "iss": certAppID, "sub": certAppID, "jti": "1", "nbf": now.Unix(), "exp": now.Add(5 * time.Minute).Unix(),
+			})}
+		default:
+			continue
+		}
+		f.token(t, domain, form(append([]string{"grant_type", grantDeviceCode, "client_id", clientID, "device_code", da.DeviceCode}, cred...)...))
+	}
+}
+
+func TestDeviceCodeFailureInjection(t *testing.T) {
+	f := newFixture(t)
+	f.e.FailNextAt(EndpointDeviceCode, 1, throttled)
+	u := f.e.URL() + "/" + domain + "/oauth2/v2.0/devicecode"
+	status, body := post(t, u, form("client_id", publicID, "scope", userScope))
+	checkError(t, status, decodeError(t, status, body), 429, "temporarily_unavailable", 50196)
+	if status, body = post(t, u, form("client_id", publicID, "scope", userScope)); status != 200 {
+		t.Fatalf("after the injected failure: got %d %s", status, body)
+	}
+	// The token endpoint's failures are its own.
+	f.e.SetFailureAt(EndpointDeviceCode, &throttled)
+	f.token(t, domain, ccForm())
+	status, _ = post(t, u, form("client_id", publicID, "scope", userScope))
+	f.e.SetFailureAt(EndpointDeviceCode, nil)
+	if status != 429 {
+		t.Fatalf("with SetFailureAt: got %d, want 429", status)
 	}
 }
