@@ -17,6 +17,13 @@ type DovecotOptions struct {
 	Audience     string   // required aud, e.g. "https://outlook.office.com"; empty: any
 	Mailboxes    []string // users that exist, e.g. "support@contoso.com"
 
+	// Delegates maps a mailbox (one of Mailboxes) to the users with
+	// FullAccess to it, as for a shared mailbox in Exchange: a token whose
+	// upn is a delegate opens the mailbox with XOAUTH2 user=mailbox. Over
+	// Postfix, whose SASL login is then the mailbox, it sends as the
+	// mailbox.
+	Delegates map[string][]string
+
 	// AuthorizedParties lists the azp claims tokens may carry. Dovecot
 	// looks the key up under the token's azp ("default" without one), so
 	// v2.0 tokens, which have azp, need it; Entra's v1.0 tokens for

@@ -5,9 +5,11 @@ import (
 
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -44,7 +46,7 @@ func (d *Dovecot) writeFiles(opts DovecotOptions) (dovecotConfData, error) {
 	if err != nil {
 		return conf, err
 	}
-	access, users, err := mailboxFiles(d.Dir, uid, gid, opts.Mailboxes)
+	access, users, err := mailboxFiles(d.Dir, uid, gid, opts.Mailboxes, opts.Delegates)
 	if err != nil {
 		return conf, err
 	}
@@ -100,20 +102,43 @@ func mailOwner() (uid, gid int, err error) {
 
 // mailboxFiles returns the passwd-files of the access passdb and of the
 // userdb. A user token opens the mailbox of its upn, whether or not it
-// carries idtyp; an app-only token (idtyp app, no upn) opens any mailbox.
-func mailboxFiles(dir string, uid, gid int, mailboxes []string) (access, users []byte, err error) {
+// carries idtyp, and the mailboxes it is a delegate of; an app-only token
+// (idtyp app, no upn) opens any mailbox.
+func mailboxFiles(dir string, uid, gid int, mailboxes []string, delegates map[string][]string) (access, users []byte, err error) {
 	var a, u strings.Builder
 	for _, m := range mailboxes {
 		m = strings.ToLower(m)
-		local, domain, ok := strings.Cut(m, "@")
-		if !ok || local == "" || domain == "" || strings.ContainsAny(m, ":/\n\t ") {
-			return nil, nil, fmt.Errorf("invalid mailbox %q: want local@domain", m)
+		local, domain, err := splitAddress(m)
+		if err != nil {
+			return nil, nil, err
 		}
 		fmt.Fprintf(&a, "/%s/%s:\nuser/%s/%s:\napp//%s:\n", m, m, m, m, m)
 		home := filepath.Join(dir, "mail", domain, local)
 		fmt.Fprintf(&u, "%s::%d:%d::%s::\n", m, uid, gid, home)
 	}
+	for _, m := range slices.Sorted(maps.Keys(delegates)) {
+		mailbox := strings.ToLower(m)
+		if !slices.ContainsFunc(mailboxes, func(b string) bool { return strings.EqualFold(b, mailbox) }) {
+			return nil, nil, fmt.Errorf("Delegates: %q is not one of Mailboxes", m)
+		}
+		for _, upn := range delegates[m] {
+			upn = strings.ToLower(upn)
+			if _, _, err := splitAddress(upn); err != nil {
+				return nil, nil, fmt.Errorf("Delegates[%q]: %w", m, err)
+			}
+			fmt.Fprintf(&a, "/%s/%s:\nuser/%s/%s:\n", upn, mailbox, upn, mailbox)
+		}
+	}
 	return []byte(a.String()), []byte(u.String()), nil
+}
+
+// splitAddress checks a lower-case address for the passwd-files.
+func splitAddress(m string) (local, domain string, err error) {
+	local, domain, ok := strings.Cut(m, "@")
+	if !ok || local == "" || domain == "" || strings.ContainsAny(m, ":/\n\t ") {
+		return "", "", fmt.Errorf("invalid mailbox %q: want local@domain", m)
+	}
+	return local, domain, nil
 }
 
 // escapeKeyName escapes a kid or azp the way Dovecot does before it looks
