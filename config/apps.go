@@ -1,7 +1,10 @@
 package config
 
 import (
+	"crypto"
+	"crypto/x509"
 	"fmt"
+	"os"
 	"strings"
 )
 
@@ -103,6 +106,7 @@ func (v *validator) certificate(key string, app *App, raw rawApp) {
 		return
 	}
 	keyPath := v.resolve(keyFile)
+	app.KeyFile = keyPath
 	keyPEM, info, err := readSmallFile(keyPath)
 	if err != nil {
 		v.errorf(key+".client_key_file", "%v", err)
@@ -112,7 +116,6 @@ func (v *validator) certificate(key string, app *App, raw rawApp) {
 		v.warnf(key+".client_key_file", "%s is readable by others (mode %04o): chmod o-r it", keyPath, perm)
 	}
 	cert, signer, err := parseCertificate(certPEM, keyPEM)
-	clear(keyPEM)
 	if err != nil {
 		v.errorf(key+".client_certificate_file", "%s: %v", app.CertificateFile, err)
 		return
@@ -123,14 +126,9 @@ func (v *validator) certificate(key string, app *App, raw rawApp) {
 // secret reads a client secret file. Its contents never appear in a
 // message.
 func (v *validator) secret(key, path string) string {
-	data, info, err := readSmallFile(path)
+	secret, info, err := readSecret(path)
 	if err != nil {
 		v.errorf(key, "%v", err)
-		return ""
-	}
-	secret := strings.TrimSpace(string(data))
-	if secret == "" {
-		v.errorf(key, "%s is empty", path)
 		return ""
 	}
 	// Group-readable (root:broker 0640) is the usual setup; others are not.
@@ -138,4 +136,37 @@ func (v *validator) secret(key, path string) string {
 		v.warnf(key, "%s is readable by others (mode %04o): chmod o-r it", path, perm)
 	}
 	return secret
+}
+
+// ReadClientSecret reads a client secret file again, as broker does when
+// the file changes. Errors never quote the file's contents.
+func ReadClientSecret(path string) (string, error) {
+	secret, _, err := readSecret(path)
+	return secret, err
+}
+
+func readSecret(path string) (string, os.FileInfo, error) {
+	data, info, err := readSmallFile(path)
+	if err != nil {
+		return "", nil, err
+	}
+	secret := strings.TrimSpace(string(data))
+	clear(data)
+	if secret == "" {
+		return "", nil, fmt.Errorf("%s is empty", path)
+	}
+	return secret, info, nil
+}
+
+// ReadCertificate reads a client certificate and its RSA key again.
+func ReadCertificate(certFile, keyFile string) (*x509.Certificate, crypto.Signer, error) {
+	certPEM, _, err := readSmallFile(certFile)
+	if err != nil {
+		return nil, nil, err
+	}
+	keyPEM, _, err := readSmallFile(keyFile)
+	if err != nil {
+		return nil, nil, err
+	}
+	return parseCertificate(certPEM, keyPEM)
 }

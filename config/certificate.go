@@ -14,6 +14,7 @@ import (
 // parseCertificate reads a PEM certificate (the first of a chain) and its
 // PEM private key. Entra verifies client assertions with RSA keys only.
 func parseCertificate(certPEM, keyPEM []byte) (*x509.Certificate, crypto.Signer, error) {
+	defer clear(keyPEM)
 	pair, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
 		// tls's messages name no secret; they say which part is wrong.

@@ -104,8 +104,10 @@ type App struct {
 	// certificate_file and client_key_file); Key is an RSA key, never logged.
 	Certificate *x509.Certificate
 	Key         crypto.Signer
-	// CertificateFile names where Certificate came from, for messages.
+	// CertificateFile and KeyFile name where Certificate and Key came from;
+	// broker watches them, and ClientSecretFile, for a renewed credential.
 	CertificateFile string
+	KeyFile         string
 	// RedirectURI is where the authorization code flow's browser is sent.
 	// Default DefaultRedirectURI, which Entra matches on any port.
 	RedirectURI string
