@@ -156,6 +156,7 @@ func (b *Broker) AccountStatus(mailbox string) Status {
 		passwordExpires = a.tok.PasswordExpires
 	}
 	a.mu.Unlock()
-	s.Credentials = credentials(acct.App.ClientSecret != "", acct.App.ClientSecretExpires, acct.App.Certificate, hasPassword, passwordExpires, now)
+	cc := a.cred.get()
+	s.Credentials = credentials(cc.secret != "", acct.App.ClientSecretExpires, cc.cert, hasPassword, passwordExpires, now)
 	return s
 }

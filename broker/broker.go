@@ -136,7 +136,10 @@ func defaultHTTPClient() *http.Client {
 // Start begins refreshing tokens in the background; the first pass
 // requests a token for every account that lacks a valid one.
 func (b *Broker) Start() {
-	b.startOnce.Do(func() { b.life.goFunc(b.tokens.refresh) })
+	b.startOnce.Do(func() {
+		b.life.goFunc(b.tokens.refresh)
+		b.life.goFunc(b.tokens.watchCredentials)
+	})
 }
 
 // Close stops background work and waits for it. Token requests in flight

@@ -45,7 +45,15 @@ type tokenResponse struct {
 
 // endpoint talks to one app's token endpoint.
 type endpoint struct {
-	app *config.App
+	app  *config.App
+	cred *appCredential
+}
+
+func newEndpoint(app *config.App, cred *appCredential) endpoint {
+	if cred == nil {
+		cred = newAppCredential(app)
+	}
+	return endpoint{app: app, cred: cred}
 }
 
 // post sends form to a token endpoint with the app's client
@@ -115,16 +123,16 @@ func httpClient(ctx context.Context) *http.Client {
 // client assertion for a certificate, the secret, or only the client ID
 // for a public client. aud is the token endpoint the form goes to.
 func (e endpoint) authenticate(form url.Values, aud string) error {
-	switch {
-	case e.app.Key != nil:
-		jwt, err := clientAssertion(e.app, aud, time.Now())
+	switch cc := e.cred.get(); {
+	case cc.key != nil:
+		jwt, err := clientAssertion(e.app.ClientID, cc, aud, time.Now())
 		if err != nil {
 			return err
 		}
 		form.Set("client_assertion_type", clientAssertionType)
 		form.Set("client_assertion", jwt)
-	case e.app.ClientSecret != "":
-		form.Set("client_secret", e.app.ClientSecret)
+	case cc.secret != "":
+		form.Set("client_secret", cc.secret)
 	}
 	return nil
 }
@@ -133,12 +141,12 @@ func (e endpoint) authenticate(form url.Values, aud string) error {
 // naming the certificate by its SHA-256 thumbprint, for aud = the token
 // endpoint, with a fresh jti so it cannot be replayed. now is wall-clock
 // time: Entra checks nbf and exp against its own.
-func clientAssertion(app *config.App, aud string, now time.Time) (string, error) {
-	key, ok := app.Key.(*rsa.PrivateKey)
+func clientAssertion(clientID string, cc *clientCredential, aud string, now time.Time) (string, error) {
+	key, ok := cc.key.(*rsa.PrivateKey)
 	if !ok {
 		return "", errors.New("client certificate key is not RSA")
 	}
-	thumb := sha256.Sum256(app.Certificate.Raw)
+	thumb := sha256.Sum256(cc.cert.Raw)
 	header := map[string]string{
 		"alg":      "PS256",
 		"typ":      "JWT",
@@ -146,8 +154,8 @@ func clientAssertion(app *config.App, aud string, now time.Time) (string, error)
 	}
 	claims := map[string]any{
 		"aud": aud,
-		"iss": app.ClientID,
-		"sub": app.ClientID,
+		"iss": clientID,
+		"sub": clientID,
 		"jti": rand.Text(),
 		"nbf": now.Unix(),
 		"iat": now.Unix(),

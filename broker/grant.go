@@ -90,7 +90,7 @@ func (g delegated) token(ctx context.Context, now time.Time, cur *token, scope s
 		return nil, errNotSignedIn
 	}
 	form := url.Values{"grant_type": {"refresh_token"}, "refresh_token": {cur.RefreshToken}, "scope": {scope}}
-	tr, err := g.ep.post(ctx, g.ep.app.TokenURL(), form, !g.ep.app.Public())
+	tr, err := g.ep.post(ctx, g.ep.app.TokenURL(), form, !g.ep.cred.public())
 	if err != nil {
 		if te := classify(err); te.NeedsLogin && cur.Password != "" {
 			return g.password(ctx, now, cur)

@@ -19,7 +19,8 @@ func (m *tokens) warnExpiries(now time.Time) {
 			passwordExpires = a.tok.PasswordExpires
 		}
 		a.mu.Unlock()
-		for _, c := range credentials(a.app.ClientSecret != "", a.app.ClientSecretExpires, a.app.Certificate, password, passwordExpires, now) {
+		cc := a.cred.get()
+		for _, c := range credentials(cc.secret != "", a.app.ClientSecretExpires, cc.cert, password, passwordExpires, now) {
 			if c.Warning != "" {
 				m.log.Warn("credential expiring", "accounts", a.mailboxes, "app", a.app.Name, "credential", c.Kind, "expires", c.Expires.Format(time.DateOnly), "advice", c.Warning)
 			}

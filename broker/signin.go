@@ -54,7 +54,7 @@ func NewSignIn(acct *config.Account) (*SignIn, error) {
 	if !acct.Delegated() {
 		return nil, fmt.Errorf("%s uses flow %s: no one signs in, broker gets its tokens by itself", acct.Mailbox, acct.Flow)
 	}
-	return &SignIn{acct: acct, ep: endpoint{app: acct.App}, now: time.Now}, nil
+	return &SignIn{acct: acct, ep: newEndpoint(acct.App, nil), now: time.Now}, nil
 }
 
 // credentials checks who signed in and keeps what broker stores.
@@ -150,7 +150,7 @@ func (s *SignIn) PollDeviceCode(ctx context.Context, dc *DeviceCode, wait func(c
 			"grant_type":  {"urn:ietf:params:oauth:grant-type:device_code"},
 			"device_code": {dc.deviceCode},
 		}
-		tr, err := s.ep.post(ctx, s.acct.App.TokenURL(), form, !s.acct.App.Public())
+		tr, err := s.ep.post(ctx, s.acct.App.TokenURL(), form, !s.ep.cred.public())
 		if err == nil {
 			return s.credentials(tr, "")
 		}
@@ -286,5 +286,5 @@ func (e endpoint) passwordGrant(ctx context.Context, acct *config.Account, passw
 		"password":   {password},
 		"scope":      {interactiveScopes(acct)},
 	}
-	return e.post(ctx, acct.App.TokenURL(), form, !acct.App.Public())
+	return e.post(ctx, acct.App.TokenURL(), form, !e.cred.public())
 }

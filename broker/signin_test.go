@@ -427,10 +427,10 @@ func TestClientAssertion(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = certPEM
-	app := &config.App{ClientID: simClientID, Certificate: cert, Key: parsed.(crypto.Signer)}
+	cc := &clientCredential{cert: cert, key: parsed.(crypto.Signer)}
 	aud := "https://login.example/contoso/oauth2/v2.0/token"
 	now := time.Now()
-	jwt, err := clientAssertion(app, aud, now)
+	jwt, err := clientAssertion(simClientID, cc, aud, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -452,7 +452,7 @@ func TestClientAssertion(t *testing.T) {
 	if err := rsa.VerifyPSS(cert.PublicKey.(*rsa.PublicKey), crypto.SHA256, digest[:], sig, nil); err != nil {
 		t.Fatalf("signature: %v", err)
 	}
-	second, _ := clientAssertion(app, aud, now)
+	second, _ := clientAssertion(simClientID, cc, aud, now)
 	if second == jwt {
 		t.Fatal("two assertions are equal: jti is not fresh")
 	}

@@ -31,6 +31,8 @@ const (
 	// permanentRetry paces retries of errors that need an admin, who may
 	// fix them in Entra without touching broker.
 	permanentRetry = 10 * time.Minute
+	// probeGap spaces the requests that logins make while backing off.
+	probeGap = 3 * time.Second
 	// freshToken: upstream rejecting a token younger than this is not the
 	// token's fault (more likely a mailbox permission); keep it.
 	freshToken = time.Minute
@@ -48,6 +50,7 @@ const (
 // the same app and login user shares (a delegate and its shared
 // mailboxes).
 type signIn struct {
+	cred *appCredential
 	// key is the store record's key: the mailbox of an app-only account,
 	// "signin:<app>:<user>" for a delegated sign-in.
 	key       string
@@ -99,6 +102,7 @@ type tokens struct {
 	mu        sync.Mutex
 	byMailbox map[string]*signIn
 	signIns   []*signIn
+	creds     map[*config.App]*appCredential // each app's, watched
 
 	expiryChecked time.Time // the refresher's
 
@@ -113,7 +117,7 @@ func signInKey(app, user string) string { return "signin:" + normalize(app) + ":
 
 // newTokens groups the accounts into sign-ins.
 func newTokens(idx *accountIndex) *tokens {
-	m := &tokens{wake: make(chan struct{}, 1), byMailbox: make(map[string]*signIn)}
+	m := &tokens{wake: make(chan struct{}, 1), byMailbox: make(map[string]*signIn), creds: make(map[*config.App]*appCredential)}
 	shared := map[string]*signIn{}
 	for mailbox, acct := range idx.byMailbox {
 		key := mailbox
@@ -126,8 +130,13 @@ func newTokens(idx *accountIndex) *tokens {
 			if len(scopes) == 0 {
 				scopes = config.DefaultScopes(acct.Flow, acct.App.Cloud)
 			}
-			a = &signIn{key: key, app: acct.App, flow: acct.Flow, user: acct.LoginUser, scope: scopeString(scopes)}
-			ep := endpoint{app: acct.App}
+			cred := m.creds[acct.App]
+			if cred == nil {
+				cred = newAppCredential(acct.App)
+				m.creds[acct.App] = cred
+			}
+			a = &signIn{cred: cred, key: key, app: acct.App, flow: acct.Flow, user: acct.LoginUser, scope: scopeString(scopes)}
+			ep := newEndpoint(acct.App, cred)
 			if acct.Delegated() {
 				a.grant = delegated{ep: ep, acct: acct}
 			} else {
@@ -150,8 +159,10 @@ func (m *tokens) get(ctx context.Context, mailbox string) (string, error) {
 	}
 	a.mu.Lock()
 	now := m.now()
-	if a.tok != nil && a.tok.AccessToken != "" && a.tok.Expiry.Sub(now) >= minValidity {
-		if a.needsRefreshLocked(now) {
+	if a.tok != nil && a.tok.AccessToken != "" && now.Before(a.tok.Expiry) {
+		// Never wait on the identity platform while a token is valid: a
+		// session that Exchange ends at expiry beats a login that hangs.
+		if a.needsRefreshLocked(now) || (a.done == nil && a.tok.Expiry.Sub(now) < minValidity && a.mayProbeLocked(now)) {
 			m.startLocked(a)
 		}
 		t := a.tok.AccessToken
@@ -159,8 +170,9 @@ func (m *tokens) get(ctx context.Context, mailbox string) (string, error) {
 		return t, nil
 	}
 	if a.done == nil {
-		if a.err != nil && (a.err.NeedsLogin || now.Before(a.retryAt)) {
-			// Backing off, or waiting for an admin: answer now.
+		if a.err != nil && (a.err.NeedsLogin || now.Before(a.retryAt) && !a.mayProbeLocked(now)) {
+			// Waiting for an admin, or backing off with a request made
+			// moments ago: answer now.
 			defer a.mu.Unlock()
 			return a.lastResortLocked(now)
 		}
@@ -216,6 +228,17 @@ func (a *signIn) dueLocked(now time.Time) (due time.Time, ok bool) {
 		return now, true
 	}
 	return refreshAt(a.tok), true
+}
+
+// mayProbeLocked: a login may send a request ahead of the backoff schedule
+// when the failure was temporary and no request ended for probeGap, so that
+// logins work again within seconds of the platform's recovery while a
+// crowd of logins still makes at most one request per probeGap.
+func (a *signIn) mayProbeLocked(now time.Time) bool {
+	if a.err != nil && a.err.Permanent {
+		return false
+	}
+	return now.Sub(a.lastRefresh) >= probeGap
 }
 
 func (a *signIn) needsRefreshLocked(now time.Time) bool {
