@@ -14,7 +14,6 @@ import (
 
 	"github.com/mailbroker/broker/broker"
 	"github.com/mailbroker/broker/config"
-	"github.com/mailbroker/broker/store"
 )
 
 const appPasswordUsage = `usage:
@@ -41,7 +40,7 @@ func appPasswordCmd(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	admin, done, err := openAppPasswordAdmin(cfg)
+	admin, done, err := openAdmin(cfg)
 	if err != nil {
 		return err
 	}
@@ -89,34 +88,6 @@ func appPasswordCmd(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("unknown app-password subcommand %q", args[0])
 	}
 	return nil
-}
-
-// openAppPasswordAdmin goes through the running daemon when there is one,
-// since it holds the database lock, and opens the database otherwise.
-func openAppPasswordAdmin(cfg *config.Config) (appPasswordAdmin, func(), error) {
-	client, err := dialControl(filepath.Join(cfg.StateDir, controlFile))
-	if err == nil {
-		return client, func() {}, nil
-	}
-	if !errors.Is(err, errNoDaemon) {
-		return nil, nil, err
-	}
-	st, err := store.Open(filepath.Join(cfg.StateDir, dbFile))
-	if err != nil {
-		return nil, nil, err
-	}
-	key, err := broker.LoadKey(cfg.StateDir)
-	if err != nil {
-		st.Close()
-		return nil, nil, err
-	}
-	b, err := broker.New(cfg, st, broker.Options{Key: key})
-	if err != nil {
-		st.Close()
-		return nil, nil, err
-	}
-	matchStateDirOwner(cfg.StateDir, dbFile, broker.KeyFile)
-	return b, func() { b.Close(); st.Close() }, nil
 }
 
 // matchStateDirOwner gives files that root just created in the state

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -28,6 +29,10 @@ type controlRequest struct {
 	Mailbox string `json:"mailbox,omitempty"`
 	Label   string `json:"label,omitempty"`
 	ID      string `json:"id,omitempty"`
+	// Credentials are what `broker login` obtained (op "login").
+	Credentials *broker.Credentials `json:"credentials,omitempty"`
+	// Scope is the token's scope (op "token"); "" is the account's own.
+	Scope string `json:"scope,omitempty"`
 }
 
 type controlResponse struct {
@@ -36,6 +41,10 @@ type controlResponse struct {
 	AppPassword  *broker.AppPasswordInfo   `json:"app_password,omitempty"`
 	AppPasswords []*broker.AppPasswordInfo `json:"app_passwords,omitempty"`
 	Stats        *daemonStats              `json:"stats,omitempty"`
+	// Accounts are the mailboxes a login or logout affected.
+	Accounts []string            `json:"accounts,omitempty"`
+	Statuses []broker.Status     `json:"statuses,omitempty"`
+	Token    *broker.IssuedToken `json:"token,omitempty"`
 }
 
 // daemonStats is what a running daemon holds, for operators and for the
@@ -57,6 +66,17 @@ type appPasswordAdmin interface {
 	RevokeAppPassword(ctx context.Context, mailbox, id string) error
 }
 
+// controlAdmin is everything the control socket serves.
+type controlAdmin interface {
+	appPasswordAdmin
+	accountAdmin
+}
+
+var (
+	_ controlAdmin = localBroker{}
+	_ controlAdmin = (*controlClient)(nil)
+)
+
 func listenControl(path string) (net.Listener, error) {
 	// A socket left by a daemon that died is in the way; a live one is not
 	// ours to take (the database lock already refused a second daemon).
@@ -74,7 +94,16 @@ func listenControl(path string) (net.Listener, error) {
 	return l, nil
 }
 
-func serveControl(l net.Listener, admin appPasswordAdmin, stats func() *daemonStats, log *slog.Logger) error {
+// controlServer answers the CLI on the control socket.
+type controlServer struct {
+	admin controlAdmin
+	stats func() *daemonStats
+	log   *slog.Logger
+	// uid is the daemon's own user, which may ask for tokens besides root.
+	uid int
+}
+
+func (s *controlServer) serve(l net.Listener) error {
 	for {
 		conn, err := l.Accept()
 		if err != nil {
@@ -83,29 +112,50 @@ func serveControl(l net.Listener, admin appPasswordAdmin, stats func() *daemonSt
 		go func() {
 			defer conn.Close()
 			conn.SetDeadline(time.Now().Add(controlTimeout))
-			resp := handleControl(conn, admin, stats)
+			uid, ok := peerUID(conn)
+			resp := s.handle(conn, peer{uid, ok})
 			if resp == nil {
 				return // a liveness probe: connected and closed
-			}
-			if resp.Error != "" {
-				log.Info("control request failed", "err", resp.Error)
 			}
 			json.NewEncoder(conn).Encode(resp)
 		}()
 	}
 }
 
-func handleControl(conn net.Conn, admin appPasswordAdmin, stats func() *daemonStats) *controlResponse {
+// peer is who is on the other end of a control connection, when the
+// kernel says.
+type peer struct {
+	uid   int
+	known bool
+}
+
+// handle answers one request. It logs the operation and the mailbox,
+// never credentials, passwords or tokens.
+func (s *controlServer) handle(conn net.Conn, p peer) *controlResponse {
 	var req controlRequest
 	if err := json.NewDecoder(io.LimitReader(conn, maxControlBytes)).Decode(&req); err == io.EOF {
 		return nil
 	} else if err != nil {
+		s.log.Info("control request failed", "err", "bad request: "+err.Error())
 		return &controlResponse{Error: "bad request: " + err.Error()}
+	}
+	if req.Op != "stats" {
+		// stats is polled by tools; the others are an administrator's acts.
+		s.log.Info("control request", "op", req.Op, "mailbox", req.Mailbox, "peer_uid", p.String())
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), controlTimeout)
 	defer cancel()
+	resp := s.dispatch(ctx, &req, p)
+	if resp.Error != "" {
+		s.log.Info("control request failed", "op", req.Op, "err", resp.Error)
+	}
+	return resp
+}
+
+func (s *controlServer) dispatch(ctx context.Context, req *controlRequest, p peer) *controlResponse {
 	var resp controlResponse
 	var err error
+	admin := s.admin
 	switch req.Op {
 	case "app-password.add":
 		resp.AppPassword, resp.Password, err = admin.AddAppPassword(ctx, req.Mailbox, req.Label)
@@ -113,8 +163,18 @@ func handleControl(conn net.Conn, admin appPasswordAdmin, stats func() *daemonSt
 		resp.AppPasswords, err = admin.AppPasswords(ctx, req.Mailbox)
 	case "app-password.revoke":
 		err = admin.RevokeAppPassword(ctx, req.Mailbox, req.ID)
+	case "login":
+		resp.Accounts, err = admin.SignedIn(ctx, req.Mailbox, req.Credentials)
+	case "logout":
+		resp.Accounts, err = admin.Logout(ctx, req.Mailbox)
+	case "status":
+		resp.Statuses, err = admin.Statuses(ctx, req.Mailbox)
+	case "token":
+		if err = tokenPeerAllowed(p, s.uid); err == nil {
+			resp.Token, err = admin.AccessToken(ctx, req.Mailbox, req.Scope)
+		}
 	case "stats":
-		resp.Stats = stats()
+		resp.Stats = s.stats()
 	default:
 		err = fmt.Errorf("unknown operation %q", req.Op)
 	}
@@ -122,6 +182,25 @@ func handleControl(conn net.Conn, admin appPasswordAdmin, stats func() *daemonSt
 		resp.Error = err.Error()
 	}
 	return &resp
+}
+
+func (p peer) String() string {
+	if !p.known {
+		return "unknown"
+	}
+	return strconv.Itoa(p.uid)
+}
+
+// tokenPeerAllowed lets only root and the daemon's own user (uid self) have
+// access tokens, whatever the socket's mode lets connect.
+func tokenPeerAllowed(p peer, self int) error {
+	switch {
+	case !p.known:
+		return errors.New("access tokens are only handed to root and the broker service's user, and the caller's user could not be determined")
+	case p.uid == 0 || p.uid == self:
+		return nil
+	}
+	return fmt.Errorf("access tokens are only handed to root and the broker service's user (uid %d), not to uid %d", self, p.uid)
 }
 
 // controlClient talks to a running daemon.
@@ -183,4 +262,39 @@ func (c *controlClient) AppPasswords(ctx context.Context, mailbox string) ([]*br
 func (c *controlClient) RevokeAppPassword(ctx context.Context, mailbox, id string) error {
 	_, err := c.do(ctx, &controlRequest{Op: "app-password.revoke", Mailbox: mailbox, ID: id})
 	return err
+}
+
+func (c *controlClient) SignedIn(ctx context.Context, mailbox string, creds *broker.Credentials) ([]string, error) {
+	resp, err := c.do(ctx, &controlRequest{Op: "login", Mailbox: mailbox, Credentials: creds})
+	if err != nil {
+		return nil, err
+	}
+	return resp.Accounts, nil
+}
+
+func (c *controlClient) Logout(ctx context.Context, mailbox string) ([]string, error) {
+	resp, err := c.do(ctx, &controlRequest{Op: "logout", Mailbox: mailbox})
+	if err != nil {
+		return nil, err
+	}
+	return resp.Accounts, nil
+}
+
+func (c *controlClient) Statuses(ctx context.Context, mailbox string) ([]broker.Status, error) {
+	resp, err := c.do(ctx, &controlRequest{Op: "status", Mailbox: mailbox})
+	if err != nil {
+		return nil, err
+	}
+	return resp.Statuses, nil
+}
+
+func (c *controlClient) AccessToken(ctx context.Context, mailbox, scope string) (*broker.IssuedToken, error) {
+	resp, err := c.do(ctx, &controlRequest{Op: "token", Mailbox: mailbox, Scope: scope})
+	if err != nil {
+		return nil, err
+	}
+	if resp.Token == nil {
+		return nil, errors.New("control socket: the daemon answered without a token")
+	}
+	return resp.Token, nil
 }

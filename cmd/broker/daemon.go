@@ -192,7 +192,8 @@ func (d *daemon) run(ctx context.Context) error {
 		d.log.Info("listening", "proto", sl.proto, "addr", sl.l.Addr().String())
 		go func() { errc <- sl.serve(sl.l) }()
 	}
-	go func() { errc <- serveControl(d.control, d.broker, d.stats, d.log) }()
+	cs := &controlServer{admin: localBroker{d.broker}, stats: d.stats, log: d.log, uid: os.Getuid()}
+	go func() { errc <- cs.serve(d.control) }()
 	// Tests and operators wait for this line: every listener is logged
 	// above it.
 	d.log.Info("ready")
