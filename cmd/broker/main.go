@@ -15,7 +15,17 @@ const usage = `usage: broker <command> [flags] [args]
 commands:
   serve         run the daemon (-config FILE, or -dev for a simulated Microsoft 365)
   app-password  add | list | revoke app passwords for legacy clients
+  logout        forget an account's tokens (and a sealed password)
+  status        show each account's tokens and credentials; exit 3 on a credential
+                expiring within 30 days, 4 when an account cannot serve logins
+  token         print a current access token for local tools (root or broker's user)
   version       print the version
+
+logout, status, token and app-password go through the running daemon's
+control socket (state_dir/control.sock) when it runs, and open the database
+otherwise.
+
+exit codes: 0 success, 1 error, 2 usage, 3 and 4 (status only) as above.
 
 Run 'broker <command> -h' for a command's flags.
 `
@@ -36,11 +46,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	var err error
+	var exit *exitError
 	switch cmd, rest := args[0], args[1:]; cmd {
 	case "serve":
 		err = serveCmd(rest, stdout, stderr)
 	case "app-password":
 		err = appPasswordCmd(rest, stdout, stderr)
+	case "logout":
+		err = logoutCmd(rest, stdout, stderr)
+	case "status":
+		err = statusCmd(rest, stdout, stderr)
+	case "token":
+		err = tokenCmd(rest, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "broker", version)
 	case "help", "-h", "-help", "--help":
@@ -57,10 +74,29 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case errors.Is(err, errUsage):
 		fmt.Fprint(stderr, usage)
 		return 2
+	case errors.As(err, &exit):
+		if exit.msg != "" {
+			fmt.Fprintln(stderr, "broker:", exit.msg)
+		}
+		return exit.code
 	default:
 		fmt.Fprintln(stderr, "broker:", err)
 		return 1
 	}
+}
+
+// exitError ends the command with an exit code other than 1, and a message
+// unless msg is empty.
+type exitError struct {
+	code int
+	msg  string
+}
+
+func (e *exitError) Error() string {
+	if e.msg == "" {
+		return fmt.Sprintf("exit status %d", e.code)
+	}
+	return e.msg
 }
 
 // parseFlags parses flags that may appear before, between or after
