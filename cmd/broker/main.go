@@ -15,17 +15,19 @@ const usage = `usage: broker <command> [flags] [args]
 commands:
   serve         run the daemon (-config FILE, or -dev for a simulated Microsoft 365)
   app-password  add | list | revoke app passwords for legacy clients
+  login         sign a delegated account in (device code, authorization code, password)
   logout        forget an account's tokens (and a sealed password)
   status        show each account's tokens and credentials; exit 3 on a credential
                 expiring within 30 days, 4 when an account cannot serve logins
   token         print a current access token for local tools (root or broker's user)
   version       print the version
 
-logout, status, token and app-password go through the running daemon's
+login, logout, status, token and app-password go through the running daemon's
 control socket (state_dir/control.sock) when it runs, and open the database
 otherwise.
 
-exit codes: 0 success, 1 error, 2 usage, 3 and 4 (status only) as above.
+exit codes: 0 success, 1 error, 2 usage, 3 and 4 (status only) as above,
+130 sign-in cancelled (Ctrl-C).
 
 Run 'broker <command> -h' for a command's flags.
 `
@@ -52,6 +54,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = serveCmd(rest, stdout, stderr)
 	case "app-password":
 		err = appPasswordCmd(rest, stdout, stderr)
+	case "login":
+		err = loginCmd(rest, os.Stdin, stdout, stderr)
 	case "logout":
 		err = logoutCmd(rest, stdout, stderr)
 	case "status":
