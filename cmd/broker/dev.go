@@ -15,11 +15,15 @@ import (
 	"github.com/mailbroker/broker/test/m365sim"
 )
 
-// The -dev tenant. The client ID is any GUID; nothing leaves the machine.
+// The -dev tenant. The client IDs are any GUIDs; nothing leaves the
+// machine. support@ is served app-only; agent@ is a user who signs in with
+// broker login through a public client app (device code).
 const (
-	devTenant   = "contoso.onmicrosoft.com"
-	devClientID = "00000000-0000-4000-8000-00000000d3e0"
-	devMailbox  = "support@contoso.com"
+	devTenant         = "contoso.onmicrosoft.com"
+	devClientID       = "00000000-0000-4000-8000-00000000d3e0"
+	devMailbox        = "support@contoso.com"
+	devPublicClientID = "00000000-0000-4000-8000-00000000d3e1"
+	devAgent          = "agent@contoso.com"
 )
 
 const devConfig = `# Written by broker serve -dev.
@@ -46,6 +50,17 @@ authority = %q
 mailbox = %q
 app = "contoso"
 flow = "client_credentials"
+
+[[app]]
+name = "contoso-public"
+tenant = %q
+client_id = %q
+authority = %q
+
+[[account]]
+mailbox = %q
+app = "contoso-public"
+flow = "device_code"
 `
 
 // serveDev runs the real daemon against an in-process simulated Microsoft
@@ -72,13 +87,23 @@ func serveDev(ctx context.Context, imapListen, smtpListen string, stdout io.Writ
 		Roles:     []string{"IMAP.AccessAsApp", "SMTP.SendAsApp"},
 		Mailboxes: []string{devMailbox},
 	})
+	agentPassword := rand.Text()[:16]
+	entra.AddUser(devTenant, devAgent, agentPassword)
+	entra.AddApp(m365sim.App{
+		Tenant:            devTenant,
+		ClientID:          devPublicClientID,
+		PublicClientFlows: true,
+		RedirectURIs:      []string{"http://localhost"},
+	})
 	upstream, err := m365sim.NewIMAP(entra)
 	if err != nil {
 		return err
 	}
 	defer upstream.Close()
-	if err := upstream.AddMailbox(devMailbox); err != nil {
-		return err
+	for _, mailbox := range []string{devMailbox, devAgent} {
+		if err := upstream.AddMailbox(mailbox); err != nil {
+			return err
+		}
 	}
 	// Messages sent through the proxy arrive in the simulated inbox.
 	smtpUpstream, err := m365sim.NewSMTP(entra, m365sim.SMTPOptions{IMAP: upstream})
@@ -104,7 +129,8 @@ func serveDev(ctx context.Context, imapListen, smtpListen string, stdout io.Writ
 		imapListen, upstream.Addr(), filepath.Join(dir, "upstream-ca.pem"),
 		smtpListen, smtpUpstream.Addr(), filepath.Join(dir, "smtp-upstream-ca.pem"),
 		devTenant, devClientID,
-		filepath.Join(dir, "client.secret"), entra.URL(), devMailbox)
+		filepath.Join(dir, "client.secret"), entra.URL(), devMailbox,
+		devTenant, devPublicClientID, entra.URL(), devAgent)
 	if err := os.WriteFile(cfgPath, []byte(cfgText), 0o600); err != nil {
 		return err
 	}
@@ -117,6 +143,11 @@ func serveDev(ctx context.Context, imapListen, smtpListen string, stdout io.Writ
 		return err
 	}
 	_, password, err := d.broker.AddAppPassword(ctx, devMailbox, "dev")
+	if err != nil {
+		d.close()
+		return err
+	}
+	_, agentAppPassword, err := d.broker.AddAppPassword(ctx, devAgent, "dev")
 	if err != nil {
 		d.close()
 		return err
@@ -145,9 +176,25 @@ Send a message through the proxy; it arrives in the inbox above:
 
   printf 'From: %[3]s\r\nTo: %[3]s\r\nSubject: Hello through broker\r\n\r\nIt works.\r\n' | curl -s -u '%[3]s:%[4]s' 'smtp://%[2]s' --mail-from '%[3]s' --mail-rcpt '%[3]s' -T -
 
+A delegated account: %[6]s, whose user signs in (device code). Until
+then its logins fail with "needs login". In another terminal, run
+
+  broker login -config %[5]s %[6]s
+
+open the page it prints (the simulator's %[7]s/devicelogin),
+enter the code, and sign in there as
+
+  user           %[6]s
+  password       %[8]s
+
+Then the same commands work for it, with its own app password:
+
+  app password   %[9]s
+  status         broker status -config %[5]s
+
 Press Ctrl-C to stop; the temporary state is deleted.
 
-`, imapAddr, smtpAddr, devMailbox, password, cfgPath)
+`, imapAddr, smtpAddr, devMailbox, password, cfgPath, devAgent, entra.URL(), agentPassword, agentAppPassword)
 	return d.run(ctx)
 }
 
