@@ -151,7 +151,7 @@ func printStatus(w io.Writer, s *broker.Status, now time.Time) {
 		line("access token", "expires %s (%s)", relative(s.AccessTokenExpires, now), stamp(s.AccessTokenExpires))
 	}
 	if s.LastRefresh.IsZero() {
-		line("last refresh", "none since start")
+		line("last refresh", "none recorded")
 	} else {
 		outcome := "failed"
 		if s.LastRefreshOK {
