@@ -76,18 +76,15 @@ address bar and paste it here.
 }
 
 // loopbackRedirect is the redirect URI of a listener on port: the app's
-// loopback redirect URI (Entra ignores its port) with the port, and with
-// its path or "/".
+// loopback redirect URI (Entra ignores its port) with the port. The path is
+// kept exactly as registered: Entra compares it, and http://localhost has
+// none.
 func loopbackRedirect(appRedirect string, port int) (string, error) {
 	u, err := url.Parse(appRedirect)
 	if err != nil || u.Scheme != "http" || (u.Hostname() != "localhost" && u.Hostname() != "127.0.0.1") {
 		return "", fmt.Errorf("loopback mode needs the app's redirect_uri to be http://localhost (registered as a Mobile and desktop or Web redirect URI), not %q: use -paste", appRedirect)
 	}
-	path := u.Path
-	if path == "" {
-		path = "/"
-	}
-	return "http://" + net.JoinHostPort(u.Hostname(), strconv.Itoa(port)) + path, nil
+	return "http://" + net.JoinHostPort(u.Hostname(), strconv.Itoa(port)) + u.Path, nil
 }
 
 var loopbackPage = template.Must(template.New("").Parse(`<!DOCTYPE html>
@@ -126,7 +123,8 @@ func loginLoopback(ctx context.Context, flow authCodeFlow, acct *config.Account,
 	var once sync.Once
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
-		if r.URL.Path != u.Path || (!q.Has("code") && !q.Has("error")) {
+		// A browser asks for "/" where the redirect URI has no path.
+		if strings.TrimSuffix(r.URL.Path, "/") != strings.TrimSuffix(u.Path, "/") || (!q.Has("code") && !q.Has("error")) {
 			http.NotFound(w, r)
 			return
 		}

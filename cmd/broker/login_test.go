@@ -127,10 +127,10 @@ func TestLoginPasteCancelled(t *testing.T) {
 
 func TestLoopbackRedirect(t *testing.T) {
 	tests := []struct{ app, want string }{
-		{"http://localhost", "http://localhost:8400/"},
+		{"http://localhost", "http://localhost:8400"},
 		{"http://localhost/", "http://localhost:8400/"},
 		{"http://localhost/broker/callback", "http://localhost:8400/broker/callback"},
-		{"http://127.0.0.1", "http://127.0.0.1:8400/"},
+		{"http://127.0.0.1", "http://127.0.0.1:8400"},
 		{"https://app.contoso.com/callback", ""},
 	}
 	for _, tt := range tests {
@@ -156,10 +156,10 @@ func TestLoginLoopback(t *testing.T) {
 		done <- result{creds, err}
 	}()
 	redirect := <-f.redirects
-	if !strings.HasPrefix(redirect, "http://localhost:") || !strings.HasSuffix(redirect, "/") {
-		t.Fatalf("redirect URI %q, want http://localhost:PORT/", redirect)
+	if !strings.HasPrefix(redirect, "http://localhost:") || strings.HasSuffix(redirect, "/") {
+		t.Fatalf("redirect URI %q, want http://localhost:PORT as registered, without a path", redirect)
 	}
-	base := strings.Replace(redirect, "localhost", "127.0.0.1", 1)
+	base := strings.Replace(redirect, "localhost", "127.0.0.1", 1) + "/"
 	if resp, err := http.Get(base + "favicon.ico"); err != nil || resp.StatusCode != http.StatusNotFound {
 		t.Fatalf("favicon: got %v, %v; want 404", resp, err)
 	}

@@ -115,6 +115,7 @@ func writeStatusJSON(w io.Writer, statuses []broker.Status) error {
 	}
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
+	enc.SetEscapeHTML(false) // advice names admin-center paths with ">"
 	return enc.Encode(statuses)
 }
 
