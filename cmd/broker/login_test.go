@@ -176,7 +176,7 @@ func TestLoginLoopback(t *testing.T) {
 	if r.err != nil || r.creds == nil {
 		t.Fatalf("got %v, %v", r.creds, r.err)
 	}
-	if want := redirect + "?code=abc&state=good"; len(f.redeemed) != 1 || f.redeemed[0] != want {
+	if want := redirect + "/?code=abc&state=good"; len(f.redeemed) != 1 || f.redeemed[0] != want {
 		t.Fatalf("redeemed %q, want %q", f.redeemed, want)
 	}
 	if !strings.Contains(out.String(), "https://login.example/authorize?x=1") {
