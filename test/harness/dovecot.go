@@ -29,15 +29,21 @@ type DovecotOptions struct {
 	// v2.0 tokens, which have azp, need it; Entra's v1.0 tokens for
 	// Exchange carry appid instead.
 	AuthorizedParties []string
+
+	// POP3 also serves POP3 with implicit TLS on POP3Addr, with the same
+	// XOAUTH2 validation as IMAP. It needs Debian's dovecot-pop3d.
+	POP3 bool
 }
 
-// Dovecot is a running private Dovecot instance: IMAP with implicit TLS
-// accepting only XOAUTH2 with locally validated JWTs, and LMTP for delivery.
+// Dovecot is a running private Dovecot instance: IMAP (and, with
+// DovecotOptions.POP3, POP3) with implicit TLS accepting only XOAUTH2 with
+// locally validated JWTs, and LMTP for delivery.
 type Dovecot struct {
 	IMAPAddr   string // 127.0.0.1:port, implicit TLS
 	LMTPAddr   string // 127.0.0.1:port
+	POP3Addr   string // 127.0.0.1:port, implicit TLS; with DovecotOptions.POP3
 	AuthSocket string // auth client socket for Postfix's smtpd_sasl_type = dovecot
-	CACertPEM  []byte // trust root for IMAPAddr
+	CACertPEM  []byte // trust root for IMAPAddr and POP3Addr
 	CAFile     string // CACertPEM in a file
 	Dir        string
 
@@ -61,6 +67,11 @@ func StartDovecot(t TB, opts DovecotOptions) *Dovecot {
 	if os.Geteuid() != 0 {
 		t.Fatalf("dovecot harness must run as root: Dovecot drops privileges to its own users")
 	}
+	if opts.POP3 {
+		if _, err := os.Stat(dovecotPOP3); err != nil {
+			t.Fatalf("dovecot POP3 not installed (%s): apt-get install dovecot-pop3d", dovecotPOP3)
+		}
+	}
 	if len(opts.Issuers) == 0 || opts.KeyID == "" || len(opts.PublicKeyPEM) == 0 {
 		t.Fatalf("StartDovecot: KeyID, PublicKeyPEM and Issuers are required")
 	}
@@ -83,11 +94,14 @@ func StartDovecot(t TB, opts DovecotOptions) *Dovecot {
 	// down, and nothing of it is kept.
 	t.Cleanup(d.kill)
 	for attempt := 1; ; attempt++ {
-		ports, err := freePorts(2)
+		ports, err := freePorts(3)
 		if err != nil {
 			t.Fatalf("StartDovecot: %v", err)
 		}
 		conf.IMAPPort, conf.LMTPPort = ports[0], ports[1]
+		if opts.POP3 {
+			conf.POP3Port = ports[2]
+		}
 		err = d.start(bin, conf)
 		if err == nil {
 			return d
@@ -98,6 +112,9 @@ func StartDovecot(t TB, opts DovecotOptions) *Dovecot {
 		t.Fatalf("StartDovecot: %v\n%s", err, d.LogTail())
 	}
 }
+
+// dovecotPOP3 is the POP3 server binary of Debian's dovecot-pop3d.
+const dovecotPOP3 = "/usr/lib/dovecot/pop3"
 
 func findDovecot() (string, error) {
 	if p, err := exec.LookPath("dovecot"); err == nil {

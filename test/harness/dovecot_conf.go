@@ -14,7 +14,7 @@ instance_name = {{.Name}}
 log_path = {{.Dir}}/dovecot.log
 auth_verbose = yes
 
-protocols = imap lmtp
+protocols = imap lmtp{{if .POP3Port}} pop3{{end}}
 listen = 127.0.0.1
 ssl = required
 ssl_cert = <{{.Dir}}/cert.pem
@@ -85,6 +85,21 @@ service imap-login {
     ssl = yes
   }
 }
+{{- if .POP3Port}}
+service pop3-login {
+  inet_listener pop3 {
+    port = 0
+  }
+  inet_listener pop3s {
+    address = 127.0.0.1
+    port = {{.POP3Port}}
+    ssl = yes
+  }
+}
+# UIDL as Dovecot's default spells it, set so that it stays stable; DELE
+# expunges at QUIT (no pop3_deleted_flag).
+pop3_uidl_format = %08Xu%08Xv
+{{- end}}
 service lmtp {
   inet_listener lmtp {
     address = 127.0.0.1
@@ -112,6 +127,7 @@ type dovecotConfData struct {
 	Dir, Name          string
 	UID, GID           int
 	IMAPPort, LMTPPort int
+	POP3Port           int // 0: no POP3
 	SocketUser         string
 }
 

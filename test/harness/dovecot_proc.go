@@ -26,6 +26,9 @@ func (d *Dovecot) start(bin string, conf dovecotConfData) error {
 	}
 	d.IMAPAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(conf.IMAPPort))
 	d.LMTPAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(conf.LMTPPort))
+	if conf.POP3Port != 0 {
+		d.POP3Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(conf.POP3Port))
+	}
 
 	// Errors before the log is open (a bad config, a port taken) go to
 	// stderr.
