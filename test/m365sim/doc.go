@@ -54,4 +54,13 @@
 // messages are recorded with their SHA-256 and queue ID, and delivered to
 // an IMAP simulator's mailboxes. DropNextData and HoldNextData make
 // failures in the middle of DATA deterministic.
+//
+// POP3 is outlook.office365.com:995 over an IMAP simulator's INBOXes:
+// implicit TLS, Exchange's greeting and CAPA (TOP, UIDL, SASL PLAIN
+// XOAUTH2, USER), AUTH XOAUTH2 with the same token checks
+// (POP.AccessAsApp or POP.AccessAsUser.All), an error challenge before
+// -ERR unless NoErrorChallenge, POP disabled per mailbox
+// (SetPOPEnabled). The listing is fixed at login; RETR marks a message
+// read, TOP does not; DELE takes effect only at QUIT, so a dropped
+// connection deletes nothing.
 package m365sim
