@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"slices"
 	"strings"
 	"testing"
@@ -685,6 +686,24 @@ func TestPOP3Timeouts(t *testing.T) {
 	}
 	if n := len(mustMessages(t, s, alice)); n != 3 {
 		t.Fatalf("after an idle timeout: %d messages, want 3", n)
+	}
+}
+
+func TestPOP3HandshakeTimeout(t *testing.T) {
+	f := newFixture(t)
+	s, _ := newPOP3(t, f, POP3Options{PreAuthTimeout: 200 * time.Millisecond})
+	conn, err := net.Dial("tcp", s.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// No TLS handshake: the server gives up and closes.
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadAll(conn); err != nil {
+		t.Fatalf("got %v, want the server to close the connection", err)
+	}
+	if err := s.WaitSessions(context.Background(), 0); err != nil {
+		t.Fatal(err)
 	}
 }
 

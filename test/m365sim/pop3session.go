@@ -94,6 +94,8 @@ func (x *pop3Session) serve() {
 			x.inbox.close()
 		}
 	}()
+	// The TLS handshake happens with the greeting's write: bound it too.
+	x.conn.SetReadDeadline(time.Now().Add(x.s.opts.PreAuthTimeout))
 	x.reply(pop3Greeting())
 	for {
 		line, err := x.readLine()
