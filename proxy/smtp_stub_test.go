@@ -105,21 +105,22 @@ func (s *smtpStub) notify() {
 	s.changed = make(chan struct{})
 }
 
-// wait blocks until cond holds, under s.mu, or fails after 10 s.
-func (s *smtpStub) wait(t testing.TB, what string, cond func() bool) {
-	t.Helper()
+// waitErr blocks until cond holds, under s.mu, or fails after 10 s. It
+// returns the failure rather than calling t.Fatal, so that goroutines other
+// than the test's may use it.
+func (s *smtpStub) waitErr(what string, cond func() bool) error {
 	timeout := time.After(10 * time.Second)
 	for {
 		s.mu.Lock()
 		ok, changed := cond(), s.changed
 		s.mu.Unlock()
 		if ok {
-			return
+			return nil
 		}
 		select {
 		case <-changed:
 		case <-timeout:
-			t.Fatalf("timed out waiting for upstream: %s", what)
+			return fmt.Errorf("timed out waiting for upstream: %s", what)
 		}
 	}
 }

@@ -442,8 +442,10 @@ func TestSMTPConnectionCap(t *testing.T) {
 	// The first two messages wait upstream until every sender has
 	// started, so that the others have to queue for a connection.
 	go func() {
-		up.wait(t, "two messages held", func() bool { return up.gated == 2 })
-		close(gate)
+		defer close(gate)
+		if err := up.waitErr("two messages held", func() bool { return up.gated == 2 }); err != nil {
+			t.Error(err)
+		}
 	}()
 	var wg sync.WaitGroup
 	errs := make(chan error, senders)
@@ -451,7 +453,14 @@ func TestSMTPConnectionCap(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c := dialSMTP(t, addr)
+			conn, err := net.Dial("tcp", addr)
+			if err != nil {
+				errs <- err
+				return
+			}
+			conn.SetDeadline(time.Now().Add(30 * time.Second))
+			c := smtp.NewClient(conn)
+			defer c.Close()
 			if err := c.Auth(sasl.NewPlainClient("", sender, "secret")); err != nil {
 				errs <- err
 				return
