@@ -169,6 +169,7 @@ func TestIMAPIdleSessionMemory(t *testing.T) {
 		Upstream:    addr,
 		UpstreamTLS: &tls.Config{RootCAs: pool},
 		Logger:      slog.New(slog.DiscardHandler),
+		Limiter:     NewConnLimiter(0, 2*n),
 	}, nil)
 	warm := openIdleMany(t, proxyAddr, 20)
 	heap0, stack0 := memInUse()

@@ -7,12 +7,17 @@ import (
 	"strings"
 )
 
-// Bounds of what a client may send before login. Credentials are short, so
-// these are far below what an authenticated IMAP session needs.
+// Bounds of what a client may send before login. Credentials are short, but
+// ID's parameters (RFC 2971: 30 pairs of values up to 1024 octets) come in
+// one line: imaptest sends one of 31 KB, which Dovecot accepts.
 const (
-	imapMaxLine    = 8 << 10  // one line, CRLF included
+	imapMaxLine    = 64 << 10 // one line, CRLF included
 	imapMaxLiteral = 4 << 10  // one literal
-	imapMaxCommand = 16 << 10 // one command: its lines and literals
+	imapMaxCommand = 80 << 10 // one command: its lines and literals
+	// imapReadBuffer is the reader's buffer; the rare longer line is
+	// gathered in memory of its own, so that an idle session holds only
+	// this much.
+	imapReadBuffer = 4 << 10
 )
 
 var (
@@ -51,7 +56,7 @@ type imapReader struct {
 }
 
 func newIMAPReader(r io.Reader, cont func() error) *imapReader {
-	return &imapReader{br: bufio.NewReaderSize(r, imapMaxLine), cont: cont}
+	return &imapReader{br: bufio.NewReaderSize(r, imapReadBuffer), cont: cont}
 }
 
 var (
@@ -63,7 +68,15 @@ var (
 func (r *imapReader) readLine() error {
 	l, err := r.br.ReadSlice('\n')
 	if errors.Is(err, bufio.ErrBufferFull) {
-		return errLineTooLong
+		long := append(make([]byte, 0, 2*len(l)), l...)
+		for errors.Is(err, bufio.ErrBufferFull) {
+			l, err = r.br.ReadSlice('\n')
+			if len(long)+len(l) > imapMaxLine {
+				return errLineTooLong
+			}
+			long = append(long, l...)
+		}
+		l = long
 	}
 	if err != nil {
 		if err == io.EOF && len(l) > 0 {

@@ -111,9 +111,14 @@ func FuzzParseCommand(f *testing.F) {
 		"a AUTHENTICATE PLAIN\r\nAGFsaWNlAHB3\r\n",
 		"a SELECT {3+}\r\nabc {99999+}\r\n",
 		"a LOGIN \"a\\\"b\" c\r\nb NOOP\n",
+		"a AUTHENTICATE LOGIN YWxpY2U=\r\ncHc=\r\n",
+		"a ENABLE CONDSTORE {3+}\r\nabc\r\n",
 	} {
 		f.Add([]byte(s))
 	}
+	// Lines past the reader's buffer, up to and beyond the limit.
+	f.Add([]byte("a ID (" + strings.Repeat(`"name" "`+strings.Repeat("y", 1000)+`" `, 30) + "\"x\" NIL)\r\nb NOOP\r\n"))
+	f.Add([]byte("a ID (\"x\" \"" + strings.Repeat("z", imapMaxLine) + "\")\r\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		r := newIMAPReader(bytes.NewReader(data), func() error { return nil })
 		for i := 0; ; i++ {
@@ -159,9 +164,13 @@ func FuzzIMAPSession(f *testing.F) {
 		"a STARTTLS\r\n\x16\x03\x01\x00\x05hello",
 		"a LOGIN x y\r\nb LOGIN x y\r\nc LOGIN x y\r\nd NOOP\r\n",
 		"a SELECT {9999+}\r\n",
+		"a AUTHENTICATE LOGIN\r\nYWxpY2U=\r\ncHc=\r\nb AUTHENTICATE LOGIN YWxpY2U=\r\n*\r\n",
+		"a AUTHENTICATE LOGIN =\r\nb AUTHENTICATE PLAIN\r\n\r\nc AUTHENTICATE PLAIN Ym9iAGFsaWNlAHB3\r\n",
+		"a ENABLE UTF8=ACCEPT\r\nb ENABLE\r\n",
 	} {
 		f.Add([]byte(s))
 	}
+	f.Add([]byte("a ID (" + strings.Repeat(`"name" "`+strings.Repeat("y", 1000)+`" `, 30) + "\"x\" NIL)\r\nb LOGIN alice pw\r\n"))
 	cert := mustCert(f)
 	srv := NewIMAPServer(&IMAPOptions{
 		Upstream:       "127.0.0.1:1",

@@ -10,10 +10,12 @@ import (
 )
 
 const (
-	// DefaultIMAPPreAuthTimeout is how long a client may stay silent before
-	// login (RFC 3501 §5.4 asks for at least 30 minutes once
-	// authenticated; before login a short one is fair and common).
-	DefaultIMAPPreAuthTimeout = 60 * time.Second
+	// DefaultIMAPMaxConnectionsPerMailbox caps upstream IMAP sessions per
+	// mailbox: Exchange Online allows about 20 and refuses more.
+	DefaultIMAPMaxConnectionsPerMailbox = 20
+	// DefaultIMAPConnectionWait is how long a login waits for one of its
+	// mailbox's upstream sessions before the client gets NO [UNAVAILABLE].
+	DefaultIMAPConnectionWait = 30 * time.Second
 	// DefaultIMAPMaxLoginFailures is how many failed logins a connection
 	// gets before it is closed.
 	DefaultIMAPMaxLoginFailures = 3
@@ -38,11 +40,25 @@ type IMAPOptions struct {
 	// session, and failed logins. Nil means slog.Default().
 	Logger *slog.Logger
 
-	// PreAuthTimeout: DefaultIMAPPreAuthTimeout.
+	// Limiter caps client connections, shared with the other servers
+	// given the same one. Nil: a limiter of this server's own with the
+	// default caps (DefaultMaxConnections, DefaultMaxConnectionsPerSource).
+	Limiter *ConnLimiter
+	// PreAuthTimeout bounds the time from connecting to a successful
+	// login, TLS handshakes included: DefaultPreAuthTimeout (RFC 3501
+	// §5.4 asks for at least 30 minutes of idleness once authenticated;
+	// before login a short limit is fair and common).
 	PreAuthTimeout time.Duration
+	// MaxConnectionsPerMailbox caps concurrent upstream sessions per
+	// account: DefaultIMAPMaxConnectionsPerMailbox.
+	MaxConnectionsPerMailbox int
+	// ConnectionWait bounds a login's wait for a free upstream session of
+	// its mailbox: DefaultIMAPConnectionWait.
+	ConnectionWait time.Duration
 	// DialTimeout bounds connecting to upstream: DefaultIMAPDialTimeout.
 	DialTimeout time.Duration
-	// LoginTimeout bounds one whole login: DefaultIMAPLoginTimeout.
+	// LoginTimeout bounds one whole login, not counting the wait for a
+	// mailbox's upstream session: DefaultIMAPLoginTimeout.
 	LoginTimeout time.Duration
 	// MaxLoginFailures: DefaultIMAPMaxLoginFailures.
 	MaxLoginFailures int
@@ -56,6 +72,7 @@ type IMAPServer struct {
 	tls         *tls.Config
 	logger      *slog.Logger
 	srv         *connServer
+	slots       *mailboxSlots
 }
 
 // NewIMAPServer returns a server configured by opts, which it copies.
@@ -65,14 +82,17 @@ func NewIMAPServer(opts *IMAPOptions) *IMAPServer {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	setDefault(&o.PreAuthTimeout, DefaultIMAPPreAuthTimeout)
+	setDefault(&o.PreAuthTimeout, DefaultPreAuthTimeout)
+	setDefault(&o.MaxConnectionsPerMailbox, DefaultIMAPMaxConnectionsPerMailbox)
+	setDefault(&o.ConnectionWait, DefaultIMAPConnectionWait)
 	setDefault(&o.DialTimeout, DefaultIMAPDialTimeout)
 	setDefault(&o.LoginTimeout, DefaultIMAPLoginTimeout)
 	setDefault(&o.MaxLoginFailures, DefaultIMAPMaxLoginFailures)
 	s.logger = o.Logger.With("proto", string(IMAP))
 	s.upstreamTLS = upstreamTLSConfig(o.UpstreamTLS, o.Upstream)
 	s.tls = localTLSConfig(o.TLS)
-	s.srv = newConnServer(s.logger, s.handle)
+	s.slots = newMailboxSlots(o.MaxConnectionsPerMailbox)
+	s.srv = newConnServer(s.logger, s.handle, o.Limiter, "* BYE Too many connections")
 	return s
 }
 
@@ -95,6 +115,23 @@ func (s *IMAPServer) Shutdown(ctx context.Context) error { return s.srv.shutdown
 
 // Sessions returns the number of live sessions, logged in or not.
 func (s *IMAPServer) Sessions() int { return s.srv.count() }
+
+// Stats returns the server's counters.
+func (s *IMAPServer) Stats() Stats { return s.srv.stats.snapshot(s.srv.count()) }
+
+// UpstreamConnections returns how many upstream sessions account holds.
+func (s *IMAPServer) UpstreamConnections(account string) int { return s.slots.inUse(account) }
+
+// takeSlot waits for a free upstream session of account, for at most
+// ConnectionWait. A wait that runs out is logged and counted, and its
+// error is errSlotWait.
+func (s *IMAPServer) takeSlot(ctx context.Context, tc *trackedConn, account string) (release func(), err error) {
+	release, err = s.slots.acquireWithin(ctx, account, s.opts.ConnectionWait)
+	if errors.Is(err, errSlotWait) {
+		s.srv.refusedMailbox(tc, account)
+	}
+	return release, err
+}
 
 func (s *IMAPServer) handle(tc *trackedConn) {
 	sess := newIMAPSession(s, tc)

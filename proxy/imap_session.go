@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/base64"
@@ -31,7 +30,7 @@ var imapAuthenticatedCommands = map[string]bool{
 	"SUBSCRIBE": true, "UNSUBSCRIBE": true, "LIST": true, "LSUB": true, "STATUS": true,
 	"APPEND": true, "CHECK": true, "CLOSE": true, "EXPUNGE": true, "SEARCH": true,
 	"FETCH": true, "STORE": true, "COPY": true, "MOVE": true, "UID": true, "IDLE": true,
-	"ENABLE": true, "NAMESPACE": true, "UNSELECT": true, "GETQUOTA": true,
+	"NAMESPACE": true, "UNSELECT": true, "GETQUOTA": true,
 	"GETQUOTAROOT": true, "GETACL": true, "MYRIGHTS": true, "COMPRESS": true,
 }
 
@@ -48,6 +47,13 @@ type imapSession struct {
 	failures int // failed logins
 	bad      int // invalid or refused commands
 
+	// deadline ends the pre-login phase: every read before login, however
+	// slow the client trickles its bytes, stops there.
+	deadline time.Time
+	// release frees the session's upstream slot of its mailbox; nil
+	// while it holds none.
+	release func()
+
 	// linger is set when the session ends on the client's error while the
 	// client may still be sending.
 	linger bool
@@ -58,7 +64,8 @@ type imapSession struct {
 }
 
 func newIMAPSession(srv *IMAPServer, tc *trackedConn) *imapSession {
-	s := &imapSession{srv: srv, tc: tc, conn: tc.conn, log: srv.logger.With("session", tc.id)}
+	s := &imapSession{srv: srv, tc: tc, conn: tc.conn, log: srv.logger.With("session", tc.id),
+		deadline: tc.start.Add(srv.opts.PreAuthTimeout)}
 	_, s.isTLS = tc.conn.(*tls.Conn)
 	s.r = newIMAPReader(s.conn, s.continueLiteral)
 	return s
@@ -67,6 +74,11 @@ func newIMAPSession(srv *IMAPServer, tc *trackedConn) *imapSession {
 func (s *imapSession) run() {
 	s.log.Info("session start", "remote", s.tc.conn.RemoteAddr().String(), "tls", s.isTLS)
 	defer s.logEnd()
+	defer func() {
+		if s.release != nil {
+			s.release()
+		}
+	}()
 	defer func() {
 		if s.linger {
 			closeAfterBye(s.conn)
@@ -82,7 +94,7 @@ func (s *imapSession) run() {
 		return
 	}
 	for {
-		s.conn.SetReadDeadline(time.Now().Add(s.srv.opts.PreAuthTimeout))
+		s.conn.SetReadDeadline(s.deadline)
 		cmd, err := s.r.readCommand()
 		if err != nil {
 			if s.readFailed(err) {
@@ -112,7 +124,7 @@ func (s *imapSession) logEnd() {
 
 // capabilities lists what the client may use before login.
 func (s *imapSession) capabilities() string {
-	c := "IMAP4rev1 SASL-IR LITERAL+ ID AUTH=PLAIN"
+	c := "IMAP4rev1 SASL-IR LITERAL+ ID AUTH=PLAIN AUTH=LOGIN"
 	if s.srv.tls != nil && !s.isTLS {
 		c += " STARTTLS"
 	}
@@ -159,8 +171,9 @@ func (s *imapSession) readFailed(err error) (end bool) {
 		}
 		return s.refuse(tag + " BAD " + se.text)
 	case isTimeout(err):
-		s.reason = "idle timeout"
-		s.write("* BYE Autologout; idle for too long")
+		s.reason = "pre-login time limit"
+		s.srv.srv.stats.preAuthTimeouts.Add(1)
+		s.write("* BYE Autologout; not logged in in time")
 	case err == io.EOF:
 		s.reason = "client closed"
 	default:
@@ -195,6 +208,10 @@ func (s *imapSession) execute(cmd *imapCommand) (end bool) {
 		return true
 	case "ID":
 		return !s.write(`* ID ("name" "broker")`, tag+" OK ID completed")
+	case "ENABLE":
+		// As Dovecot answers it: nothing can be enabled before login
+		// (RFC 5161 §3.1 allows ENABLE only once authenticated).
+		return !s.write("* ENABLED", tag+" OK ENABLE ignored in non-authenticated state.")
 	case "STARTTLS":
 		return s.startTLS(tag)
 	case "LOGIN":
@@ -228,7 +245,7 @@ func (s *imapSession) startTLS(tag string) (end bool) {
 }
 
 func (s *imapSession) handshake(conn *tls.Conn) error {
-	ctx, cancel := context.WithTimeout(s.srv.srv.ctx, s.srv.opts.PreAuthTimeout)
+	ctx, cancel := context.WithDeadline(s.srv.srv.ctx, s.deadline)
 	defer cancel()
 	err := conn.HandshakeContext(ctx)
 	if err != nil {
@@ -237,46 +254,94 @@ func (s *imapSession) handshake(conn *tls.Conn) error {
 	return err
 }
 
-// authenticate runs AUTHENTICATE PLAIN (RFC 3501 §6.2.2, RFC 4616) with or
-// without an initial response (RFC 4959).
+// authenticate runs AUTHENTICATE PLAIN or LOGIN (RFC 3501 §6.2.2, RFC
+// 4616, draft-murchison-sasl-login) with or without an initial response
+// (RFC 4959), through the SASL servers SMTP uses too.
 func (s *imapSession) authenticate(cmd *imapCommand) (end bool) {
 	tag := cmd.tag
-	if !strings.EqualFold(string(cmd.args[0]), "PLAIN") {
+	var user, pass string
+	check := func(u, p string) error {
+		user, pass = u, p
+		return nil
+	}
+	var srv interface {
+		Next([]byte) ([]byte, bool, error)
+	}
+	mech := strings.ToUpper(string(cmd.args[0]))
+	switch mech {
+	case "PLAIN":
+		srv = newPlainServer(check)
+	case "LOGIN":
+		srv = newLoginServer(check)
+	default:
+		s.log.Info("login failed", "mechanism", truncate(mech, 40), "reason", "unsupported mechanism")
 		return s.refuse(tag + " NO [CANNOT] Unsupported authentication mechanism")
 	}
-	var resp []byte
+	var resp []byte // nil: no initial response
 	if len(cmd.args) == 2 {
-		resp = cmd.args[1]
-	} else {
-		if !s.write("+ ") {
+		var ok bool
+		if resp, ok = decodeSASLResponse(cmd.args[1]); !ok {
+			return s.badBase64(tag, mech, user)
+		}
+	}
+	for {
+		challenge, done, err := srv.Next(resp)
+		if r, ok := err.(*saslRefusal); ok {
+			return s.saslRefused(tag, mech, r)
+		}
+		if done {
+			break
+		}
+		if !s.write("+ " + base64.StdEncoding.EncodeToString(challenge)) {
 			return true
 		}
-		s.conn.SetReadDeadline(time.Now().Add(s.srv.opts.PreAuthTimeout))
+		s.conn.SetReadDeadline(s.deadline)
 		line, err := s.r.readResponseLine()
 		if err != nil {
 			return s.readFailed(err)
 		}
 		if string(line) == "*" {
+			s.log.Info("login failed", "user", user, "mechanism", mech, "reason", "AUTHENTICATE cancelled by the client")
 			return s.loginFailed(tag + " BAD AUTHENTICATE cancelled")
 		}
-		resp = line
-	}
-	var msg []byte
-	if string(resp) != "=" { // "=" is the empty initial response
-		var err error
-		if msg, err = base64.StdEncoding.DecodeString(string(resp)); err != nil {
-			return s.loginFailed(tag + " BAD Invalid base64")
+		var ok bool
+		if resp, ok = decodeSASLResponse(line); !ok {
+			return s.badBase64(tag, mech, user)
 		}
 	}
-	authzid, rest, ok1 := bytes.Cut(msg, []byte{0})
-	user, pass, ok2 := bytes.Cut(rest, []byte{0})
-	if !ok1 || !ok2 || len(user) == 0 || bytes.IndexByte(pass, 0) >= 0 {
-		return s.loginFailed(tag + " BAD Invalid PLAIN response")
+	return s.login(tag, "AUTHENTICATE", user, pass)
+}
+
+// decodeSASLResponse decodes a base64 response; "=" is the empty initial
+// response (RFC 4959), and an empty line an empty response.
+func decodeSASLResponse(b []byte) ([]byte, bool) {
+	if string(b) == "=" {
+		return []byte{}, true
 	}
-	if len(authzid) > 0 && !strings.EqualFold(string(authzid), string(user)) {
+	msg, err := base64.StdEncoding.DecodeString(string(b))
+	if err != nil {
+		return nil, false
+	}
+	if msg == nil {
+		msg = []byte{}
+	}
+	return msg, true
+}
+
+// badBase64 logs and answers a response that is not base64.
+func (s *imapSession) badBase64(tag, mech, user string) (end bool) {
+	s.log.Info("login failed", "user", user, "mechanism", mech, "reason", "response not in base64")
+	return s.loginFailed(tag + " BAD Invalid base64")
+}
+
+// saslRefused logs and answers an exchange refused before the credentials
+// were checked.
+func (s *imapSession) saslRefused(tag, mech string, r *saslRefusal) (end bool) {
+	logSASLRefusal(s.log, mech, r)
+	if r.Authzid {
 		return s.loginFailed(tag + " NO [AUTHORIZATIONFAILED] Cannot act as another user")
 	}
-	return s.login(tag, "AUTHENTICATE", string(user), string(pass))
+	return s.loginFailed(tag + " BAD Invalid " + mech + " response")
 }
 
 // loginFailed answers a failed login and ends the session after too many.
@@ -294,10 +359,17 @@ func (s *imapSession) loginFailed(reply string) (end bool) {
 // login checks the credentials, logs in upstream and, on success, splices
 // the session. cmdName names the command in the OK.
 func (s *imapSession) login(tag, cmdName, user, pass string) (end bool) {
-	ctx, cancel := context.WithTimeout(s.srv.srv.ctx, s.srv.opts.LoginTimeout)
+	ctx, cancel := context.WithTimeout(s.srv.srv.ctx, s.srv.opts.LoginTimeout+s.srv.opts.ConnectionWait)
 	defer cancel()
 	login := &Login{Protocol: IMAP, Username: user, Password: pass, Remote: s.tc.conn.RemoteAddr()}
 	var u *imapUpstream
+	defer func() {
+		// A failed login frees its mailbox's slot for the next attempt.
+		if u == nil && s.release != nil {
+			s.release()
+			s.release = nil
+		}
+	}()
 	for retried := false; ; retried = true {
 		up, err := s.srv.opts.Auth.Authenticate(ctx, login)
 		if err == nil && (up == nil || up.SASL == nil) {
@@ -307,6 +379,16 @@ func (s *imapSession) login(tag, cmdName, user, pass string) (end bool) {
 			le := loginErrorOf(err)
 			logLoginFailure(ctx, s.log, user, le)
 			return s.loginFailed(tag + " NO " + imapLoginReply(le))
+		}
+		if s.release == nil {
+			if s.release, err = s.srv.takeSlot(ctx, s.tc, up.Account); err != nil {
+				if errors.Is(err, errSlotWait) {
+					return s.loginFailed(tag + " NO [UNAVAILABLE] Too many connections for this mailbox, try again later")
+				}
+				le := upstreamUnavailable(err)
+				logLoginFailure(ctx, s.log, user, le)
+				return s.loginFailed(tag + " NO " + imapLoginReply(le))
+			}
 		}
 		if u, err = s.srv.loginUpstream(ctx, s.tc, up); err == nil {
 			s.account = up.Account

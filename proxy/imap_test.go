@@ -38,6 +38,8 @@ func TestIMAPLoginForms(t *testing.T) {
 		{"plain IR", pass, []string{"a AUTHENTICATE PLAIN " + b64("\x00alice@example.com\x00"+pass) + "\r\n"}, "a OK [CAPABILITY IMAP4rev1 IDLE LITERAL+ UIDPLUS] AUTHENTICATE completed"},
 		{"plain continuation", pass, []string{"a AUTHENTICATE plain\r\n", "<+ ", b64("\x00alice@example.com\x00"+pass) + "\r\n"}, "a OK [CAPABILITY"},
 		{"plain authzid", "pw", []string{"a AUTHENTICATE PLAIN " + b64("alice@example.com\x00alice@example.com\x00pw") + "\r\n"}, "a OK [CAPABILITY"},
+		{"login", pass, []string{"a AUTHENTICATE LOGIN\r\n", "<+ VXNlcm5hbWU6", b64("alice@example.com") + "\r\n", "<+ UGFzc3dvcmQ6", b64(pass) + "\r\n"}, "a OK [CAPABILITY IMAP4rev1 IDLE LITERAL+ UIDPLUS] AUTHENTICATE completed"},
+		{"login IR", pass, []string{"a AUTHENTICATE login " + b64("alice@example.com") + "\r\n", "<+ UGFzc3dvcmQ6", b64(pass) + "\r\n"}, "a OK [CAPABILITY"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -73,11 +75,16 @@ func TestIMAPAuthenticateFailures(t *testing.T) {
 		{"other authzid", []string{"a AUTHENTICATE PLAIN " + b64("bob\x00alice\x00pw") + "\r\n"}, "a NO [AUTHORIZATIONFAILED]"},
 		{"mechanism", []string{"a AUTHENTICATE CRAM-MD5\r\n"}, "a NO [CANNOT] Unsupported authentication mechanism"},
 		{"wrong password", []string{"a AUTHENTICATE PLAIN " + b64("\x00alice\x00nope") + "\r\n"}, "a NO [AUTHENTICATIONFAILED] Invalid credentials"},
+		{"empty response", []string{"a AUTHENTICATE PLAIN\r\n", "<+ ", "\r\n"}, "a BAD Invalid PLAIN response"},
+		{"login cancel", []string{"a AUTHENTICATE LOGIN\r\n", "<+ VXNlcm5hbWU6", b64("alice") + "\r\n", "<+ UGFzc3dvcmQ6", "*\r\n"}, "a BAD AUTHENTICATE cancelled"},
+		{"login empty user", []string{"a AUTHENTICATE LOGIN =\r\n"}, "a BAD Invalid LOGIN response"},
+		{"login wrong password", []string{"a AUTHENTICATE LOGIN " + b64("alice") + "\r\n", "<+ ", b64("nope") + "\r\n"}, "a NO [AUTHENTICATIONFAILED] Invalid credentials"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			auth := &stubAuth{pass: "pw"}
-			_, addr := startProxy(t, IMAPOptions{Auth: auth}, up)
+			log, logs := newTestLogger(t)
+			_, addr := startProxy(t, IMAPOptions{Auth: auth, Logger: log}, up)
 			c := dialClient(t, addr)
 			c.greet()
 			for _, l := range tt.script {
@@ -91,8 +98,37 @@ func TestIMAPAuthenticateFailures(t *testing.T) {
 			// The session goes on.
 			c.send("b NOOP\r\n")
 			c.expect("b OK NOOP completed")
+			// Every refused login is logged once, with its reason.
+			if n := strings.Count(logs.String(), `msg="login failed"`); n != 1 {
+				t.Fatalf("%d login failed lines, want 1:\n%s", n, logs)
+			}
 		})
 	}
+}
+
+// TestIMAPPreLoginFidelity: pre-login commands answered as Dovecot answers
+// them (test/imap_fidelity_test.go compares with a real Dovecot).
+func TestIMAPPreLoginFidelity(t *testing.T) {
+	up := startStub(t, defaultStub())
+	_, addr := startProxy(t, IMAPOptions{Auth: &stubAuth{pass: "pw"}}, up)
+	c := dialClient(t, addr)
+	if g := c.greet(); !strings.Contains(g, " AUTH=PLAIN AUTH=LOGIN") {
+		t.Fatalf("greeting %q does not offer AUTH=LOGIN", g)
+	}
+	c.send("a ENABLE CONDSTORE\r\n")
+	c.expect("* ENABLED")
+	c.expect("a OK ENABLE ignored in non-authenticated state.")
+	// imaptest's ID test: a 31 KB line of 30 pairs (RFC 2971's limits).
+	id := "b ID (" + strings.Repeat(`"name" "`+strings.Repeat("y", 1000)+`" `, 30) + `"x" NIL)` + "\r\n"
+	c.send(id)
+	c.expect("* ID")
+	c.expect("b OK ID completed")
+	// Up to 64 KiB.
+	c.send("c ID (\"x\" \"" + strings.Repeat("z", imapMaxLine-20) + "\")\r\n")
+	c.expect("* ID")
+	c.expect("c OK ID completed")
+	c.send("d LOGIN alice pw\r\n")
+	c.expect("d OK [CAPABILITY")
 }
 
 func TestIMAPInvalidCredentials(t *testing.T) {
@@ -470,7 +506,7 @@ func TestIMAPPreAuthCommands(t *testing.T) {
 		{"huge literal+ unknown", []string{"a FOO {99999+}\r\n", "<a BAD Literal too large", "<* BYE", "<EOF"}},
 		{"long line", []string{long, "<* BAD Line too long", "<* BYE", "<EOF"}},
 		{"long command", []string{"a ID ({4000+}\r\n" + strings.Repeat("x", 4000) + " {4000+}\r\n" + strings.Repeat("x", 4000) + ")\r\n", "<* ID", "<a OK ID completed"}},
-		{"too long command", []string{"a ID (" + strings.Repeat("{4000+}\r\n"+strings.Repeat("x", 4000)+" NIL ", 5) + ")\r\n", "<a BAD Command too long", "<* BYE", "<EOF"}},
+		{"too long command", []string{"a ID (" + strings.Repeat("{4000+}\r\n"+strings.Repeat("x", 4000)+" NIL ", 21) + ")\r\n", "<a BAD Command too long", "<* BYE", "<EOF"}},
 		{"bare LF", []string{"a NOOP\n", "<a OK NOOP completed"}},
 		{"starttls unavailable", []string{"a STARTTLS\r\n", "<a BAD STARTTLS not available"}},
 		{"many bad", []string{strings.Repeat("a BAD\r\n", imapMaxBadCommands), "<a BAD", "<a BAD", "<a BAD", "<a BAD", "<a BAD", "<a BAD", "<a BAD", "<a BAD", "<a BAD", "<a BAD", "<* BYE Too many invalid commands", "<EOF"}},
@@ -506,7 +542,7 @@ func TestIMAPPreAuthTimeout(t *testing.T) {
 	_, addr := startProxy(t, IMAPOptions{Auth: &stubAuth{}, Upstream: "127.0.0.1:1", PreAuthTimeout: 50 * time.Millisecond}, nil)
 	c := dialClient(t, addr)
 	c.greet()
-	c.expect("* BYE Autologout; idle for too long")
+	c.expect("* BYE Autologout; not logged in in time")
 	c.expectClosed()
 
 	// A literal never sent counts as idle too.

@@ -89,6 +89,9 @@ func upstreamLoginError(err error) *LoginError {
 
 // loginUpstream connects to upstream and logs in with up.SASL.
 func (s *IMAPServer) loginUpstream(ctx context.Context, tc *trackedConn, up *Upstream) (*imapUpstream, error) {
+	// ctx allows for the wait for a mailbox slot too.
+	ctx, cancel := context.WithTimeout(ctx, s.opts.LoginTimeout)
+	defer cancel()
 	conn, err := dialIMAPUpstream(ctx, s.opts.Upstream, s.upstreamTLS, s.opts.DialTimeout)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to %s: %w", s.opts.Upstream, err)

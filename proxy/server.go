@@ -11,6 +11,7 @@ import (
 	"net"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -29,6 +30,13 @@ const (
 type connServer struct {
 	logger *slog.Logger
 	handle func(*trackedConn)
+	// limiter caps connections, possibly together with other servers';
+	// refusal is the protocol's one line to a connection refused.
+	limiter *ConnLimiter
+	refusal string
+	stats   serverStats
+	// refusing counts refusals being written.
+	refusing atomic.Int32
 
 	// ctx is cancelled by Close and when Shutdown gives up waiting: it
 	// aborts logins in progress.
@@ -42,11 +50,19 @@ type connServer struct {
 	drained   chan struct{} // closed when conns empties after closed is set
 }
 
-func newConnServer(logger *slog.Logger, handle func(*trackedConn)) *connServer {
+// newConnServer returns a server that runs handle for each connection that
+// limiter (nil: one of its own with the default caps) admits, and answers
+// the others with the line refusal.
+func newConnServer(logger *slog.Logger, handle func(*trackedConn), limiter *ConnLimiter, refusal string) *connServer {
 	ctx, cancel := context.WithCancel(context.Background())
+	if limiter == nil {
+		limiter = NewConnLimiter(0, 0)
+	}
 	return &connServer{
 		logger:    logger,
 		handle:    handle,
+		limiter:   limiter,
+		refusal:   refusal,
 		ctx:       ctx,
 		cancel:    cancel,
 		listeners: make(map[net.Listener]struct{}),
@@ -94,13 +110,45 @@ func (s *connServer) serve(l net.Listener) error {
 			return err
 		}
 		delay = 0
+		release, refused := s.limiter.acquire(c.RemoteAddr())
+		if refused != "" {
+			s.refuse(c, refused)
+			continue
+		}
 		tc := s.track(c)
 		if tc == nil {
+			release()
 			c.Close()
 			return ErrServerClosed
 		}
+		tc.release = release
 		go s.run(tc)
 	}
+}
+
+// refuse logs and counts a connection refused at a cap, and answers it with
+// the protocol's refusal line unless too many refusals are being written.
+func (s *connServer) refuse(c net.Conn, reason string) {
+	s.logger.Warn("connection refused", "reason", reason, "remote", c.RemoteAddr().String())
+	s.stats.refused(reason)
+	if s.refusing.Add(1) > maxRefusalsInFlight {
+		s.refusing.Add(-1)
+		rawConn(c).Close()
+		return
+	}
+	go func() {
+		defer s.refusing.Add(-1)
+		defer rawConn(c).Close()
+		c.SetDeadline(time.Now().Add(refusalWriteTimeout))
+		io.WriteString(c, s.refusal+"\r\n")
+	}()
+}
+
+// refusedMailbox logs and counts a login refused at its mailbox's cap.
+func (s *connServer) refusedMailbox(tc *trackedConn, account string) {
+	s.logger.Warn("connection refused", "reason", refusedPerMailbox, "remote", tc.conn.RemoteAddr().String(),
+		"session", tc.id, "account", account)
+	s.stats.refused(refusedPerMailbox)
 }
 
 func (s *connServer) run(tc *trackedConn) {
@@ -132,6 +180,9 @@ func (s *connServer) track(c net.Conn) *trackedConn {
 }
 
 func (s *connServer) untrack(tc *trackedConn) {
+	if tc.release != nil {
+		tc.release()
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.conns, tc)
@@ -211,6 +262,8 @@ type trackedConn struct {
 	id    string
 	conn  net.Conn
 	start time.Time
+	// release uncounts the connection at its limiter; nil if not counted.
+	release func()
 
 	mu       sync.Mutex
 	closed   bool

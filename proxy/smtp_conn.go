@@ -8,14 +8,38 @@ import (
 	"time"
 )
 
-// smtpConn is the client connection as go-smtp reads it. It gives every
-// read its own idle deadline (go-smtp's ReadTimeout would otherwise bound a
-// whole DATA transfer, which upstream's pace governs), and it lets the
-// server end a session between transactions: once hung up, the next read
-// returns EOF and go-smtp closes the connection.
+// smtpConn is the client connection as go-smtp reads it. It bounds each
+// command, from the first read after the previous reply until its own
+// reply, so that a client trickling a byte at a time cannot extend it; each
+// read of message data gets its own idle deadline instead (go-smtp's
+// ReadTimeout would bound a whole DATA transfer, which upstream's pace
+// governs). Before authentication every read also stops at the pre-auth
+// deadline. And it lets the server end a session between transactions: once
+// hung up, the next read returns EOF and go-smtp closes the connection.
+//
+// Commands are told apart by the replies written between them rather than
+// by line ends, which STARTTLS would hide under TLS records.
 type smtpConn struct {
 	net.Conn
 	idle time.Duration
+	// preAuth is the pre-auth deadline in Unix nanoseconds; 0 once the
+	// client authenticated. preAuthExpired (if set) is called when a read
+	// fails at it.
+	preAuth        atomic.Int64
+	preAuthExpired func()
+	// inData: message data is being read.
+	inData atomic.Bool
+	// replied: a reply went out since the command deadline was set.
+	replied atomic.Bool
+	// cmdDeadline ends the current command; only Read touches it, from
+	// go-smtp's connection goroutine.
+	cmdDeadline time.Time
+	// timedOut: a read failed at a deadline. Every later read fails the
+	// same way: go-smtp's line reader hands on the part of a line read
+	// before the error as if it were whole, and the session refuses to act
+	// on it (see expired).
+	timedOut atomic.Bool
+	timeout  error
 
 	hungUp atomic.Bool
 
@@ -26,14 +50,57 @@ type smtpConn struct {
 
 func (c *smtpConn) Read(p []byte) (int, error) {
 	// The deadline goes first: hangUp's expired deadline must win over it.
-	if c.idle > 0 {
-		c.Conn.SetReadDeadline(time.Now().Add(c.idle))
+	var preAuth time.Time
+	if pa := c.preAuth.Load(); pa != 0 {
+		preAuth = time.Unix(0, pa)
+	}
+	if c.idle > 0 || !preAuth.IsZero() {
+		now := time.Now()
+		var d time.Time
+		if c.idle > 0 {
+			switch {
+			case c.inData.Load():
+				d = now.Add(c.idle)
+			case c.replied.Swap(false) || c.cmdDeadline.IsZero():
+				c.cmdDeadline = now.Add(c.idle)
+				d = c.cmdDeadline
+			default:
+				d = c.cmdDeadline
+			}
+		}
+		if !preAuth.IsZero() && (d.IsZero() || preAuth.Before(d)) {
+			d = preAuth
+		}
+		c.Conn.SetReadDeadline(d)
 	}
 	if c.hungUp.Load() {
 		return 0, io.EOF
 	}
-	return c.Conn.Read(p)
+	if c.timeout != nil {
+		return 0, c.timeout
+	}
+	n, err := c.Conn.Read(p)
+	if err != nil && isTimeout(err) && !c.hungUp.Load() {
+		c.timeout = err
+		c.timedOut.Store(true)
+		if !preAuth.IsZero() && c.preAuthExpired != nil && !time.Now().Before(preAuth) {
+			c.preAuthExpired()
+		}
+	}
+	return n, err
 }
+
+// expired reports whether the client ran out of time: the command at hand
+// may be cut short and must not be acted on.
+func (c *smtpConn) expired() bool { return c.timedOut.Load() }
+
+func (c *smtpConn) Write(p []byte) (int, error) {
+	c.replied.Store(true)
+	return c.Conn.Write(p)
+}
+
+// endPreAuth lifts the pre-auth deadline: the client authenticated.
+func (c *smtpConn) endPreAuth() { c.preAuth.Store(0) }
 
 // hangUp ends the session at its next read, interrupting one in progress.
 func (c *smtpConn) hangUp() {

@@ -14,16 +14,19 @@ import (
 	"github.com/emersion/go-smtp"
 )
 
-// FuzzSMTPSASL drives the PLAIN and LOGIN servers with arbitrary
-// responses, the first one possibly absent (no initial response).
-func FuzzSMTPSASL(f *testing.F) {
-	f.Add(false, true, []byte("\x00alice\x00secret"))
-	f.Add(false, false, []byte("\n\x00alice\x00secret"))
-	f.Add(true, true, []byte("alice\nsecret"))
-	f.Add(true, false, []byte("\nalice\nsecret"))
-	f.Add(true, true, []byte("\n\n\n"))
-	f.Add(false, true, []byte("bob\x00alice\x00secret\x00"))
-	f.Fuzz(func(t *testing.T, login, withIR bool, input []byte) {
+// FuzzSASL drives the shared PLAIN and LOGIN servers with arbitrary
+// responses, the first one possibly absent (no initial response), bare as
+// IMAP uses them and wrapped for go-smtp.
+func FuzzSASL(f *testing.F) {
+	f.Add(false, true, false, []byte("\x00alice\x00secret"))
+	f.Add(false, false, true, []byte("\n\x00alice\x00secret"))
+	f.Add(true, true, false, []byte("alice\nsecret"))
+	f.Add(true, false, true, []byte("\nalice\nsecret"))
+	f.Add(true, true, false, []byte("\n\n\n"))
+	f.Add(false, true, true, []byte("bob\x00alice\x00secret\x00"))
+	f.Add(false, true, false, []byte("bob\x00alice\x00secret"))
+	f.Add(false, false, false, []byte("\n"))
+	f.Fuzz(func(t *testing.T, login, withIR, forSMTP bool, input []byte) {
 		var calls int
 		var gotUser, gotPass string
 		check := func(user, pass string) error {
@@ -31,9 +34,13 @@ func FuzzSMTPSASL(f *testing.F) {
 			gotUser, gotPass = user, pass
 			return nil
 		}
+		mech := "PLAIN"
 		srv := newPlainServer(check)
 		if login {
-			srv = newLoginServer(check)
+			mech, srv = "LOGIN", newLoginServer(check)
+		}
+		if forSMTP {
+			srv = &smtpSASLServer{srv, mech, slog.New(slog.DiscardHandler)}
 		}
 		responses := bytes.Split(input, []byte("\n"))
 		if !withIR {
@@ -45,11 +52,16 @@ func FuzzSMTPSASL(f *testing.F) {
 			if d {
 				done = true
 				var se *smtp.SMTPError
-				if err != nil && !errors.As(err, &se) {
-					t.Fatalf("step %d: error %v is not an SMTP reply", i, err)
-				}
-				if err == nil && calls != 1 {
+				var sr *saslRefusal
+				switch {
+				case err == nil && calls != 1:
 					t.Fatalf("success with %d credential checks", calls)
+				case err != nil && forSMTP && !errors.As(err, &se):
+					t.Fatalf("step %d: error %v is not an SMTP reply", i, err)
+				case err != nil && !forSMTP && !errors.As(err, &sr):
+					t.Fatalf("step %d: error %v is not a refusal", i, err)
+				case sr != nil && (sr.Reason == "" || calls != 0):
+					t.Fatalf("step %d: refusal %+v after %d checks", i, sr, calls)
 				}
 				break
 			}

@@ -86,7 +86,17 @@ type SMTPOptions struct {
 	// ConnectionWait: DefaultSMTPConnectionWait.
 	ConnectionWait time.Duration
 
-	// ReadTimeout: DefaultSMTPReadTimeout.
+	// Limiter caps client connections, shared with the other servers
+	// given the same one. Nil: a limiter of this server's own with the
+	// default caps (DefaultMaxConnections, DefaultMaxConnectionsPerSource).
+	Limiter *ConnLimiter
+	// PreAuthTimeout bounds the time from connecting to a successful AUTH
+	// (or, for UnauthenticatedAs, the first MAIL), TLS handshakes
+	// included: DefaultPreAuthTimeout. The client then gets 421 4.4.2.
+	PreAuthTimeout time.Duration
+	// ReadTimeout bounds each command, from the first read after the
+	// previous reply until its own reply, however slowly the client
+	// trickles it, and each read of message data: DefaultSMTPReadTimeout.
 	ReadTimeout time.Duration
 	// DialTimeout: DefaultSMTPDialTimeout.
 	DialTimeout time.Duration
@@ -132,6 +142,7 @@ func NewSMTPServer(opts *SMTPOptions) *SMTPServer {
 	}
 	setDefault(&o.MaxConnectionsPerMailbox, DefaultSMTPMaxConnectionsPerMailbox)
 	setDefault(&o.ConnectionWait, DefaultSMTPConnectionWait)
+	setDefault(&o.PreAuthTimeout, DefaultPreAuthTimeout)
 	setDefault(&o.ReadTimeout, DefaultSMTPReadTimeout)
 	setDefault(&o.DialTimeout, DefaultSMTPDialTimeout)
 	setDefault(&o.LoginTimeout, DefaultSMTPLoginTimeout)
@@ -144,7 +155,7 @@ func NewSMTPServer(opts *SMTPOptions) *SMTPServer {
 	s.tls = localTLSConfig(o.TLS)
 	s.slots = newMailboxSlots(o.MaxConnectionsPerMailbox)
 	s.caps.Store(defaultSMTPCaps)
-	s.srv = newConnServer(s.logger, s.handle)
+	s.srv = newConnServer(s.logger, s.handle, o.Limiter, "421 4.7.0 Too many connections")
 	return s
 }
 
@@ -197,12 +208,20 @@ func (s *SMTPServer) Shutdown(ctx context.Context) error {
 // Sessions returns the number of live client sessions.
 func (s *SMTPServer) Sessions() int { return s.srv.count() }
 
+// Stats returns the server's counters.
+func (s *SMTPServer) Stats() Stats { return s.srv.stats.snapshot(s.srv.count()) }
+
 // UpstreamConnections returns how many upstream connections account holds.
 func (s *SMTPServer) UpstreamConnections(account string) int { return s.slots.inUse(account) }
 
 func (s *SMTPServer) handle(tc *trackedConn) {
-	conn := &smtpConn{Conn: tc.conn, idle: s.opts.ReadTimeout}
-	cl := &smtpClient{srv: s, tc: tc, conn: conn, log: s.logger.With("session", tc.id)}
+	cl := &smtpClient{srv: s, tc: tc, log: s.logger.With("session", tc.id)}
+	conn := &smtpConn{Conn: tc.conn, idle: s.opts.ReadTimeout, preAuthExpired: func() {
+		s.srv.stats.preAuthTimeouts.Add(1)
+		cl.log.Info("not authenticated in time; closing", "limit", s.opts.PreAuthTimeout)
+	}}
+	conn.preAuth.Store(tc.start.Add(s.opts.PreAuthTimeout).UnixNano())
+	cl.conn = conn
 	if a, ok := tc.conn.RemoteAddr().(*net.TCPAddr); ok {
 		cl.loopback = a.IP.IsLoopback()
 	}
@@ -223,7 +242,7 @@ func (s *SMTPServer) handle(tc *trackedConn) {
 	if implicitTLS {
 		// go-smtp would handshake at its greeting with no read deadline: a
 		// client that never sends its hello would hold the session.
-		ctx, cancel := context.WithTimeout(s.srv.ctx, s.opts.ReadTimeout)
+		ctx, cancel := context.WithDeadline(s.srv.ctx, tc.start.Add(s.opts.PreAuthTimeout))
 		err := tlsConn.HandshakeContext(ctx)
 		cancel()
 		if err != nil {
@@ -256,7 +275,7 @@ func (s *SMTPServer) newGoSMTPServer(cl *smtpClient, implicitTLS bool) *smtp.Ser
 	if !implicitTLS {
 		srv.TLSConfig = s.tls
 	}
-	// smtpConn applies the read timeout per read.
+	// smtpConn applies the read timeouts.
 	srv.WriteTimeout = s.opts.ReadTimeout
 	srv.ErrorLog = smtpErrorLog{cl.log}
 	return srv

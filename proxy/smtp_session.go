@@ -27,6 +27,7 @@ var (
 	errSMTPUpstreamWait = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 1}, Message: "Upstream server did not answer in time, message not accepted; try again later"}
 	errSMTPClientAbort  = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Message transfer interrupted, not accepted"}
 	errSMTPLongLine     = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "Message has a line longer than 65536 octets, not accepted"}
+	errSMTPTimeout      = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Timeout, closing connection"}
 )
 
 // smtpClient is one client connection. It outlives the sessions go-smtp
@@ -82,11 +83,14 @@ var _ smtp.AuthSession = (*smtpSession)(nil)
 func (s *smtpSession) AuthMechanisms() []string { return []string{sasl.Plain, sasl.Login} }
 
 func (s *smtpSession) Auth(mech string) (sasl.Server, error) {
+	if s.cl.conn.expired() {
+		return nil, errSMTPTimeout
+	}
 	switch strings.ToUpper(mech) {
 	case sasl.Plain:
-		return newPlainServer(s.login), nil
+		return &smtpSASLServer{newPlainServer(s.login), sasl.Plain, s.log}, nil
 	case sasl.Login:
-		return newLoginServer(s.login), nil
+		return &smtpSASLServer{newLoginServer(s.login), sasl.Login, s.log}, nil
 	}
 	return nil, smtp.ErrAuthUnknownMechanism
 }
@@ -172,12 +176,16 @@ func (s *smtpSession) connect(ctx context.Context, authorize func(context.Contex
 	s.authorize, s.account, s.up = authorize, up.Account, u
 	s.mu.Unlock()
 	s.cl.account = up.Account
+	s.cl.conn.endPreAuth()
 	return nil
 }
 
 // logUpstreamFailure logs why upstream refused or could not be reached and
 // tells the Authenticator about a refusal; it reports whether to retry.
 func (s *smtpSession) logUpstreamFailure(user, account string, le *LoginError, retried bool) bool {
+	if errors.Is(le.Err, errSlotWait) {
+		return false // logged as a refusal where the wait ran out
+	}
 	var rej *smtpRejection
 	var advice string
 	switch {
@@ -251,6 +259,13 @@ func (cl *smtpClient) mayOmitAuth() bool {
 }
 
 func (s *smtpSession) Mail(from string, opts *smtp.MailOptions) (err error) {
+	if s.cl.conn.expired() {
+		return errSMTPTimeout
+	}
+	if s.cl.mayOmitAuth() {
+		// Authorized by where it comes from: its pre-auth phase is over.
+		s.cl.conn.endPreAuth()
+	}
 	s.cl.conn.setBusy(true)
 	defer func() {
 		if err != nil {
@@ -282,6 +297,9 @@ func (s *smtpSession) Mail(from string, opts *smtp.MailOptions) (err error) {
 }
 
 func (s *smtpSession) Rcpt(to string, opts *smtp.RcptOptions) error {
+	if s.cl.conn.expired() {
+		return errSMTPTimeout
+	}
 	s.mu.Lock()
 	u, tx := s.up, s.tx
 	s.mu.Unlock()
@@ -301,6 +319,13 @@ func (s *smtpSession) Rcpt(to string, opts *smtp.RcptOptions) error {
 // Data streams the message upstream and answers with upstream's own final
 // reply: nothing is acknowledged that upstream did not accept.
 func (s *smtpSession) Data(r io.Reader) error {
+	if s.cl.conn.expired() {
+		return errSMTPTimeout
+	}
+	// The message's lines come at the client's pace: each read has its
+	// own deadline, not the command's.
+	s.cl.conn.inData.Store(true)
+	defer s.cl.conn.inData.Store(false)
 	s.mu.Lock()
 	u, tx := s.up, s.tx
 	s.inData = true

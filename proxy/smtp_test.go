@@ -579,7 +579,7 @@ func TestSMTPImplicitTLSHandshakeTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 	tlsLn := tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{mustCert(t).cert}})
-	srv, addr, logs := startSMTPProxy(t, SMTPOptions{ReadTimeout: 100 * time.Millisecond}, up, tlsLn)
+	srv, addr, logs := startSMTPProxy(t, SMTPOptions{PreAuthTimeout: 100 * time.Millisecond}, up, tlsLn)
 	c := dialClient(t, addr) // says nothing, not even its TLS hello
 	waitFor(t, "the silent session to end", func() bool { return srv.Sessions() == 0 })
 	c.expectClosed()

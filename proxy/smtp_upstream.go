@@ -29,7 +29,6 @@ const (
 var (
 	errNoSTARTTLS = errors.New("upstream offers no STARTTLS; refusing to send a token in clear text")
 	errNoXOAUTH2  = errors.New("upstream does not offer AUTH XOAUTH2")
-	errSlotWait   = errors.New("timed out waiting for a free upstream connection of this mailbox")
 )
 
 // smtpUpstream is one authenticated upstream connection and the mailbox
@@ -128,12 +127,10 @@ func (s *SMTPServer) setClientTimeouts(c *smtp.Client) {
 // loginSMTPUpstream takes a slot of up.Account, connects and authenticates
 // with up.SASL. The returned connection holds the slot until closed.
 func (s *SMTPServer) loginSMTPUpstream(ctx context.Context, tc *trackedConn, up *Upstream) (*smtpUpstream, error) {
-	wctx, cancel := context.WithTimeoutCause(ctx, s.opts.ConnectionWait, errSlotWait)
-	release, err := s.slots.acquire(wctx, up.Account)
-	cancel()
+	release, err := s.slots.acquireWithin(ctx, up.Account, s.opts.ConnectionWait)
 	if err != nil {
-		if errors.Is(context.Cause(wctx), errSlotWait) && ctx.Err() == nil {
-			err = errSlotWait
+		if errors.Is(err, errSlotWait) {
+			s.srv.refusedMailbox(tc, up.Account)
 		}
 		return nil, err
 	}

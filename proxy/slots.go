@@ -2,10 +2,17 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"sync"
+	"time"
 )
 
-// mailboxSlots caps concurrent upstream connections per account. Waiters
+// errSlotWait: no upstream connection of the mailbox came free in time.
+var errSlotWait = errors.New("timed out waiting for a free upstream connection of this mailbox")
+
+// mailboxSlots caps concurrent upstream connections per account, for IMAP
+// and SMTP alike (each server has its own, as Exchange counts each
+// protocol's connections on its own). Waiters
 // are served first come, first served, so that a busy mailbox cannot starve
 // one session while newer ones get through.
 type mailboxSlots struct {
@@ -58,6 +65,18 @@ func (m *mailboxSlots) acquire(ctx context.Context, account string) (release fun
 	// The slot was handed over as ctx ended: pass it on.
 	m.releaseLocked(account)
 	return nil, ctx.Err()
+}
+
+// acquireWithin is acquire with a wait of at most wait; a wait that runs
+// out (rather than ctx) returns errSlotWait.
+func (m *mailboxSlots) acquireWithin(ctx context.Context, account string, wait time.Duration) (release func(), err error) {
+	wctx, cancel := context.WithTimeoutCause(ctx, wait, errSlotWait)
+	defer cancel()
+	release, err = m.acquire(wctx, account)
+	if err != nil && errors.Is(context.Cause(wctx), errSlotWait) && ctx.Err() == nil {
+		err = errSlotWait
+	}
+	return release, err
 }
 
 func (m *mailboxSlots) releaser(account string) func() {
