@@ -27,8 +27,11 @@ type Config struct {
 	// sealing key. Default /var/lib/broker.
 	StateDir string
 
+	// Limits are the [limits] section, defaults filled in when absent.
+	Limits Limits
+
 	// IMAP is nil when the file has no [imap] section.
-	IMAP *Listener
+	IMAP *IMAP
 	// SMTP is nil when the file has no [smtp] section.
 	SMTP *SMTP
 
@@ -53,6 +56,42 @@ type Listener struct {
 	// TLSCertFile and TLSKeyFile enable local TLS; both or neither.
 	TLSCertFile string
 	TLSKeyFile  string
+}
+
+// Limits is the [limits] section: bounds on what clients may hold, for
+// every protocol together.
+//
+//	[limits]
+//	# Client connections at once, all listeners of all protocols together.
+//	max_connections = 1000
+//	# Client connections at once from one source: an IPv4 address or an
+//	# IPv6 /64, loopback included (a mail client opens a few; a runaway
+//	# script thousands). At most max_connections.
+//	max_connections_per_source = 100
+//	# How long a client has from connecting to logging in (IMAP LOGIN or
+//	# AUTHENTICATE, SMTP AUTH or, with allow_unauthenticated_as, its first
+//	# MAIL), however slowly it sends. 1s to 10m.
+//	pre_auth_timeout = "60s"
+//
+// A connection over a cap gets one line (IMAP "* BYE Too many
+// connections", SMTP "421 4.7.0 Too many connections") and is closed.
+type Limits struct {
+	MaxConnections          int
+	MaxConnectionsPerSource int
+	PreAuthTimeout          time.Duration
+}
+
+// IMAP is the [imap] section.
+type IMAP struct {
+	Listener
+	// MaxConnectionsPerMailbox caps concurrent upstream IMAP sessions per
+	// mailbox (max_connections_per_mailbox, 1 to 100). Default 20: Exchange
+	// Online allows about 20 and refuses more.
+	MaxConnectionsPerMailbox int
+	// ConnectionWait is how long a login waits for a free upstream session
+	// of its mailbox before the client gets NO [UNAVAILABLE]
+	// (connection_wait, up to 10m). Default 30s.
+	ConnectionWait time.Duration
 }
 
 // SMTP is the [smtp] section.
@@ -178,4 +217,14 @@ const (
 	// concurrent SMTP connections per mailbox.
 	DefaultSMTPMaxConnectionsPerMailbox = 3
 	DefaultSMTPConnectionWait           = 30 * time.Second
+	// DefaultIMAPMaxConnectionsPerMailbox is about Exchange Online's limit
+	// of concurrent IMAP sessions per mailbox.
+	DefaultIMAPMaxConnectionsPerMailbox = 20
+	DefaultIMAPConnectionWait           = 30 * time.Second
+
+	// DefaultMaxConnections, DefaultMaxConnectionsPerSource and
+	// DefaultPreAuthTimeout are [limits]' defaults.
+	DefaultMaxConnections          = 1000
+	DefaultMaxConnectionsPerSource = 100
+	DefaultPreAuthTimeout          = 60 * time.Second
 )

@@ -13,6 +13,8 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("account = [{mailbox = \"a@b.c\", app = \"x\"}]\n[[app]]\nname = 'x'\ncloud = \"china\"\n"))
 	f.Add([]byte(contosoApp + supportAccount + "[smtp]\nlisten = [\":587\"]\nupstream = \"smtp.example.com:465\"\n" +
 		"allow_unauthenticated_as = \"Support@contoso.com\"\nmax_connections_per_mailbox = 2\nconnection_wait = \"1m\"\n"))
+	f.Add([]byte("[limits]\nmax_connections = 10\nmax_connections_per_source = 5\npre_auth_timeout = \"30s\"\n" +
+		"[imap]\nmax_connections_per_mailbox = 20\nconnection_wait = \"5s\"\n"))
 	f.Add([]byte("a = \"\"\"\n[b]\n\"\"\"\n[[c.d]]\ne = [[1], {f = 2}]\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		scanKeyLines(data)

@@ -11,8 +11,12 @@ import (
 
 const defaultIMAPListen = "127.0.0.1:143"
 
-func (v *validator) imap(raw *rawListener, apps []*App) *Listener {
-	return v.listener("imap", defaultIMAPListen, raw, apps, func(c *Cloud) string { return c.IMAPHost })
+func (v *validator) imap(raw *rawIMAP, apps []*App) *IMAP {
+	const section = "imap"
+	l := &IMAP{Listener: *v.listener(section, defaultIMAPListen, &raw.rawListener, apps, func(c *Cloud) string { return c.IMAPHost })}
+	l.MaxConnectionsPerMailbox, l.ConnectionWait = v.mailboxConnections(section, raw.MaxConnectionsPerMailbox, raw.ConnectionWait,
+		DefaultIMAPMaxConnectionsPerMailbox, DefaultIMAPConnectionWait)
+	return l
 }
 
 // listener validates the settings every protocol section has. listenDefault

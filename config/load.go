@@ -44,7 +44,8 @@ func Parse(data []byte, path string) (*Config, error) {
 // occurrence.
 type rawConfig struct {
 	StateDir text         `toml:"state_dir"`
-	IMAP     *rawListener `toml:"imap"`
+	Limits   *rawLimits   `toml:"limits"`
+	IMAP     *rawIMAP     `toml:"imap"`
 	SMTP     *rawSMTP     `toml:"smtp"`
 	Apps     []rawApp     `toml:"app"`
 	Accounts []rawAccount `toml:"account"`
@@ -57,6 +58,18 @@ type rawListener struct {
 	UpstreamCAFile text  `toml:"upstream_ca_file"`
 	TLSCertFile    text  `toml:"tls_cert_file"`
 	TLSKeyFile     text  `toml:"tls_key_file"`
+}
+
+type rawLimits struct {
+	MaxConnections          number `toml:"max_connections"`
+	MaxConnectionsPerSource number `toml:"max_connections_per_source"`
+	PreAuthTimeout          text   `toml:"pre_auth_timeout"`
+}
+
+type rawIMAP struct {
+	rawListener
+	MaxConnectionsPerMailbox number `toml:"max_connections_per_mailbox"`
+	ConnectionWait           text   `toml:"connection_wait"`
 }
 
 type rawSMTP struct {

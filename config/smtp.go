@@ -12,16 +12,16 @@ const (
 	// Upstream port 465 is submission over implicit TLS (RFC 8314).
 	implicitTLSPort = "465"
 
-	maxSMTPConnectionsPerMailbox = 100
-	maxSMTPConnectionWait        = 10 * time.Minute
+	// maxConnectionsPerMailbox and maxConnectionWait bound the settings
+	// of the same names in [imap] and [smtp].
+	maxConnectionsPerMailbox = 100
+	maxConnectionWait        = 10 * time.Minute
 )
 
 func (v *validator) smtp(raw *rawSMTP, apps []*App, accounts []*Account) *SMTP {
 	const section = "smtp"
 	s := &SMTP{
-		Listener:                 *v.listener(section, defaultSMTPListen, &raw.rawListener, apps, func(c *Cloud) string { return c.SMTPHost }),
-		MaxConnectionsPerMailbox: DefaultSMTPMaxConnectionsPerMailbox,
-		ConnectionWait:           DefaultSMTPConnectionWait,
+		Listener: *v.listener(section, defaultSMTPListen, &raw.rawListener, apps, func(c *Cloud) string { return c.SMTPHost }),
 	}
 	if _, port, err := net.SplitHostPort(s.Upstream); err == nil {
 		s.UpstreamImplicitTLS = port == implicitTLSPort
@@ -31,24 +31,33 @@ func (v *validator) smtp(raw *rawSMTP, apps []*App, accounts []*Account) *SMTP {
 		s.UnauthenticatedAs = v.unauthenticatedAs(section, name, accounts, &s.Listener)
 	}
 
-	key := section + ".max_connections_per_mailbox"
-	if n, ok := v.integer(key, raw.MaxConnectionsPerMailbox); ok {
-		if n < 1 || n > maxSMTPConnectionsPerMailbox {
-			v.errorf(key, "%d is out of range: 1 to %d (Exchange Online allows %d)", n, maxSMTPConnectionsPerMailbox, DefaultSMTPMaxConnectionsPerMailbox)
-		} else {
-			s.MaxConnectionsPerMailbox = int(n)
-		}
-	}
-
-	key = section + ".connection_wait"
-	if d, ok := v.duration(key, raw.ConnectionWait); ok {
-		if d <= 0 || d > maxSMTPConnectionWait {
-			v.errorf(key, "%s is out of range: more than 0s and at most %s", d, maxSMTPConnectionWait)
-		} else {
-			s.ConnectionWait = d
-		}
-	}
+	s.MaxConnectionsPerMailbox, s.ConnectionWait = v.mailboxConnections(section, raw.MaxConnectionsPerMailbox, raw.ConnectionWait,
+		DefaultSMTPMaxConnectionsPerMailbox, DefaultSMTPConnectionWait)
 	return s
+}
+
+// mailboxConnections validates a protocol section's
+// max_connections_per_mailbox, whose default is Exchange Online's limit,
+// and connection_wait.
+func (v *validator) mailboxConnections(section string, rawMax number, rawWait text, defMax int, defWait time.Duration) (int, time.Duration) {
+	max, wait := defMax, defWait
+	key := section + ".max_connections_per_mailbox"
+	if n, ok := v.integer(key, rawMax); ok {
+		if n < 1 || n > maxConnectionsPerMailbox {
+			v.errorf(key, "%d is out of range: 1 to %d (Exchange Online allows %d)", n, maxConnectionsPerMailbox, defMax)
+		} else {
+			max = int(n)
+		}
+	}
+	key = section + ".connection_wait"
+	if d, ok := v.duration(key, rawWait); ok {
+		if d <= 0 || d > maxConnectionWait {
+			v.errorf(key, "%s is out of range: more than 0s and at most %s", d, maxConnectionWait)
+		} else {
+			wait = d
+		}
+	}
+	return max, wait
 }
 
 // unauthenticatedAs returns the mailbox of the account named by mailbox or

@@ -167,6 +167,7 @@ func (v *validator) config(raw *rawConfig) *Config {
 	if dir, ok := v.str("state_dir", raw.StateDir); ok {
 		cfg.StateDir = v.resolve(dir)
 	}
+	cfg.Limits = v.limits(raw.Limits)
 	cfg.Apps = v.apps(raw.Apps)
 	cfg.Accounts = v.accounts(raw.Accounts, cfg.Apps)
 	if raw.IMAP != nil {

@@ -102,7 +102,8 @@ func newDaemon(cfg *config.Config, log *slog.Logger, opts broker.Options) (_ *da
 	return d, nil
 }
 
-func (d *daemon) setupIMAP(lc *config.Listener) error {
+func (d *daemon) setupIMAP(ic *config.IMAP) error {
+	lc := &ic.Listener
 	upstreamTLS, err := upstreamTLSConfig(lc)
 	if err != nil {
 		return err

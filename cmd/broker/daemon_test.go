@@ -56,7 +56,7 @@ func (s *logSink) waitFor(t *testing.T, re *regexp.Regexp) string {
 func TestDaemonServesIMAPAndSMTP(t *testing.T) {
 	cfg := &config.Config{
 		StateDir: t.TempDir(),
-		IMAP:     &config.Listener{Listen: []string{"127.0.0.1:0"}, Upstream: "127.0.0.1:993"},
+		IMAP:     &config.IMAP{Listener: config.Listener{Listen: []string{"127.0.0.1:0"}, Upstream: "127.0.0.1:993"}},
 		SMTP: &config.SMTP{
 			Listener:                 config.Listener{Listen: []string{"127.0.0.1:0", "127.0.0.1:0"}, Upstream: "127.0.0.1:587"},
 			MaxConnectionsPerMailbox: config.DefaultSMTPMaxConnectionsPerMailbox,

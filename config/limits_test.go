@@ -1,0 +1,45 @@
+package config
+
+import (
+	"testing"
+	"time"
+)
+
+func TestLimitsDefaults(t *testing.T) {
+	cfg := mustParse(t, t.TempDir(), "[imap]\n")
+	want := Limits{MaxConnections: 1000, MaxConnectionsPerSource: 100, PreAuthTimeout: 60 * time.Second}
+	if cfg.Limits != want {
+		t.Fatalf("got %+v, want %+v", cfg.Limits, want)
+	}
+	if i := cfg.IMAP; i.MaxConnectionsPerMailbox != 20 || i.ConnectionWait != 30*time.Second {
+		t.Fatalf("got IMAP %+v, want 20 sessions per mailbox and a 30s wait", i)
+	}
+}
+
+func TestLimitsSettings(t *testing.T) {
+	tests := []struct {
+		name string
+		src  string
+		want Limits
+	}{
+		{"empty section", "[limits]\n", Limits{1000, 100, time.Minute}},
+		{"all set", "[limits]\nmax_connections = 50\nmax_connections_per_source = 50\npre_auth_timeout = \"1s\"\n", Limits{50, 50, time.Second}},
+		{"per source follows a lower total", "[limits]\nmax_connections = 10\n", Limits{10, 10, time.Minute}},
+		{"longest pre-auth", "[limits]\npre_auth_timeout = \"10m\"\n", Limits{1000, 100, 10 * time.Minute}},
+	}
+	dir := t.TempDir()
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := mustParse(t, dir, tt.src).Limits; got != tt.want {
+				t.Fatalf("got %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestIMAPMailboxSettings(t *testing.T) {
+	cfg := mustParse(t, t.TempDir(), "[imap]\nmax_connections_per_mailbox = 5\nconnection_wait = \"2s\"\n")
+	if i := cfg.IMAP; i.MaxConnectionsPerMailbox != 5 || i.ConnectionWait != 2*time.Second {
+		t.Fatalf("got IMAP %+v, want 5 and 2s", i)
+	}
+}
