@@ -34,6 +34,8 @@ type daemon struct {
 	broker *broker.Broker
 	imap   *proxy.IMAPServer
 	smtp   *proxy.SMTPServer
+	// limiter caps client connections of every protocol together.
+	limiter *proxy.ConnLimiter
 
 	listeners []servedListener
 	control   net.Listener
@@ -86,6 +88,7 @@ func newDaemon(cfg *config.Config, log *slog.Logger, opts broker.Options) (_ *da
 	if d.broker, err = broker.New(cfg, d.store, opts); err != nil {
 		return nil, err
 	}
+	d.limiter = proxy.NewConnLimiter(cfg.Limits.MaxConnections, cfg.Limits.MaxConnectionsPerSource)
 	if cfg.IMAP != nil {
 		if err := d.setupIMAP(cfg.IMAP); err != nil {
 			return nil, err
@@ -118,6 +121,11 @@ func (d *daemon) setupIMAP(ic *config.IMAP) error {
 		TLS:         localTLS,
 		Auth:        d.broker,
 		Logger:      d.log,
+
+		Limiter:                  d.limiter,
+		PreAuthTimeout:           d.cfg.Limits.PreAuthTimeout,
+		MaxConnectionsPerMailbox: ic.MaxConnectionsPerMailbox,
+		ConnectionWait:           ic.ConnectionWait,
 	})
 	return d.bind("imap", lc, localTLS, d.imap.Serve)
 }
@@ -142,6 +150,8 @@ func (d *daemon) setupSMTP(sc *config.SMTP) error {
 		UnauthenticatedAs:        sc.UnauthenticatedAs,
 		MaxConnectionsPerMailbox: sc.MaxConnectionsPerMailbox,
 		ConnectionWait:           sc.ConnectionWait,
+		Limiter:                  d.limiter,
+		PreAuthTimeout:           d.cfg.Limits.PreAuthTimeout,
 	})
 	return d.bind("smtp", &sc.Listener, localTLS, d.smtp.Serve)
 }
