@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -11,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/emersion/go-imap/v2/imapclient"
 
 	"github.com/mailbroker/broker/broker"
 	"github.com/mailbroker/broker/config"
@@ -137,7 +140,14 @@ func TestExpiredTokenOneRefreshForFiftyLogins(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c := dialProxy(t, env.IMAPAddr)
+			// Not dialProxy: a goroutine other than the test's must not
+			// call t.Fatal, so errors go to the test's goroutine.
+			c, err := imapclient.DialInsecure(env.IMAPAddr, nil)
+			if err != nil {
+				errs <- fmt.Errorf("dial proxy: %w", err)
+				return
+			}
+			defer c.Close()
 			errs <- c.Login(mailbox, env.Password).Wait()
 		}()
 	}
