@@ -6,6 +6,7 @@ package config
 import (
 	"crypto"
 	"crypto/x509"
+	"log/slog"
 	"time"
 )
 
@@ -26,6 +27,14 @@ type Config struct {
 	// StateDir holds the database and, unless systemd passes one, the
 	// sealing key. Default /var/lib/broker.
 	StateDir string
+	// ControlSocket is the control socket's path (control_socket). Default:
+	// DefaultControlSocketFor(StateDir), a rule of the configuration alone
+	// so that the daemon and the CLI agree. "" in a Config built by hand
+	// means state_dir/control.sock.
+	ControlSocket string
+	// LogLevel is the daemon's least severe level logged (log_level:
+	// debug, info, warn or error). Default info.
+	LogLevel slog.Level
 
 	// Limits are the [limits] section, defaults filled in when absent.
 	Limits Limits

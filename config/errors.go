@@ -11,7 +11,13 @@ type Error struct {
 	Line int    // 0 when the problem has no line of its own
 	Key  string // "" for problems with the file as a whole
 	Msg  string
+	// err is the underlying error, when there is one (reading the file).
+	err error
 }
+
+// Unwrap returns the error behind a file that could not be read, so that
+// errors.Is(err, fs.ErrNotExist) holds for a missing file.
+func (e *Error) Unwrap() error { return e.err }
 
 func (e *Error) Error() string {
 	s := e.File

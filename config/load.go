@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"regexp"
 	"strconv"
@@ -15,7 +16,14 @@ import (
 func Load(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, err
+		// An *Error, like every other problem with the file, so that
+		// callers can tell a configuration problem from others.
+		msg := err.Error()
+		var pe *fs.PathError
+		if errors.As(err, &pe) && pe.Path == path {
+			msg = pe.Err.Error()
+		}
+		return nil, &Error{File: path, Msg: msg, err: err}
 	}
 	return Parse(data, path)
 }
@@ -43,12 +51,14 @@ func Parse(data []byte, path string) (*Config, error) {
 // the first problem and only knows the position of a repeated table's last
 // occurrence.
 type rawConfig struct {
-	StateDir text         `toml:"state_dir"`
-	Limits   *rawLimits   `toml:"limits"`
-	IMAP     *rawIMAP     `toml:"imap"`
-	SMTP     *rawSMTP     `toml:"smtp"`
-	Apps     []rawApp     `toml:"app"`
-	Accounts []rawAccount `toml:"account"`
+	StateDir      text         `toml:"state_dir"`
+	ControlSocket text         `toml:"control_socket"`
+	LogLevel      text         `toml:"log_level"`
+	Limits        *rawLimits   `toml:"limits"`
+	IMAP          *rawIMAP     `toml:"imap"`
+	SMTP          *rawSMTP     `toml:"smtp"`
+	Apps          []rawApp     `toml:"app"`
+	Accounts      []rawAccount `toml:"account"`
 }
 
 type rawListener struct {

@@ -167,6 +167,8 @@ func (v *validator) config(raw *rawConfig) *Config {
 	if dir, ok := v.str("state_dir", raw.StateDir); ok {
 		cfg.StateDir = v.resolve(dir)
 	}
+	cfg.ControlSocket = v.controlSocket(raw.ControlSocket, cfg.StateDir)
+	cfg.LogLevel = v.logLevel(raw.LogLevel)
 	cfg.Limits = v.limits(raw.Limits)
 	cfg.Apps = v.apps(raw.Apps)
 	cfg.Accounts = v.accounts(raw.Accounts, cfg.Apps)
