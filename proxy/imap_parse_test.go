@@ -186,7 +186,7 @@ func FuzzIMAPSession(f *testing.F) {
 		go func() {
 			defer close(done)
 			defer server.Close()
-			newIMAPSession(srv, &trackedConn{id: "fuzz", conn: server, start: time.Now()}).run()
+			newIMAPSession(srv, NewConn(server)).run()
 		}()
 		go io.Copy(io.Discard, client)
 		client.Write(data)

@@ -71,8 +71,8 @@ type IMAPServer struct {
 	upstreamTLS *tls.Config
 	tls         *tls.Config
 	logger      *slog.Logger
-	srv         *connServer
-	slots       *mailboxSlots
+	srv         *Server
+	pipeline    *LoginPipeline
 }
 
 // NewIMAPServer returns a server configured by opts, which it copies.
@@ -82,17 +82,24 @@ func NewIMAPServer(opts *IMAPOptions) *IMAPServer {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	setDefault(&o.PreAuthTimeout, DefaultPreAuthTimeout)
-	setDefault(&o.MaxConnectionsPerMailbox, DefaultIMAPMaxConnectionsPerMailbox)
-	setDefault(&o.ConnectionWait, DefaultIMAPConnectionWait)
-	setDefault(&o.DialTimeout, DefaultIMAPDialTimeout)
-	setDefault(&o.LoginTimeout, DefaultIMAPLoginTimeout)
-	setDefault(&o.MaxLoginFailures, DefaultIMAPMaxLoginFailures)
+	SetDefault(&o.PreAuthTimeout, DefaultPreAuthTimeout)
+	SetDefault(&o.MaxConnectionsPerMailbox, DefaultIMAPMaxConnectionsPerMailbox)
+	SetDefault(&o.ConnectionWait, DefaultIMAPConnectionWait)
+	SetDefault(&o.DialTimeout, DefaultIMAPDialTimeout)
+	SetDefault(&o.LoginTimeout, DefaultIMAPLoginTimeout)
+	SetDefault(&o.MaxLoginFailures, DefaultIMAPMaxLoginFailures)
 	s.logger = o.Logger.With("proto", string(IMAP))
-	s.upstreamTLS = upstreamTLSConfig(o.UpstreamTLS, o.Upstream)
-	s.tls = localTLSConfig(o.TLS)
-	s.slots = newMailboxSlots(o.MaxConnectionsPerMailbox)
-	s.srv = newConnServer(s.logger, s.handle, o.Limiter, "* BYE Too many connections")
+	s.upstreamTLS = UpstreamTLSConfig(o.UpstreamTLS, o.Upstream)
+	s.tls = LocalTLSConfig(o.TLS)
+	s.pipeline = &LoginPipeline{Auth: o.Auth, Classify: classifyIMAPFailure}
+	s.srv = NewServer(&ServerOptions{
+		Logger:                   s.logger,
+		Handle:                   s.handle,
+		Limiter:                  o.Limiter,
+		Refusal:                  "* BYE Too many connections",
+		MaxConnectionsPerMailbox: o.MaxConnectionsPerMailbox,
+		ConnectionWait:           o.ConnectionWait,
+	})
 	return s
 }
 
@@ -103,37 +110,28 @@ func (s *IMAPServer) Serve(l net.Listener) error {
 	if s.opts.Upstream == "" || s.opts.Auth == nil {
 		return errors.New("proxy: IMAPOptions.Upstream and Auth are required")
 	}
-	return s.srv.serve(l)
+	return s.srv.Serve(l)
 }
 
 // Close closes the listeners and every session now.
-func (s *IMAPServer) Close() error { return s.srv.close() }
+func (s *IMAPServer) Close() error { return s.srv.Close() }
 
 // Shutdown stops accepting and waits for the sessions to end until ctx is
 // done; then it closes the sessions left and returns ctx's error.
-func (s *IMAPServer) Shutdown(ctx context.Context) error { return s.srv.shutdown(ctx, nil) }
+func (s *IMAPServer) Shutdown(ctx context.Context) error { return s.srv.Shutdown(ctx, nil) }
 
 // Sessions returns the number of live sessions, logged in or not.
-func (s *IMAPServer) Sessions() int { return s.srv.count() }
+func (s *IMAPServer) Sessions() int { return s.srv.Sessions() }
 
 // Stats returns the server's counters.
-func (s *IMAPServer) Stats() Stats { return s.srv.stats.snapshot(s.srv.count()) }
+func (s *IMAPServer) Stats() Stats { return s.srv.Stats() }
 
 // UpstreamConnections returns how many upstream sessions account holds.
-func (s *IMAPServer) UpstreamConnections(account string) int { return s.slots.inUse(account) }
-
-// takeSlot waits for a free upstream session of account, for at most
-// ConnectionWait. A wait that runs out is logged and counted, and its
-// error is errSlotWait.
-func (s *IMAPServer) takeSlot(ctx context.Context, tc *trackedConn, account string) (release func(), err error) {
-	release, err = s.slots.acquireWithin(ctx, account, s.opts.ConnectionWait)
-	if errors.Is(err, errSlotWait) {
-		s.srv.refusedMailbox(tc, account)
-	}
-	return release, err
+func (s *IMAPServer) UpstreamConnections(account string) int {
+	return s.srv.UpstreamConnections(account)
 }
 
-func (s *IMAPServer) handle(tc *trackedConn) {
+func (s *IMAPServer) handle(tc *Conn) {
 	sess := newIMAPSession(s, tc)
 	sess.run()
 }

@@ -18,9 +18,11 @@ const (
 	// may send before login; a client that keeps sending garbage is not
 	// going to log in.
 	imapMaxBadCommands = 10
-	// imapMaxReplyText bounds the text of a reply built from an
-	// Authenticator's Reason.
-	imapMaxReplyText = 200
+
+	// lingerTimeout and lingerMaxBytes bound how long and how much a
+	// closing session discards of what the client still sends.
+	lingerTimeout  = 2 * time.Second
+	lingerMaxBytes = 4 << 20
 )
 
 // imapAuthenticatedCommands are refused before login with "Log in first"
@@ -38,7 +40,7 @@ var imapAuthenticatedCommands = map[string]bool{
 // here, then the splice to upstream.
 type imapSession struct {
 	srv   *IMAPServer
-	tc    *trackedConn
+	tc    *Conn
 	conn  net.Conn // the client connection, a *tls.Conn once TLS is on
 	isTLS bool
 	r     *imapReader // nil once spliced
@@ -63,16 +65,16 @@ type imapSession struct {
 	reason  string // why the session ended
 }
 
-func newIMAPSession(srv *IMAPServer, tc *trackedConn) *imapSession {
-	s := &imapSession{srv: srv, tc: tc, conn: tc.conn, log: srv.logger.With("session", tc.id),
-		deadline: tc.start.Add(srv.opts.PreAuthTimeout)}
-	_, s.isTLS = tc.conn.(*tls.Conn)
+func newIMAPSession(srv *IMAPServer, tc *Conn) *imapSession {
+	s := &imapSession{srv: srv, tc: tc, conn: tc.NetConn(), log: srv.logger.With("session", tc.ID()),
+		deadline: tc.Accepted().Add(srv.opts.PreAuthTimeout)}
+	_, s.isTLS = tc.NetConn().(*tls.Conn)
 	s.r = newIMAPReader(s.conn, s.continueLiteral)
 	return s
 }
 
 func (s *imapSession) run() {
-	s.log.Info("session start", "remote", s.tc.conn.RemoteAddr().String(), "tls", s.isTLS)
+	s.log.Info("session start", "remote", s.tc.NetConn().RemoteAddr().String(), "tls", s.isTLS)
 	defer s.logEnd()
 	defer func() {
 		if s.release != nil {
@@ -110,15 +112,15 @@ func (s *imapSession) run() {
 
 func (s *imapSession) logEnd() {
 	reason := s.reason
-	if s.tc.closedByServer() {
+	if s.tc.ClosedByServer() {
 		reason = "server closed"
 	}
 	s.log.Info("session end",
-		"remote", s.tc.conn.RemoteAddr().String(),
+		"remote", s.tc.NetConn().RemoteAddr().String(),
 		"account", s.account,
 		"bytes_up", s.stats.up,
 		"bytes_down", s.stats.down,
-		"duration", time.Since(s.tc.start).Round(time.Millisecond),
+		"duration", time.Since(s.tc.Accepted()).Round(time.Millisecond),
 		"reason", reason)
 }
 
@@ -170,9 +172,9 @@ func (s *imapSession) readFailed(err error) (end bool) {
 			return true
 		}
 		return s.refuse(tag + " BAD " + se.text)
-	case isTimeout(err):
+	case IsTimeout(err):
 		s.reason = "pre-login time limit"
-		s.srv.srv.stats.preAuthTimeouts.Add(1)
+		s.srv.srv.CountPreAuthTimeout()
 		s.write("* BYE Autologout; not logged in in time")
 	case err == io.EOF:
 		s.reason = "client closed"
@@ -245,7 +247,7 @@ func (s *imapSession) startTLS(tag string) (end bool) {
 }
 
 func (s *imapSession) handshake(conn *tls.Conn) error {
-	ctx, cancel := context.WithDeadline(s.srv.srv.ctx, s.deadline)
+	ctx, cancel := context.WithDeadline(s.srv.srv.Context(), s.deadline)
 	defer cancel()
 	err := conn.HandshakeContext(ctx)
 	if err != nil {
@@ -270,9 +272,9 @@ func (s *imapSession) authenticate(cmd *imapCommand) (end bool) {
 	mech := strings.ToUpper(string(cmd.args[0]))
 	switch mech {
 	case "PLAIN":
-		srv = newPlainServer(check)
+		srv = NewPlainServer(check)
 	case "LOGIN":
-		srv = newLoginServer(check)
+		srv = NewLoginServer(check)
 	default:
 		s.log.Info("login failed", "mechanism", truncate(mech, 40), "reason", "unsupported mechanism")
 		return s.refuse(tag + " NO [CANNOT] Unsupported authentication mechanism")
@@ -286,7 +288,7 @@ func (s *imapSession) authenticate(cmd *imapCommand) (end bool) {
 	}
 	for {
 		challenge, done, err := srv.Next(resp)
-		if r, ok := err.(*saslRefusal); ok {
+		if r, ok := err.(*SASLRefusal); ok {
 			return s.saslRefused(tag, mech, r)
 		}
 		if done {
@@ -336,8 +338,8 @@ func (s *imapSession) badBase64(tag, mech, user string) (end bool) {
 
 // saslRefused logs and answers an exchange refused before the credentials
 // were checked.
-func (s *imapSession) saslRefused(tag, mech string, r *saslRefusal) (end bool) {
-	logSASLRefusal(s.log, mech, r)
+func (s *imapSession) saslRefused(tag, mech string, r *SASLRefusal) (end bool) {
+	LogSASLRefusal(s.log, mech, r)
 	if r.Authzid {
 		return s.loginFailed(tag + " NO [AUTHORIZATIONFAILED] Cannot act as another user")
 	}
@@ -359,46 +361,20 @@ func (s *imapSession) loginFailed(reply string) (end bool) {
 // login checks the credentials, logs in upstream and, on success, splices
 // the session. cmdName names the command in the OK.
 func (s *imapSession) login(tag, cmdName, user, pass string) (end bool) {
-	ctx, cancel := context.WithTimeout(s.srv.srv.ctx, s.srv.opts.LoginTimeout+s.srv.opts.ConnectionWait)
+	ctx, cancel := context.WithTimeout(s.srv.srv.Context(), s.srv.opts.LoginTimeout+s.srv.opts.ConnectionWait)
 	defer cancel()
-	login := &Login{Protocol: IMAP, Username: user, Password: pass, Remote: s.tc.conn.RemoteAddr()}
-	var u *imapUpstream
-	defer func() {
+	login := &Login{Protocol: IMAP, Username: user, Password: pass, Remote: s.tc.NetConn().RemoteAddr()}
+	authorize := func(ctx context.Context) (*Upstream, error) { return s.srv.opts.Auth.Authenticate(ctx, login) }
+	u, up, le := LoginUpstream(ctx, s.srv.pipeline, s.log, user, authorize, s.loginUpstream)
+	if le != nil {
 		// A failed login frees its mailbox's slot for the next attempt.
-		if u == nil && s.release != nil {
+		if s.release != nil {
 			s.release()
 			s.release = nil
 		}
-	}()
-	for retried := false; ; retried = true {
-		up, err := s.srv.opts.Auth.Authenticate(ctx, login)
-		if err == nil && (up == nil || up.SASL == nil) {
-			err = errors.New("authenticator returned no upstream")
-		}
-		if err != nil {
-			le := loginErrorOf(err)
-			logLoginFailure(ctx, s.log, user, le)
-			return s.loginFailed(tag + " NO " + imapLoginReply(le))
-		}
-		if s.release == nil {
-			if s.release, err = s.srv.takeSlot(ctx, s.tc, up.Account); err != nil {
-				if errors.Is(err, errSlotWait) {
-					return s.loginFailed(tag + " NO [UNAVAILABLE] Too many connections for this mailbox, try again later")
-				}
-				le := upstreamUnavailable(err)
-				logLoginFailure(ctx, s.log, user, le)
-				return s.loginFailed(tag + " NO " + imapLoginReply(le))
-			}
-		}
-		if u, err = s.srv.loginUpstream(ctx, s.tc, up); err == nil {
-			s.account = up.Account
-			break
-		}
-		le := upstreamLoginError(err)
-		if !s.logUpstreamFailure(user, up.Account, le, retried) {
-			return s.loginFailed(tag + " NO " + imapLoginReply(le))
-		}
+		return s.loginFailed(tag + " NO " + imapLoginReply(le))
 	}
+	s.account = up.Account
 	if !s.write(tag + " OK " + imapCapabilityCode(u.caps) + cmdName + " completed") {
 		return true
 	}
@@ -406,21 +382,31 @@ func (s *imapSession) login(tag, cmdName, user, pass string) (end bool) {
 	return true
 }
 
-// logUpstreamFailure logs why upstream refused or could not be reached and
-// tells the Authenticator about a refusal; it reports whether to retry.
-func (s *imapSession) logUpstreamFailure(user, account string, le *LoginError, retried bool) bool {
-	var rej *imapRejection
-	var advice string
-	if errors.As(le.Err, &rej) {
-		if e, ok := explainIMAP(rej.Text); ok {
-			advice = e.advice
+// loginUpstream takes one of the mailbox's upstream sessions, unless the
+// session kept one from an attempt upstream refused, and logs in upstream.
+func (s *imapSession) loginUpstream(ctx context.Context, up *Upstream) (*imapUpstream, error) {
+	if s.release == nil {
+		release, err := s.srv.srv.TakeSlot(ctx, s.tc, up.Account)
+		if err != nil {
+			return nil, err
 		}
+		s.release = release
 	}
-	var refusal error
-	if rej != nil {
-		refusal = rej
+	return s.srv.loginUpstream(ctx, s.tc, up)
+}
+
+// classifyIMAPFailure classifies a failed upstream login for the login
+// pipeline: upstream's tagged NO or BAD is a refusal, explained if known.
+func classifyIMAPFailure(err error) (le *LoginError, advice string, refusal error) {
+	le = upstreamLoginError(err)
+	var rej *imapRejection
+	if !errors.As(err, &rej) {
+		return le, "", nil
 	}
-	return reportUpstreamFailure(s.log, s.srv.opts.Auth, user, account, le, advice, refusal, retried)
+	if e, ok := explainIMAP(rej.Text); ok {
+		advice = e.advice
+	}
+	return le, advice, rej
 }
 
 // imapLoginReply is the text of a failed login's NO (RFC 5530 codes). The
@@ -430,26 +416,9 @@ func imapLoginReply(le *LoginError) string {
 	case KindCredentials:
 		return "[AUTHENTICATIONFAILED] Invalid credentials"
 	case KindAccount:
-		return "[AUTHENTICATIONFAILED] " + replyText(le.Reason, "Account not usable, contact your administrator")
+		return "[AUTHENTICATIONFAILED] " + ReplyText(le.Reason, "Account not usable, contact your administrator")
 	}
-	return "[UNAVAILABLE] " + replyText(le.Reason, imapReasonUnavailable)
-}
-
-// replyText makes s fit in a response's text: printable ASCII, bounded.
-func replyText(s, def string) string {
-	b := []byte(strings.TrimSpace(s))
-	for i, c := range b {
-		if c < ' ' || c > '~' {
-			b[i] = '?'
-		}
-	}
-	if len(b) > imapMaxReplyText {
-		b = b[:imapMaxReplyText]
-	}
-	if len(b) == 0 {
-		return def
-	}
-	return string(b)
+	return "[UNAVAILABLE] " + ReplyText(le.Reason, imapReasonUnavailable)
 }
 
 // imapCapabilityCode returns "[CAPABILITY ...] " for upstream's
@@ -489,4 +458,15 @@ func buffered(br *bufio.Reader) []byte {
 	}
 	b, _ := br.Peek(br.Buffered())
 	return append([]byte(nil), b...)
+}
+
+// closeAfterBye half-closes c and discards what the client is still
+// sending for a moment: closing a socket with unread bytes makes the kernel
+// answer with a reset, which can destroy the BYE still in flight.
+func closeAfterBye(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+	c.SetReadDeadline(time.Now().Add(lingerTimeout))
+	io.CopyN(io.Discard, c, lingerMaxBytes)
 }

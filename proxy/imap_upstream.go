@@ -88,7 +88,7 @@ func upstreamLoginError(err error) *LoginError {
 }
 
 // loginUpstream connects to upstream and logs in with up.SASL.
-func (s *IMAPServer) loginUpstream(ctx context.Context, tc *trackedConn, up *Upstream) (*imapUpstream, error) {
+func (s *IMAPServer) loginUpstream(ctx context.Context, tc *Conn, up *Upstream) (*imapUpstream, error) {
 	// ctx allows for the wait for a mailbox slot too.
 	ctx, cancel := context.WithTimeout(ctx, s.opts.LoginTimeout)
 	defer cancel()
@@ -96,7 +96,7 @@ func (s *IMAPServer) loginUpstream(ctx context.Context, tc *trackedConn, up *Ups
 	if err != nil {
 		return nil, fmt.Errorf("connecting to %s: %w", s.opts.Upstream, err)
 	}
-	if !tc.attach(conn) {
+	if !tc.Attach(conn) {
 		return nil, net.ErrClosed
 	}
 	if dl, ok := ctx.Deadline(); ok {
@@ -322,10 +322,4 @@ func truncate(s string, n int) string {
 		return s[:n] + "…"
 	}
 	return s
-}
-
-// isTimeout reports whether err is a deadline or timeout.
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
 }

@@ -10,8 +10,8 @@ import (
 
 const (
 	// DefaultPreAuthTimeout is how long a client has, from connecting, to
-	// log in: IMAP LOGIN or AUTHENTICATE, SMTP AUTH (or, for
-	// SMTPOptions.UnauthenticatedAs, its first MAIL). Every read before
+	// log in: IMAP LOGIN or AUTHENTICATE, SMTP AUTH (or, for an SMTP
+	// server's UnauthenticatedAs, its first MAIL). Every read before
 	// then stops at this limit, however slowly the client trickles its
 	// bytes.
 	DefaultPreAuthTimeout = 60 * time.Second
@@ -44,6 +44,14 @@ const (
 	ipv6SourcePrefixLen = 64
 )
 
+// SetDefault sets an option left at zero (or below) to its default: the
+// options structs document a zero value as "the default".
+func SetDefault[T int | time.Duration](v *T, def T) {
+	if *v <= 0 {
+		*v = def
+	}
+}
+
 // ConnLimiter caps client connections in total and per source address.
 // One limiter given to several servers (IMAP, SMTP) caps them together.
 type ConnLimiter struct {
@@ -58,8 +66,8 @@ type ConnLimiter struct {
 // perSource per source address; zero or less means
 // DefaultMaxConnections and DefaultMaxConnectionsPerSource.
 func NewConnLimiter(max, perSource int) *ConnLimiter {
-	setDefault(&max, DefaultMaxConnections)
-	setDefault(&perSource, DefaultMaxConnectionsPerSource)
+	SetDefault(&max, DefaultMaxConnections)
+	SetDefault(&perSource, DefaultMaxConnectionsPerSource)
 	return &ConnLimiter{max: max, perSource: perSource, sources: make(map[netip.Addr]int)}
 }
 

@@ -178,7 +178,7 @@ func TestSMTPUnauthenticatedAsEndsPreAuth(t *testing.T) {
 	c.expect("250 ")
 	// The pre-auth limit passes with nothing to read.
 	c.c.SetReadDeadline(time.Now().Add(3 * preAuth))
-	if _, err := c.br.ReadByte(); !isTimeout(err) {
+	if _, err := c.br.ReadByte(); !IsTimeout(err) {
 		t.Fatalf("session ended at the pre-auth limit after MAIL: %v", err)
 	}
 	c.c.SetDeadline(time.Now().Add(10 * time.Second))

@@ -1,14 +1,18 @@
-// Package proxy accepts legacy logins from local clients and relays their
-// sessions to an upstream mail server. It knows nothing of OAuth or of where
-// credentials live: an Authenticator decides whether a login is good and says
-// how to authenticate upstream.
+// Package proxy is the shared core of the protocol proxies, which accept
+// legacy logins from local clients and relay their sessions to an upstream
+// mail server: proxy/imap, proxy/smtp (and proxy/pop3 to come).
+//
+// It holds what they have in common: the Authenticator seam (it knows
+// nothing of OAuth or of where credentials live: an Authenticator decides
+// whether a login is good and says how to authenticate upstream), the
+// connection core (Server: accept loop, caps, drain, per-mailbox upstream
+// slots), the login pipeline (LoginUpstream), the SASL PLAIN and LOGIN
+// servers, TLS configuration copies and shared defaults.
 package proxy
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 
 	"github.com/emersion/go-sasl"
@@ -20,6 +24,7 @@ type Protocol string
 const (
 	IMAP Protocol = "imap"
 	SMTP Protocol = "smtp"
+	POP3 Protocol = "pop3"
 )
 
 // Login is one local login attempt.
@@ -48,7 +53,7 @@ type Authenticator interface {
 
 // AccountAuthenticator is an optional interface of an Authenticator: it
 // returns upstream credentials for a configured account without a local
-// password. The SMTP server uses it only for SMTPOptions.UnauthenticatedAs,
+// password. The SMTP server uses it only for its UnauthenticatedAs option,
 // and only for loopback clients. A failure is a *LoginError, as for
 // Authenticate.
 type AccountAuthenticator interface {
@@ -107,44 +112,3 @@ func (e *LoginError) Error() string {
 }
 
 func (e *LoginError) Unwrap() error { return e.Err }
-
-// loginErrorOf classifies any error returned by an Authenticator.
-func loginErrorOf(err error) *LoginError {
-	var le *LoginError
-	if errors.As(err, &le) {
-		return le
-	}
-	return &LoginError{Kind: KindUnavailable, Reason: "temporary failure, try again later", Err: err}
-}
-
-// logLoginFailure logs a login the Authenticator refused: wrong
-// credentials are routine, anything else needs attention.
-func logLoginFailure(ctx context.Context, log *slog.Logger, user string, le *LoginError) {
-	level := slog.LevelWarn
-	if le.Kind == KindCredentials {
-		level = slog.LevelInfo
-	}
-	log.Log(ctx, level, "login failed", "user", user, "kind", le.Kind.String(), "err", le.Error())
-}
-
-// reportUpstreamFailure logs a failed upstream login, with advice for the
-// administrator if there is some, and tells auth when upstream's refusal
-// (nil if it did not refuse) is about the account. It reports whether auth
-// wants the login retried once with new credentials.
-func reportUpstreamFailure(log *slog.Logger, auth Authenticator, user, account string, le *LoginError, advice string, refusal error, retried bool) (retry bool) {
-	attrs := []any{"user", user, "account", account, "kind", le.Kind.String(), "err", le.Err.Error()}
-	if advice != "" {
-		attrs = append(attrs, "advice", advice)
-	}
-	if refusal != nil && le.Kind == KindAccount {
-		if r, ok := auth.(UpstreamRejectionReporter); ok {
-			retry = r.UpstreamRejected(account, refusal.Error()) && !retried
-		}
-	}
-	if retry {
-		log.Info("upstream refused the token; retrying with a new one", attrs...)
-	} else {
-		log.Warn("upstream login failed", attrs...)
-	}
-	return retry
-}

@@ -6,24 +6,20 @@ import (
 	"strings"
 
 	"github.com/emersion/go-sasl"
-	"github.com/emersion/go-smtp"
 )
 
-// The SASL servers here are shared by IMAP (AUTHENTICATE) and SMTP (AUTH).
-// They parse the exchange and hand the credentials to a saslCredentials
-// function; what they refuse before that is a *saslRefusal, which each
-// protocol turns into its own reply.
+// The SASL servers here are shared by IMAP (AUTHENTICATE), SMTP (AUTH) and
+// POP3 (AUTH, RFC 5034). They parse the exchange and hand the credentials to
+// a check function, whose error ends the exchange as it is; what they refuse
+// before that is a *SASLRefusal, which each protocol turns into its own
+// reply.
 
-// saslCredentials checks a username and password taken from a SASL
-// exchange. Its error ends the exchange as it is.
-type saslCredentials func(username, password string) error
-
-// maxSASLField bounds a username or password: RFC 4616 §2 allows 255
+// MaxSASLField bounds a username or password: RFC 4616 §2 allows 255
 // octets each for PLAIN; app passwords and mailbox names are far shorter.
-const maxSASLField = 255
+const MaxSASLField = 255
 
-// saslRefusal is an exchange refused before the credentials were checked.
-type saslRefusal struct {
+// SASLRefusal is an exchange refused before the credentials were checked.
+type SASLRefusal struct {
 	// Reason says why, for the log.
 	Reason string
 	// User is the authentication identity, when it was read.
@@ -33,9 +29,9 @@ type saslRefusal struct {
 	Authzid bool
 }
 
-func (e *saslRefusal) Error() string { return e.Reason }
+func (e *SASLRefusal) Error() string { return e.Reason }
 
-func malformed(reason string) *saslRefusal { return &saslRefusal{Reason: reason} }
+func malformed(reason string) *SASLRefusal { return &SASLRefusal{Reason: reason} }
 
 // parsePlain parses a PLAIN message (RFC 4616 §2): [authzid] NUL authcid
 // NUL passwd. An authzid other than the user itself is refused.
@@ -45,12 +41,12 @@ func parsePlain(msg []byte) (user, pass string, err error) {
 	}
 	authzid, rest, ok1 := bytes.Cut(msg, []byte{0})
 	u, p, ok2 := bytes.Cut(rest, []byte{0})
-	if !ok1 || !ok2 || len(u) == 0 || len(u) > maxSASLField || len(p) > maxSASLField ||
+	if !ok1 || !ok2 || len(u) == 0 || len(u) > MaxSASLField || len(p) > MaxSASLField ||
 		bytes.IndexByte(p, 0) >= 0 {
 		return "", "", malformed("malformed PLAIN response")
 	}
 	if len(authzid) > 0 && !strings.EqualFold(string(authzid), string(u)) {
-		return "", "", &saslRefusal{Reason: "authorization identity differs from the user", User: string(u), Authzid: true}
+		return "", "", &SASLRefusal{Reason: "authorization identity differs from the user", User: string(u), Authzid: true}
 	}
 	return string(u), string(p), nil
 }
@@ -59,12 +55,17 @@ func parsePlain(msg []byte) (user, pass string, err error) {
 // it fails malformed input with an error go-smtp would send as a
 // temporary 454 with the library's text.
 type plainServer struct {
-	check  saslCredentials
+	check  func(username, password string) error
 	asked  bool
 	closed bool
 }
 
-func newPlainServer(check saslCredentials) sasl.Server { return &plainServer{check: check} }
+// NewPlainServer returns the server side of PLAIN (RFC 4616), which hands
+// the credentials to check. An authorization identity other than the user
+// itself is refused.
+func NewPlainServer(check func(username, password string) error) sasl.Server {
+	return &plainServer{check: check}
+}
 
 func (s *plainServer) Next(response []byte) (challenge []byte, done bool, err error) {
 	if s.closed {
@@ -88,7 +89,7 @@ func (s *plainServer) Next(response []byte) (challenge []byte, done bool, err er
 // still use: "Username:" and "Password:" challenges, the username possibly
 // sent as the initial response.
 type loginServer struct {
-	check    saslCredentials
+	check    func(username, password string) error
 	step     int // 0: want username, 1: want password, 2: done
 	username string
 }
@@ -98,7 +99,11 @@ var (
 	loginPasswordChallenge = []byte("Password:")
 )
 
-func newLoginServer(check saslCredentials) sasl.Server { return &loginServer{check: check} }
+// NewLoginServer returns the server side of the obsolete LOGIN mechanism
+// (draft-murchison-sasl-login-00), which hands the credentials to check.
+func NewLoginServer(check func(username, password string) error) sasl.Server {
+	return &loginServer{check: check}
+}
 
 func (s *loginServer) Next(response []byte) (challenge []byte, done bool, err error) {
 	switch s.step {
@@ -112,8 +117,8 @@ func (s *loginServer) Next(response []byte) (challenge []byte, done bool, err er
 		return s.gotUsername(response)
 	case 1:
 		s.step = 2
-		if len(response) > maxSASLField {
-			return nil, true, &saslRefusal{Reason: "LOGIN password too long", User: s.username}
+		if len(response) > MaxSASLField {
+			return nil, true, &SASLRefusal{Reason: "LOGIN password too long", User: s.username}
 		}
 		return nil, true, s.check(s.username, string(response))
 	}
@@ -125,7 +130,7 @@ func (s *loginServer) gotUsername(response []byte) ([]byte, bool, error) {
 	switch {
 	case len(response) == 0:
 		return nil, true, malformed("empty LOGIN username")
-	case len(response) > maxSASLField || bytes.IndexByte(response, 0) >= 0:
+	case len(response) > MaxSASLField || bytes.IndexByte(response, 0) >= 0:
 		return nil, true, malformed("malformed LOGIN username")
 	}
 	s.username = string(response)
@@ -133,42 +138,7 @@ func (s *loginServer) gotUsername(response []byte) ([]byte, bool, error) {
 	return loginPasswordChallenge, false, nil
 }
 
-// logSASLRefusal logs a login refused by a SASL server, once.
-func logSASLRefusal(log *slog.Logger, mech string, r *saslRefusal) {
+// LogSASLRefusal logs a login refused by a SASL server, once.
+func LogSASLRefusal(log *slog.Logger, mech string, r *SASLRefusal) {
 	log.Info("login failed", "user", r.User, "mechanism", mech, "reason", r.Reason)
-}
-
-// Replies to a refused SMTP AUTH exchange (RFC 4954 §6).
-var (
-	errSMTPSASLMalformed = &smtp.SMTPError{
-		Code:         501,
-		EnhancedCode: smtp.EnhancedCode{5, 5, 2},
-		Message:      "Malformed authentication response",
-	}
-	errSMTPSASLAuthzid = &smtp.SMTPError{
-		Code:         535,
-		EnhancedCode: smtp.EnhancedCode{5, 7, 8},
-		Message:      "Cannot authorize as another user",
-	}
-)
-
-// smtpSASLServer adapts a shared SASL server to go-smtp, which sends an
-// error other than *smtp.SMTPError as a 454 with its text: a refusal gets
-// its SMTP reply and its log line here.
-type smtpSASLServer struct {
-	sasl.Server
-	mech string
-	log  *slog.Logger
-}
-
-func (s *smtpSASLServer) Next(response []byte) (challenge []byte, done bool, err error) {
-	challenge, done, err = s.Server.Next(response)
-	if r, ok := err.(*saslRefusal); ok {
-		logSASLRefusal(s.log, s.mech, r)
-		if r.Authzid {
-			return nil, true, errSMTPSASLAuthzid
-		}
-		return nil, true, errSMTPSASLMalformed
-	}
-	return challenge, done, err
 }

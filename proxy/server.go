@@ -25,15 +25,45 @@ const (
 	acceptBackoffMax = time.Second
 )
 
-// connServer is the protocol-independent part of a server: the accept loop,
-// the set of live connections and their teardown.
-type connServer struct {
+// ServerOptions configures a Server. A protocol server fills them in; the
+// zero values are documented.
+type ServerOptions struct {
+	// Logger receives the refusals at a cap and recovered panics; the
+	// protocol server passes its own, with a "proto" attribute. Required.
+	Logger *slog.Logger
+	// Handle runs one session. It is called in the connection's own
+	// goroutine; when it returns, the connection and everything attached
+	// to it are closed. Required.
+	Handle func(*Conn)
+	// Limiter caps connections, possibly together with other servers'.
+	// Nil: a limiter of this server's own with the default caps.
+	Limiter *ConnLimiter
+	// Refusal is the protocol's one line (without CRLF) to a connection
+	// refused at a cap of Limiter, e.g. "* BYE Too many connections".
+	Refusal string
+	// MaxConnectionsPerMailbox caps the upstream connections each account
+	// may hold through TakeSlot. It must be positive: each protocol has
+	// its own default.
+	MaxConnectionsPerMailbox int
+	// ConnectionWait bounds TakeSlot's wait for a free upstream connection
+	// of a mailbox.
+	ConnectionWait time.Duration
+}
+
+// Server is the protocol-independent part of a protocol server: the accept
+// loop, the connection caps, the set of live connections, their teardown
+// (Close, Shutdown), the per-mailbox upstream slots and the counters. Each
+// accepted connection runs ServerOptions.Handle in its own goroutine, which
+// recovers its panics.
+type Server struct {
 	logger *slog.Logger
-	handle func(*trackedConn)
+	handle func(*Conn)
 	// limiter caps connections, possibly together with other servers';
 	// refusal is the protocol's one line to a connection refused.
 	limiter *ConnLimiter
 	refusal string
+	slots   *mailboxSlots
+	wait    time.Duration
 	stats   serverStats
 	// refusing counts refusals being written.
 	refusing atomic.Int32
@@ -46,34 +76,40 @@ type connServer struct {
 	mu        sync.Mutex
 	closed    bool
 	listeners map[net.Listener]struct{}
-	conns     map[*trackedConn]struct{}
+	conns     map[*Conn]struct{}
 	drained   chan struct{} // closed when conns empties after closed is set
 }
 
-// newConnServer returns a server that runs handle for each connection that
-// limiter (nil: one of its own with the default caps) admits, and answers
-// the others with the line refusal.
-func newConnServer(logger *slog.Logger, handle func(*trackedConn), limiter *ConnLimiter, refusal string) *connServer {
+// NewServer returns a server configured by opts.
+func NewServer(opts *ServerOptions) *Server {
 	ctx, cancel := context.WithCancel(context.Background())
+	limiter := opts.Limiter
 	if limiter == nil {
 		limiter = NewConnLimiter(0, 0)
 	}
-	return &connServer{
-		logger:    logger,
-		handle:    handle,
+	return &Server{
+		logger:    opts.Logger,
+		handle:    opts.Handle,
 		limiter:   limiter,
-		refusal:   refusal,
+		refusal:   opts.Refusal,
+		slots:     newMailboxSlots(opts.MaxConnectionsPerMailbox),
+		wait:      opts.ConnectionWait,
 		ctx:       ctx,
 		cancel:    cancel,
 		listeners: make(map[net.Listener]struct{}),
-		conns:     make(map[*trackedConn]struct{}),
+		conns:     make(map[*Conn]struct{}),
 		drained:   make(chan struct{}),
 	}
 }
 
-// serve accepts connections on l until it fails or the server closes. It
-// never waits for a session: each runs in its own goroutine.
-func (s *connServer) serve(l net.Listener) error {
+// Context is cancelled by Close, and by Shutdown when it gives up waiting:
+// logins and handshakes derive their contexts from it.
+func (s *Server) Context() context.Context { return s.ctx }
+
+// Serve accepts connections on l until it fails or the server closes, then
+// returns ErrServerClosed or l's error. It never waits for a session: each
+// runs in its own goroutine.
+func (s *Server) Serve(l net.Listener) error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -128,7 +164,7 @@ func (s *connServer) serve(l net.Listener) error {
 
 // refuse logs and counts a connection refused at a cap, and answers it with
 // the protocol's refusal line unless too many refusals are being written.
-func (s *connServer) refuse(c net.Conn, reason string) {
+func (s *Server) refuse(c net.Conn, reason string) {
 	s.logger.Warn("connection refused", "reason", reason, "remote", c.RemoteAddr().String())
 	s.stats.refused(reason)
 	if s.refusing.Add(1) > maxRefusalsInFlight {
@@ -144,14 +180,29 @@ func (s *connServer) refuse(c net.Conn, reason string) {
 	}()
 }
 
-// refusedMailbox logs and counts a login refused at its mailbox's cap.
-func (s *connServer) refusedMailbox(tc *trackedConn, account string) {
-	s.logger.Warn("connection refused", "reason", refusedPerMailbox, "remote", tc.conn.RemoteAddr().String(),
-		"session", tc.id, "account", account)
-	s.stats.refused(refusedPerMailbox)
+// TakeSlot waits for a free upstream connection of account, for at most
+// ServerOptions.ConnectionWait or until ctx is done. A wait that runs out is
+// logged and counted as a refusal (Stats.RefusedPerMailbox), and its error
+// is ErrSlotWait. The release function frees the slot; it may be called
+// more than once.
+func (s *Server) TakeSlot(ctx context.Context, c *Conn, account string) (release func(), err error) {
+	release, err = s.slots.acquireWithin(ctx, account, s.wait)
+	if errors.Is(err, ErrSlotWait) {
+		s.logger.Warn("connection refused", "reason", refusedPerMailbox, "remote", c.conn.RemoteAddr().String(),
+			"session", c.id, "account", account)
+		s.stats.refused(refusedPerMailbox)
+	}
+	return release, err
 }
 
-func (s *connServer) run(tc *trackedConn) {
+// UpstreamConnections returns how many slots of account are taken.
+func (s *Server) UpstreamConnections(account string) int { return s.slots.inUse(account) }
+
+// CountPreAuthTimeout counts a session closed at the pre-login time limit
+// (Stats.PreAuthTimeouts).
+func (s *Server) CountPreAuthTimeout() { s.stats.preAuthTimeouts.Add(1) }
+
+func (s *Server) run(tc *Conn) {
 	defer s.untrack(tc)
 	defer tc.Close()
 	defer func() {
@@ -162,24 +213,24 @@ func (s *connServer) run(tc *trackedConn) {
 	s.handle(tc)
 }
 
-func (s *connServer) isClosed() bool {
+func (s *Server) isClosed() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.closed
 }
 
-func (s *connServer) track(c net.Conn) *trackedConn {
+func (s *Server) track(c net.Conn) *Conn {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		return nil
 	}
-	tc := &trackedConn{id: newSessionID(), conn: c, start: time.Now()}
+	tc := NewConn(c)
 	s.conns[tc] = struct{}{}
 	return tc
 }
 
-func (s *connServer) untrack(tc *trackedConn) {
+func (s *Server) untrack(tc *Conn) {
 	if tc.release != nil {
 		tc.release()
 	}
@@ -192,7 +243,7 @@ func (s *connServer) untrack(tc *trackedConn) {
 }
 
 // closeDrained closes s.drained once; s.mu is held.
-func (s *connServer) closeDrained() {
+func (s *Server) closeDrained() {
 	select {
 	case <-s.drained:
 	default:
@@ -201,7 +252,7 @@ func (s *connServer) closeDrained() {
 }
 
 // stop stops accepting. s.mu is held.
-func (s *connServer) stopLocked() error {
+func (s *Server) stopLocked() error {
 	var err error
 	s.closed = true
 	for l := range s.listeners {
@@ -215,11 +266,11 @@ func (s *connServer) stopLocked() error {
 	return err
 }
 
-// close stops accepting and closes every connection now.
-func (s *connServer) close() error {
+// Close stops accepting and closes every connection now.
+func (s *Server) Close() error {
 	s.mu.Lock()
 	err := s.stopLocked()
-	conns := make([]*trackedConn, 0, len(s.conns))
+	conns := make([]*Conn, 0, len(s.conns))
 	for tc := range s.conns {
 		conns = append(conns, tc)
 	}
@@ -231,9 +282,10 @@ func (s *connServer) close() error {
 	return err
 }
 
-// shutdown stops accepting, calls stopped (if not nil) and waits for the
-// sessions to end until ctx is done; then it closes those left.
-func (s *connServer) shutdown(ctx context.Context, stopped func()) error {
+// Shutdown stops accepting, calls stopped (if not nil) and waits for the
+// sessions to end until ctx is done; then it closes those left and returns
+// ctx's error. stopped lets a protocol end its idle sessions.
+func (s *Server) Shutdown(ctx context.Context, stopped func()) error {
 	s.mu.Lock()
 	err := s.stopLocked()
 	s.mu.Unlock()
@@ -245,20 +297,24 @@ func (s *connServer) shutdown(ctx context.Context, stopped func()) error {
 		s.cancel()
 		return err
 	case <-ctx.Done():
-		s.close()
+		s.Close()
 		return ctx.Err()
 	}
 }
 
-func (s *connServer) count() int {
+// Sessions returns the number of live sessions, logged in or not.
+func (s *Server) Sessions() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.conns)
 }
 
-// trackedConn is one accepted connection and whatever else its session opens
-// (the upstream connection), so that all of it can be closed at once.
-type trackedConn struct {
+// Stats returns the server's counters.
+func (s *Server) Stats() Stats { return s.stats.snapshot(s.Sessions()) }
+
+// Conn is one accepted connection and whatever else its session opens (the
+// upstream connection), so that all of it can be closed at once.
+type Conn struct {
 	id    string
 	conn  net.Conn
 	start time.Time
@@ -271,9 +327,25 @@ type trackedConn struct {
 	others   []io.Closer
 }
 
-// attach adds c to what Close closes. If the connection is already closed it
+// NewConn returns c as a Conn of no server, with a new session id, for
+// running a session handler without a Server (tests and fuzzing).
+func NewConn(c net.Conn) *Conn {
+	return &Conn{id: newSessionID(), conn: c, start: time.Now()}
+}
+
+// ID returns a short random id that ties the session's log lines together.
+func (tc *Conn) ID() string { return tc.id }
+
+// NetConn returns the client connection as accepted.
+func (tc *Conn) NetConn() net.Conn { return tc.conn }
+
+// Accepted returns when the connection was accepted: the pre-login time
+// limit counts from then.
+func (tc *Conn) Accepted() time.Time { return tc.start }
+
+// Attach adds c to what Close closes. If the connection is already closed it
 // closes c and returns false.
-func (tc *trackedConn) attach(c io.Closer) bool {
+func (tc *Conn) Attach(c io.Closer) bool {
 	tc.mu.Lock()
 	if !tc.closed {
 		tc.others = append(tc.others, c)
@@ -288,9 +360,9 @@ func (tc *trackedConn) attach(c io.Closer) bool {
 // Close closes the connection and everything attached to it. It closes the
 // raw connections under TLS: a close_notify could block on a peer that does
 // not read, and Close must be immediate.
-func (tc *trackedConn) Close() { tc.closeBy(false) }
+func (tc *Conn) Close() { tc.closeBy(false) }
 
-func (tc *trackedConn) closeBy(server bool) {
+func (tc *Conn) closeBy(server bool) {
 	tc.mu.Lock()
 	if tc.closed {
 		tc.mu.Unlock()
@@ -309,9 +381,9 @@ func (tc *trackedConn) closeBy(server bool) {
 	}
 }
 
-// closedByServer reports whether Close or Shutdown of the server ended the
+// ClosedByServer reports whether Close or Shutdown of the server ended the
 // connection.
-func (tc *trackedConn) closedByServer() bool {
+func (tc *Conn) ClosedByServer() bool {
 	tc.mu.Lock()
 	defer tc.mu.Unlock()
 	return tc.byServer
@@ -332,55 +404,8 @@ func newSessionID() string {
 	return hex.EncodeToString(b[:])
 }
 
-const (
-	// lingerTimeout and lingerMaxBytes bound how long and how much a
-	// closing session discards of what the client still sends.
-	lingerTimeout  = 2 * time.Second
-	lingerMaxBytes = 4 << 20
-)
-
-// closeAfterBye half-closes c and discards what the client is still
-// sending for a moment: closing a socket with unread bytes makes the kernel
-// answer with a reset, which can destroy the BYE still in flight.
-func closeAfterBye(c net.Conn) {
-	if cw, ok := c.(interface{ CloseWrite() error }); ok {
-		cw.CloseWrite()
-	}
-	c.SetReadDeadline(time.Now().Add(lingerTimeout))
-	io.CopyN(io.Discard, c, lingerMaxBytes)
-}
-
-// setDefault sets an option left at zero (or below) to its default.
-func setDefault[T int | time.Duration](v *T, def T) {
-	if *v <= 0 {
-		*v = def
-	}
-}
-
-// upstreamTLSConfig copies an upstream TLS client configuration (nil: the
-// defaults), naming upstream's host as ServerName unless set, with TLS 1.2
-// at least.
-func upstreamTLSConfig(c *tls.Config, upstream string) *tls.Config {
-	conf := &tls.Config{}
-	if c != nil {
-		conf = c.Clone()
-	}
-	if conf.ServerName == "" {
-		if host, _, err := net.SplitHostPort(upstream); err == nil {
-			conf.ServerName = host
-		}
-	}
-	conf.MinVersion = max(conf.MinVersion, tls.VersionTLS12)
-	return conf
-}
-
-// localTLSConfig copies the local certificate's configuration, with TLS
-// 1.2 at least; nil stays nil (no STARTTLS).
-func localTLSConfig(c *tls.Config) *tls.Config {
-	if c == nil {
-		return nil
-	}
-	conf := c.Clone()
-	conf.MinVersion = max(conf.MinVersion, tls.VersionTLS12)
-	return conf
+// IsTimeout reports whether err is a deadline or timeout.
+func IsTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }

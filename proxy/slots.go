@@ -7,11 +7,13 @@ import (
 	"time"
 )
 
-// errSlotWait: no upstream connection of the mailbox came free in time.
-var errSlotWait = errors.New("timed out waiting for a free upstream connection of this mailbox")
+// ErrSlotWait is Server.TakeSlot's error when no upstream connection of
+// the mailbox came free in time. The login pipeline answers it with
+// ReasonMailboxBusy, without telling the Authenticator.
+var ErrSlotWait = errors.New("timed out waiting for a free upstream connection of this mailbox")
 
-// mailboxSlots caps concurrent upstream connections per account, for IMAP
-// and SMTP alike (each server has its own, as Exchange counts each
+// mailboxSlots caps concurrent upstream connections per account, for every
+// protocol alike (each server has its own, as Exchange counts each
 // protocol's connections on its own). Waiters
 // are served first come, first served, so that a busy mailbox cannot starve
 // one session while newer ones get through.
@@ -68,13 +70,13 @@ func (m *mailboxSlots) acquire(ctx context.Context, account string) (release fun
 }
 
 // acquireWithin is acquire with a wait of at most wait; a wait that runs
-// out (rather than ctx) returns errSlotWait.
+// out (rather than ctx) returns ErrSlotWait.
 func (m *mailboxSlots) acquireWithin(ctx context.Context, account string, wait time.Duration) (release func(), err error) {
-	wctx, cancel := context.WithTimeoutCause(ctx, wait, errSlotWait)
+	wctx, cancel := context.WithTimeoutCause(ctx, wait, ErrSlotWait)
 	defer cancel()
 	release, err = m.acquire(wctx, account)
-	if err != nil && errors.Is(context.Cause(wctx), errSlotWait) && ctx.Err() == nil {
-		err = errSlotWait
+	if err != nil && errors.Is(context.Cause(wctx), ErrSlotWait) && ctx.Err() == nil {
+		err = ErrSlotWait
 	}
 	return release, err
 }

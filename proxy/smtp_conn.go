@@ -80,7 +80,7 @@ func (c *smtpConn) Read(p []byte) (int, error) {
 		return 0, c.timeout
 	}
 	n, err := c.Conn.Read(p)
-	if err != nil && isTimeout(err) && !c.hungUp.Load() {
+	if err != nil && IsTimeout(err) && !c.hungUp.Load() {
 		c.timeout = err
 		c.timedOut.Store(true)
 		if !preAuth.IsZero() && c.preAuthExpired != nil && !time.Now().Before(preAuth) {

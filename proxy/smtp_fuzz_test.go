@@ -35,9 +35,9 @@ func FuzzSASL(f *testing.F) {
 			return nil
 		}
 		mech := "PLAIN"
-		srv := newPlainServer(check)
+		srv := NewPlainServer(check)
 		if login {
-			mech, srv = "LOGIN", newLoginServer(check)
+			mech, srv = "LOGIN", NewLoginServer(check)
 		}
 		if forSMTP {
 			srv = &smtpSASLServer{srv, mech, slog.New(slog.DiscardHandler)}
@@ -52,7 +52,7 @@ func FuzzSASL(f *testing.F) {
 			if d {
 				done = true
 				var se *smtp.SMTPError
-				var sr *saslRefusal
+				var sr *SASLRefusal
 				switch {
 				case err == nil && calls != 1:
 					t.Fatalf("success with %d credential checks", calls)
@@ -72,7 +72,7 @@ func FuzzSASL(f *testing.F) {
 		if calls > 1 {
 			t.Fatalf("credentials checked %d times", calls)
 		}
-		if calls == 1 && (gotUser == "" || len(gotUser) > maxSASLField || len(gotPass) > maxSASLField) {
+		if calls == 1 && (gotUser == "" || len(gotUser) > MaxSASLField || len(gotPass) > MaxSASLField) {
 			t.Fatalf("checked user %q password of %d octets", gotUser, len(gotPass))
 		}
 		if calls == 1 && !done {

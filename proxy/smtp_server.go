@@ -118,8 +118,8 @@ type SMTPServer struct {
 	upstreamTLS *tls.Config
 	tls         *tls.Config
 	logger      *slog.Logger
-	srv         *connServer
-	slots       *mailboxSlots
+	srv         *Server
+	pipeline    *LoginPipeline
 	// caps are upstream's extensions as last seen, advertised to clients.
 	caps      atomic.Pointer[smtpCaps]
 	probeOnce sync.Once
@@ -140,22 +140,29 @@ func NewSMTPServer(opts *SMTPOptions) *SMTPServer {
 	if s.hostname == "" {
 		s.hostname = "localhost"
 	}
-	setDefault(&o.MaxConnectionsPerMailbox, DefaultSMTPMaxConnectionsPerMailbox)
-	setDefault(&o.ConnectionWait, DefaultSMTPConnectionWait)
-	setDefault(&o.PreAuthTimeout, DefaultPreAuthTimeout)
-	setDefault(&o.ReadTimeout, DefaultSMTPReadTimeout)
-	setDefault(&o.DialTimeout, DefaultSMTPDialTimeout)
-	setDefault(&o.LoginTimeout, DefaultSMTPLoginTimeout)
-	setDefault(&o.CommandTimeout, DefaultSMTPCommandTimeout)
-	setDefault(&o.DataTimeout, DefaultSMTPDataTimeout)
-	setDefault(&o.MaxLoginFailures, DefaultSMTPMaxLoginFailures)
+	SetDefault(&o.MaxConnectionsPerMailbox, DefaultSMTPMaxConnectionsPerMailbox)
+	SetDefault(&o.ConnectionWait, DefaultSMTPConnectionWait)
+	SetDefault(&o.PreAuthTimeout, DefaultPreAuthTimeout)
+	SetDefault(&o.ReadTimeout, DefaultSMTPReadTimeout)
+	SetDefault(&o.DialTimeout, DefaultSMTPDialTimeout)
+	SetDefault(&o.LoginTimeout, DefaultSMTPLoginTimeout)
+	SetDefault(&o.CommandTimeout, DefaultSMTPCommandTimeout)
+	SetDefault(&o.DataTimeout, DefaultSMTPDataTimeout)
+	SetDefault(&o.MaxLoginFailures, DefaultSMTPMaxLoginFailures)
 	s.logger = o.Logger.With("proto", string(SMTP))
 
-	s.upstreamTLS = upstreamTLSConfig(o.UpstreamTLS, o.Upstream)
-	s.tls = localTLSConfig(o.TLS)
-	s.slots = newMailboxSlots(o.MaxConnectionsPerMailbox)
+	s.upstreamTLS = UpstreamTLSConfig(o.UpstreamTLS, o.Upstream)
+	s.tls = LocalTLSConfig(o.TLS)
 	s.caps.Store(defaultSMTPCaps)
-	s.srv = newConnServer(s.logger, s.handle, o.Limiter, "421 4.7.0 Too many connections")
+	s.pipeline = &LoginPipeline{Auth: o.Auth, Classify: classifySMTPFailure}
+	s.srv = NewServer(&ServerOptions{
+		Logger:                   s.logger,
+		Handle:                   s.handle,
+		Limiter:                  o.Limiter,
+		Refusal:                  "421 4.7.0 Too many connections",
+		MaxConnectionsPerMailbox: o.MaxConnectionsPerMailbox,
+		ConnectionWait:           o.ConnectionWait,
+	})
 	return s
 }
 
@@ -169,15 +176,15 @@ func (s *SMTPServer) Serve(l net.Listener) error {
 		return errors.New("proxy: SMTPOptions.UnauthenticatedAs needs an Auth that is an AccountAuthenticator")
 	}
 	s.probeOnce.Do(func() { go s.probe() })
-	return s.srv.serve(l)
+	return s.srv.Serve(l)
 }
 
 // probe learns upstream's extensions before the first client needs them.
 // It sends no credentials.
 func (s *SMTPServer) probe() {
-	c, _, err := s.dialSMTPUpstream(s.srv.ctx, nil)
+	c, _, err := s.dialSMTPUpstream(s.srv.Context(), nil)
 	if err != nil {
-		if s.srv.ctx.Err() == nil {
+		if s.srv.Context().Err() == nil {
 			s.logger.Warn("upstream not reachable; advertising default extensions until it is",
 				"upstream", s.opts.Upstream, "err", err.Error())
 		}
@@ -189,13 +196,13 @@ func (s *SMTPServer) probe() {
 }
 
 // Close closes the listeners and every session now.
-func (s *SMTPServer) Close() error { return s.srv.close() }
+func (s *SMTPServer) Close() error { return s.srv.Close() }
 
 // Shutdown stops accepting, lets transactions in progress finish and closes
 // idle sessions; when ctx is done it closes the sessions left and returns
 // ctx's error. A message cut off this way was never acknowledged.
 func (s *SMTPServer) Shutdown(ctx context.Context) error {
-	return s.srv.shutdown(ctx, func() {
+	return s.srv.Shutdown(ctx, func() {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		s.closing = true
@@ -206,23 +213,25 @@ func (s *SMTPServer) Shutdown(ctx context.Context) error {
 }
 
 // Sessions returns the number of live client sessions.
-func (s *SMTPServer) Sessions() int { return s.srv.count() }
+func (s *SMTPServer) Sessions() int { return s.srv.Sessions() }
 
 // Stats returns the server's counters.
-func (s *SMTPServer) Stats() Stats { return s.srv.stats.snapshot(s.srv.count()) }
+func (s *SMTPServer) Stats() Stats { return s.srv.Stats() }
 
 // UpstreamConnections returns how many upstream connections account holds.
-func (s *SMTPServer) UpstreamConnections(account string) int { return s.slots.inUse(account) }
+func (s *SMTPServer) UpstreamConnections(account string) int {
+	return s.srv.UpstreamConnections(account)
+}
 
-func (s *SMTPServer) handle(tc *trackedConn) {
-	cl := &smtpClient{srv: s, tc: tc, log: s.logger.With("session", tc.id)}
-	conn := &smtpConn{Conn: tc.conn, idle: s.opts.ReadTimeout, preAuthExpired: func() {
-		s.srv.stats.preAuthTimeouts.Add(1)
+func (s *SMTPServer) handle(tc *Conn) {
+	cl := &smtpClient{srv: s, tc: tc, log: s.logger.With("session", tc.ID())}
+	conn := &smtpConn{Conn: tc.NetConn(), idle: s.opts.ReadTimeout, preAuthExpired: func() {
+		s.srv.CountPreAuthTimeout()
 		cl.log.Info("not authenticated in time; closing", "limit", s.opts.PreAuthTimeout)
 	}}
-	conn.preAuth.Store(tc.start.Add(s.opts.PreAuthTimeout).UnixNano())
+	conn.preAuth.Store(tc.Accepted().Add(s.opts.PreAuthTimeout).UnixNano())
 	cl.conn = conn
-	if a, ok := tc.conn.RemoteAddr().(*net.TCPAddr); ok {
+	if a, ok := tc.NetConn().RemoteAddr().(*net.TCPAddr); ok {
 		cl.loopback = a.IP.IsLoopback()
 	}
 	s.mu.Lock()
@@ -237,12 +246,12 @@ func (s *SMTPServer) handle(tc *trackedConn) {
 		s.mu.Unlock()
 	}()
 
-	tlsConn, implicitTLS := tc.conn.(*tls.Conn)
-	cl.log.Info("session start", "remote", tc.conn.RemoteAddr().String(), "tls", implicitTLS)
+	tlsConn, implicitTLS := tc.NetConn().(*tls.Conn)
+	cl.log.Info("session start", "remote", tc.NetConn().RemoteAddr().String(), "tls", implicitTLS)
 	if implicitTLS {
 		// go-smtp would handshake at its greeting with no read deadline: a
 		// client that never sends its hello would hold the session.
-		ctx, cancel := context.WithDeadline(s.srv.ctx, tc.start.Add(s.opts.PreAuthTimeout))
+		ctx, cancel := context.WithDeadline(s.srv.Context(), tc.Accepted().Add(s.opts.PreAuthTimeout))
 		err := tlsConn.HandshakeContext(ctx)
 		cancel()
 		if err != nil {
@@ -256,7 +265,7 @@ func (s *SMTPServer) handle(tc *trackedConn) {
 	srv.Serve(&oneConnListener{conn: conn})
 	srv.Shutdown(context.Background())
 	cl.log.Info("session end", "account", cl.account, "messages", cl.messages, "bytes", cl.bytes,
-		"duration", time.Since(tc.start).Round(time.Millisecond))
+		"duration", time.Since(tc.Accepted()).Round(time.Millisecond))
 }
 
 // newGoSMTPServer configures go-smtp for one connection, with the

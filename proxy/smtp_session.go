@@ -34,7 +34,7 @@ var (
 // starts anew after STARTTLS.
 type smtpClient struct {
 	srv  *SMTPServer
-	tc   *trackedConn
+	tc   *Conn
 	conn *smtpConn
 	log  *slog.Logger
 	// loopback: the client may use UnauthenticatedAs.
@@ -88,9 +88,9 @@ func (s *smtpSession) Auth(mech string) (sasl.Server, error) {
 	}
 	switch strings.ToUpper(mech) {
 	case sasl.Plain:
-		return &smtpSASLServer{newPlainServer(s.login), sasl.Plain, s.log}, nil
+		return &smtpSASLServer{NewPlainServer(s.login), sasl.Plain, s.log}, nil
 	case sasl.Login:
-		return &smtpSASLServer{newLoginServer(s.login), sasl.Login, s.log}, nil
+		return &smtpSASLServer{NewLoginServer(s.login), sasl.Login, s.log}, nil
 	}
 	return nil, smtp.ErrAuthUnknownMechanism
 }
@@ -99,9 +99,9 @@ func (s *smtpSession) Auth(mech string) (sasl.Server, error) {
 // learns at AUTH, not at its first message, that it cannot send.
 func (s *smtpSession) login(username, password string) error {
 	srv := s.cl.srv
-	ctx, cancel := context.WithTimeout(srv.srv.ctx, srv.opts.LoginTimeout)
+	ctx, cancel := context.WithTimeout(srv.srv.Context(), srv.opts.LoginTimeout)
 	defer cancel()
-	l := &Login{Protocol: SMTP, Username: username, Password: password, Remote: s.cl.tc.conn.RemoteAddr()}
+	l := &Login{Protocol: SMTP, Username: username, Password: password, Remote: s.cl.tc.NetConn().RemoteAddr()}
 	authorize := func(ctx context.Context) (*Upstream, error) { return srv.opts.Auth.Authenticate(ctx, l) }
 	if err := s.connect(ctx, authorize, username); err != nil {
 		var le *LoginError
@@ -124,9 +124,9 @@ func (s *smtpSession) authFailed(le *LoginError) error {
 		return errSMTPBadCreds
 	case KindAccount:
 		return &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
-			Message: replyText(le.Reason, smtpReasonRefused)}
+			Message: ReplyText(le.Reason, smtpReasonRefused)}
 	}
-	return &smtp.SMTPError{Code: 454, EnhancedCode: unavailableCode(le), Message: replyText(le.Reason, smtpReasonUnavailable)}
+	return &smtp.SMTPError{Code: 454, EnhancedCode: unavailableCode(le), Message: ReplyText(le.Reason, smtpReasonUnavailable)}
 }
 
 // unavailableCode is the enhanced code of a temporary login failure:
@@ -135,7 +135,7 @@ func (s *smtpSession) authFailed(le *LoginError) error {
 func unavailableCode(le *LoginError) smtp.EnhancedCode {
 	var rej *smtpRejection
 	switch {
-	case errors.Is(le.Err, errSlotWait):
+	case errors.Is(le.Err, ErrSlotWait):
 		return smtp.EnhancedCode{4, 3, 2}
 	case errors.As(le.Err, &rej) && rej.reply.Code/100 == 4 && rej.reply.EnhancedCode[0] == 4:
 		return rej.reply.EnhancedCode
@@ -146,26 +146,12 @@ func unavailableCode(le *LoginError) smtp.EnhancedCode {
 // connect asks authorize for credentials and logs in upstream. Its errors
 // are *LoginError, or an SMTP reply if the session ended meanwhile.
 func (s *smtpSession) connect(ctx context.Context, authorize func(context.Context) (*Upstream, error), user string) error {
-	var up *Upstream
-	var u *smtpUpstream
-	for retried := false; ; retried = true {
-		var err error
-		up, err = authorize(ctx)
-		if err == nil && (up == nil || up.SASL == nil) {
-			err = errors.New("authenticator returned no upstream")
-		}
-		if err != nil {
-			le := loginErrorOf(err)
-			logLoginFailure(ctx, s.log, user, le)
-			return le
-		}
-		if u, err = s.cl.srv.loginSMTPUpstream(ctx, s.cl.tc, up); err == nil {
-			break
-		}
-		le := smtpLoginError(err)
-		if !s.logUpstreamFailure(user, up.Account, le, retried) {
-			return le
-		}
+	login := func(ctx context.Context, up *Upstream) (*smtpUpstream, error) {
+		return s.cl.srv.loginSMTPUpstream(ctx, s.cl.tc, up)
+	}
+	u, up, le := LoginUpstream(ctx, s.cl.srv.pipeline, s.log, user, authorize, login)
+	if le != nil {
+		return le
 	}
 	s.mu.Lock()
 	if s.ended {
@@ -180,27 +166,22 @@ func (s *smtpSession) connect(ctx context.Context, authorize func(context.Contex
 	return nil
 }
 
-// logUpstreamFailure logs why upstream refused or could not be reached and
-// tells the Authenticator about a refusal; it reports whether to retry.
-func (s *smtpSession) logUpstreamFailure(user, account string, le *LoginError, retried bool) bool {
-	if errors.Is(le.Err, errSlotWait) {
-		return false // logged as a refusal where the wait ran out
-	}
+// classifySMTPFailure classifies a failed upstream login for the login
+// pipeline: upstream's refusal of AUTH, explained if known, or a connection
+// that could not carry a token.
+func classifySMTPFailure(err error) (le *LoginError, advice string, refusal error) {
+	le = smtpLoginError(err)
 	var rej *smtpRejection
-	var advice string
 	switch {
-	case errors.As(le.Err, &rej):
+	case errors.As(err, &rej):
 		if e, ok := explainSMTP(rej.reply); ok {
 			advice = e.advice
 		}
-	case errors.Is(le.Err, errNoSTARTTLS):
+		return le, advice, rej
+	case errors.Is(err, errNoSTARTTLS):
 		advice = "check [smtp] upstream: it must offer STARTTLS, or use port 465 for TLS from the first byte"
 	}
-	var refusal error
-	if rej != nil {
-		refusal = rej
-	}
-	return reportUpstreamFailure(s.log, s.cl.srv.opts.Auth, user, account, le, advice, refusal, retried)
+	return le, advice, nil
 }
 
 // upstream returns the session's upstream connection, connecting anew if
@@ -222,7 +203,7 @@ func (s *smtpSession) upstream() (u *smtpUpstream, fresh bool, err error) {
 			return aa.AuthenticateAccount(ctx, SMTP, account)
 		}
 	}
-	ctx, cancel := context.WithTimeout(s.cl.srv.srv.ctx, s.cl.srv.opts.LoginTimeout)
+	ctx, cancel := context.WithTimeout(s.cl.srv.srv.Context(), s.cl.srv.opts.LoginTimeout)
 	defer cancel()
 	if err := s.connect(ctx, authorize, account); err != nil {
 		var le *LoginError
@@ -248,9 +229,9 @@ func mailLoginReply(le *LoginError) *smtp.SMTPError {
 	case KindCredentials:
 		return errSMTPAuthRequired
 	case KindAccount:
-		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: replyText(le.Reason, smtpReasonRefused)}
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: ReplyText(le.Reason, smtpReasonRefused)}
 	}
-	return &smtp.SMTPError{Code: 451, EnhancedCode: unavailableCode(le), Message: replyText(le.Reason, smtpReasonUnavailable)}
+	return &smtp.SMTPError{Code: 451, EnhancedCode: unavailableCode(le), Message: ReplyText(le.Reason, smtpReasonUnavailable)}
 }
 
 // mayOmitAuth: UnauthenticatedAs is set and the client is on loopback.
@@ -439,7 +420,7 @@ func (s *smtpSession) relayError(u *smtpUpstream, cmd string, err error) error {
 }
 
 func lostReply(err error) *smtp.SMTPError {
-	if isTimeout(err) {
+	if IsTimeout(err) {
 		return errSMTPUpstreamWait
 	}
 	return errSMTPNoUpstream
@@ -510,7 +491,7 @@ func parseEnhanced(s string) (smtp.EnhancedCode, bool) {
 func relayText(s string) string {
 	lines := strings.Split(s, "\n")
 	for i, l := range lines {
-		lines[i] = replyText(l, "")
+		lines[i] = ReplyText(l, "")
 	}
 	s = strings.Join(lines, "\n")
 	if len(s) > smtpMaxReplyText {

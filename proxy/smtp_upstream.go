@@ -23,7 +23,6 @@ const smtpQuitTimeout = 5 * time.Second
 const (
 	smtpReasonUnavailable = "Upstream server unavailable, try again later"
 	smtpReasonRefused     = "Mailbox login refused by the mail server, contact your administrator"
-	smtpReasonBusy        = "Too many connections for this mailbox, try again later"
 )
 
 var (
@@ -65,7 +64,7 @@ func capsOf(c *smtp.Client) *smtpCaps {
 // dialSMTPUpstream connects to upstream and secures the connection: TLS from
 // the first byte, or STARTTLS, which is mandatory. It returns with the
 // post-TLS EHLO done. ctx bounds it all.
-func (s *SMTPServer) dialSMTPUpstream(ctx context.Context, tc *trackedConn) (*smtp.Client, net.Conn, error) {
+func (s *SMTPServer) dialSMTPUpstream(ctx context.Context, tc *Conn) (*smtp.Client, net.Conn, error) {
 	dctx, cancel := context.WithTimeout(ctx, s.opts.DialTimeout)
 	defer cancel()
 	var d net.Dialer
@@ -73,7 +72,7 @@ func (s *SMTPServer) dialSMTPUpstream(ctx context.Context, tc *trackedConn) (*sm
 	if err != nil {
 		return nil, nil, fmt.Errorf("connecting to %s: %w", s.opts.Upstream, err)
 	}
-	if tc != nil && !tc.attach(conn) {
+	if tc != nil && !tc.Attach(conn) {
 		return nil, nil, net.ErrClosed
 	}
 	// go-smtp's client sets its own deadlines per command; closing the
@@ -126,12 +125,9 @@ func (s *SMTPServer) setClientTimeouts(c *smtp.Client) {
 
 // loginSMTPUpstream takes a slot of up.Account, connects and authenticates
 // with up.SASL. The returned connection holds the slot until closed.
-func (s *SMTPServer) loginSMTPUpstream(ctx context.Context, tc *trackedConn, up *Upstream) (*smtpUpstream, error) {
-	release, err := s.slots.acquireWithin(ctx, up.Account, s.opts.ConnectionWait)
+func (s *SMTPServer) loginSMTPUpstream(ctx context.Context, tc *Conn, up *Upstream) (*smtpUpstream, error) {
+	release, err := s.srv.TakeSlot(ctx, tc, up.Account)
 	if err != nil {
-		if errors.Is(err, errSlotWait) {
-			s.srv.refusedMailbox(tc, up.Account)
-		}
 		return nil, err
 	}
 	c, conn, err := s.dialSMTPUpstream(ctx, tc)
@@ -207,8 +203,6 @@ func smtpLoginError(err error) *LoginError {
 		if e, ok := explainSMTP(rej.reply); !(ok && e.temporary) && rej.reply.Code >= 500 {
 			return &LoginError{Kind: KindAccount, Reason: smtpReasonRefused, Err: err}
 		}
-	case errors.Is(err, errSlotWait):
-		return &LoginError{Kind: KindUnavailable, Reason: smtpReasonBusy, Err: err}
 	case errors.Is(err, errNoSTARTTLS), errors.Is(err, errNoXOAUTH2):
 		// A configuration matter, but the token is not to blame and the
 		// client should keep its mail: temporary.

@@ -125,7 +125,7 @@ func relay(dst io.Writer, src net.Conn, pending []byte) (n int64, rerr, werr err
 			}
 		}
 		if err != nil {
-			if large != nil && isTimeout(err) {
+			if large != nil && IsTimeout(err) {
 				// The hold deadline: traffic stopped.
 				release()
 				continue
