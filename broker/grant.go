@@ -85,7 +85,7 @@ type delegated struct {
 func (g delegated) token(ctx context.Context, now time.Time, cur *token, scope string) (*token, error) {
 	if cur == nil || cur.RefreshToken == "" {
 		if cur != nil && cur.Password != "" {
-			return g.password(ctx, now, cur)
+			return g.password(ctx, now, cur, scope)
 		}
 		return nil, errNotSignedIn
 	}
@@ -93,7 +93,7 @@ func (g delegated) token(ctx context.Context, now time.Time, cur *token, scope s
 	tr, err := g.ep.post(ctx, g.ep.app.TokenURL(), form, !g.ep.cred.public())
 	if err != nil {
 		if te := classify(err); te.NeedsLogin && cur.Password != "" {
-			return g.password(ctx, now, cur)
+			return g.password(ctx, now, cur, scope)
 		}
 		return nil, err
 	}
@@ -104,8 +104,10 @@ func (g delegated) token(ctx context.Context, now time.Time, cur *token, scope s
 	return t.renewed(cur, now), nil
 }
 
-func (g delegated) password(ctx context.Context, now time.Time, cur *token) (*token, error) {
-	tr, err := g.ep.passwordGrant(ctx, g.acct, cur.Password)
+// password signs in again with the sealed password, for scope (the
+// accounts' own, or another resource's for `broker token`).
+func (g delegated) password(ctx context.Context, now time.Time, cur *token, scope string) (*token, error) {
+	tr, err := g.ep.passwordGrant(ctx, g.acct, cur.Password, withOIDC(strings.Fields(scope)))
 	if err != nil {
 		return nil, err
 	}

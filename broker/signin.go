@@ -32,8 +32,11 @@ type Credentials struct {
 
 // interactiveScopes adds OpenID Connect's scopes to an account's, so that
 // the ID token names who signed in.
-func interactiveScopes(acct *config.Account) string {
-	scopes := slices.Clone(acct.Scopes)
+func interactiveScopes(acct *config.Account) string { return withOIDC(acct.Scopes) }
+
+// withOIDC adds openid, profile and offline_access to scopes.
+func withOIDC(resourceScopes []string) string {
+	scopes := slices.Clone(resourceScopes)
 	for _, s := range []string{"openid", "profile", "offline_access"} {
 		if !slices.Contains(scopes, s) {
 			scopes = append(scopes, s)
@@ -271,20 +274,21 @@ func (s *SignIn) Password(ctx context.Context, password string) (*Credentials, e
 	if password == "" {
 		return nil, errors.New("empty password")
 	}
-	tr, err := s.ep.passwordGrant(ctx, s.acct, password)
+	tr, err := s.ep.passwordGrant(ctx, s.acct, password, interactiveScopes(s.acct))
 	if err != nil {
 		return nil, classify(err)
 	}
 	return s.credentials(tr, password)
 }
 
-// passwordGrant is the resource owner password credentials request.
-func (e endpoint) passwordGrant(ctx context.Context, acct *config.Account, password string) (*tokenResponse, error) {
+// passwordGrant is the resource owner password credentials request for
+// scope.
+func (e endpoint) passwordGrant(ctx context.Context, acct *config.Account, password, scope string) (*tokenResponse, error) {
 	form := url.Values{
 		"grant_type": {"password"},
 		"username":   {acct.LoginUser},
 		"password":   {password},
-		"scope":      {interactiveScopes(acct)},
+		"scope":      {scope},
 	}
 	return e.post(ctx, acct.App.TokenURL(), form, !e.cred.public())
 }

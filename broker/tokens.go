@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -147,6 +149,11 @@ func newTokens(idx *accountIndex) *tokens {
 		}
 		a.mailboxes = append(a.mailboxes, mailbox)
 		m.byMailbox[mailbox] = a
+	}
+	// Stable order for messages and the CLI.
+	slices.SortFunc(m.signIns, func(a, b *signIn) int { return strings.Compare(a.key, b.key) })
+	for _, a := range m.signIns {
+		slices.Sort(a.mailboxes)
 	}
 	return m
 }
