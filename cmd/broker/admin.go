@@ -41,7 +41,7 @@ func (b localBroker) Statuses(_ context.Context, mailbox string) ([]broker.Statu
 // opened here is not started: it refreshes nothing in the background, and
 // asks the identity platform only when a command needs a token.
 func openAdmin(cfg *config.Config) (controlAdmin, func(), error) {
-	client, err := dialControl(filepath.Join(cfg.StateDir, controlFile))
+	client, err := dialControl(controlSocketPath(cfg))
 	if err == nil {
 		return client, func() {}, nil
 	}

@@ -4,6 +4,8 @@ package main
 // database lock. One JSON request and one JSON response per connection.
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -12,11 +14,13 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"syscall"
 	"time"
 
 	"github.com/mailbroker/broker/broker"
+	"github.com/mailbroker/broker/config"
 )
 
 const (
@@ -45,6 +49,12 @@ type controlResponse struct {
 	Accounts []string            `json:"accounts,omitempty"`
 	Statuses []broker.Status     `json:"statuses,omitempty"`
 	Token    *broker.IssuedToken `json:"token,omitempty"`
+	// BackupBytes is the length of the database copy (op "backup") that
+	// follows the response's line on the connection.
+	BackupBytes int64 `json:"backup_bytes,omitempty"`
+
+	// payload is written raw after the JSON line: the backup.
+	payload []byte
 }
 
 // daemonStats is what a running daemon holds, for operators and for the
@@ -77,19 +87,40 @@ var (
 	_ controlAdmin = (*controlClient)(nil)
 )
 
+// controlSocketPath is where the daemon listens and the CLI dials: the
+// config's control_socket, whose default is a rule of the configuration
+// alone (config.DefaultControlSocketFor), so that root's CLI in a shell
+// finds the socket of a daemon that systemd started. A Config built by hand
+// (tests) leaves it empty: state_dir/control.sock.
+func controlSocketPath(cfg *config.Config) string {
+	if cfg.ControlSocket != "" {
+		return cfg.ControlSocket
+	}
+	return filepath.Join(cfg.StateDir, controlFile)
+}
+
+// errDaemonRunning: another daemon answers on the control socket.
+var errDaemonRunning = errors.New("another broker is running")
+
+// listenControl listens on path with mode 0600, owned by the daemon's
+// user. Its directory is made (mode 0700) if missing; under systemd it is
+// the unit's RuntimeDirectory.
 func listenControl(path string) (net.Listener, error) {
 	// A socket left by a daemon that died is in the way; a live one is not
 	// ours to take (the database lock already refused a second daemon).
 	if conn, err := net.Dial("unix", path); err == nil {
 		conn.Close()
-		return nil, fmt.Errorf("control socket %s: another broker is running", path)
+		return nil, fmt.Errorf("control socket %s: %w", path, errDaemonRunning)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, &configError{fmt.Errorf("control socket %s: %w (the unit's RuntimeDirectory=broker makes /run/broker; or set control_socket)", path, err)}
 	}
 	os.Remove(path)
 	old := syscall.Umask(0o177)
 	l, err := net.Listen("unix", path)
 	syscall.Umask(old)
 	if err != nil {
-		return nil, fmt.Errorf("control socket: %w", err)
+		return nil, &configError{fmt.Errorf("control socket: %w", err)}
 	}
 	return l, nil
 }
@@ -98,7 +129,9 @@ func listenControl(path string) (net.Listener, error) {
 type controlServer struct {
 	admin controlAdmin
 	stats func() *daemonStats
-	log   *slog.Logger
+	// backup writes a consistent copy of the database (store.DB.Backup).
+	backup func(io.Writer) (int64, error)
+	log    *slog.Logger
 	// uid is the daemon's own user, which may ask for tokens besides root.
 	uid int
 }
@@ -117,7 +150,9 @@ func (s *controlServer) serve(l net.Listener) error {
 			if resp == nil {
 				return // a liveness probe: connected and closed
 			}
-			json.NewEncoder(conn).Encode(resp)
+			if json.NewEncoder(conn).Encode(resp) == nil && resp.payload != nil {
+				conn.Write(resp.payload)
+			}
 		}()
 	}
 }
@@ -175,6 +210,10 @@ func (s *controlServer) dispatch(ctx context.Context, req *controlRequest, p pee
 		}
 	case "stats":
 		resp.Stats = s.stats()
+	case "backup":
+		if err = backupPeerAllowed(p, s.uid); err == nil {
+			err = s.backupTo(&resp)
+		}
 	default:
 		err = fmt.Errorf("unknown operation %q", req.Op)
 	}
@@ -182,6 +221,35 @@ func (s *controlServer) dispatch(ctx context.Context, req *controlRequest, p pee
 		resp.Error = err.Error()
 	}
 	return &resp
+}
+
+// backupTo copies the database into resp. The copy is made in memory, so
+// that the response can say its length before the bytes: the CLI tells a
+// complete backup from one cut short. broker's database is small (accounts
+// and app passwords), a few megabytes at most.
+func (s *controlServer) backupTo(resp *controlResponse) error {
+	if s.backup == nil {
+		return errors.New("this daemon cannot make backups")
+	}
+	var buf bytes.Buffer
+	n, err := s.backup(&buf)
+	if err != nil {
+		return fmt.Errorf("backup: %w", err)
+	}
+	resp.BackupBytes, resp.payload = n, buf.Bytes()
+	return nil
+}
+
+// backupPeerAllowed lets only root and the daemon's own user (uid self)
+// copy the database: it holds sealed tokens and app password hashes.
+func backupPeerAllowed(p peer, self int) error {
+	switch {
+	case !p.known:
+		return errors.New("backups are only made for root and the broker service's user, and the caller's user could not be determined")
+	case p.uid == 0 || p.uid == self:
+		return nil
+	}
+	return fmt.Errorf("backups are only made for root and the broker service's user (uid %d), not for uid %d", self, p.uid)
 }
 
 func (p peer) String() string {
@@ -297,4 +365,39 @@ func (c *controlClient) AccessToken(ctx context.Context, mailbox, scope string) 
 		return nil, errors.New("control socket: the daemon answered without a token")
 	}
 	return resp.Token, nil
+}
+
+// Backup has the daemon copy its database, consistently while it serves,
+// and writes the copy to w. It returns the number of bytes written.
+func (c *controlClient) Backup(ctx context.Context, w io.Writer) (int64, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", c.path)
+	if err != nil {
+		return 0, fmt.Errorf("control socket: %w", err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(controlTimeout))
+	if err := json.NewEncoder(conn).Encode(&controlRequest{Op: "backup"}); err != nil {
+		return 0, fmt.Errorf("control socket: %w", err)
+	}
+	r := bufio.NewReader(conn)
+	line, err := r.ReadBytes('\n')
+	if err != nil {
+		return 0, fmt.Errorf("control socket: %w", err)
+	}
+	var resp controlResponse
+	if err := json.Unmarshal(line, &resp); err != nil {
+		return 0, fmt.Errorf("control socket: %w", err)
+	}
+	if resp.Error != "" {
+		return 0, errors.New(resp.Error)
+	}
+	if resp.BackupBytes <= 0 {
+		return 0, errors.New("control socket: the daemon answered without a backup")
+	}
+	n, err := io.CopyN(w, r, resp.BackupBytes)
+	if err != nil {
+		return n, fmt.Errorf("backup cut short after %d of %d bytes: %w", n, resp.BackupBytes, err)
+	}
+	return n, nil
 }

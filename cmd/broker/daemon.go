@@ -58,7 +58,8 @@ type protoServer struct {
 	server
 }
 
-// dbFile and controlFile live in state_dir.
+// dbFile lives in state_dir, and controlFile too unless the config puts
+// the control socket elsewhere (controlSocketPath).
 const (
 	dbFile      = "broker.db"
 	controlFile = "control.sock"
@@ -99,7 +100,7 @@ func newDaemon(cfg *config.Config, log *slog.Logger, opts broker.Options) (_ *da
 			return nil, err
 		}
 	}
-	if d.control, err = listenControl(filepath.Join(cfg.StateDir, controlFile)); err != nil {
+	if d.control, err = listenControl(controlSocketPath(cfg)); err != nil {
 		return nil, err
 	}
 	return d, nil
@@ -203,7 +204,7 @@ func (d *daemon) run(ctx context.Context) error {
 		d.log.Info("listening", "proto", sl.proto, "addr", sl.l.Addr().String())
 		go func() { errc <- sl.serve(sl.l) }()
 	}
-	cs := &controlServer{admin: localBroker{d.broker}, stats: d.stats, log: d.log, uid: os.Getuid()}
+	cs := &controlServer{admin: localBroker{d.broker}, stats: d.stats, backup: d.store.Backup, log: d.log, uid: os.Getuid()}
 	go func() { errc <- cs.serve(d.control) }()
 	// Tests and operators wait for this line: every listener is logged
 	// above it.
@@ -279,7 +280,7 @@ func (d *daemon) close() {
 	}
 	if d.control != nil {
 		d.control.Close()
-		os.Remove(filepath.Join(d.cfg.StateDir, controlFile))
+		os.Remove(controlSocketPath(d.cfg))
 	}
 	if d.broker != nil {
 		d.broker.Close()

@@ -7,7 +7,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
+	"net"
 	"os"
+	"syscall"
+
+	"github.com/mailbroker/broker/config"
+	"github.com/mailbroker/broker/store"
 )
 
 const usage = `usage: broker <command> [flags] [args]
@@ -20,20 +26,34 @@ commands:
   status        show each account's tokens and credentials; exit 3 on a credential
                 expiring within 30 days, 4 when an account cannot serve logins
   token         print a current access token for local tools (root or broker's user)
+  backup        write a consistent copy of the database to FILE (mode 0600), while
+                the daemon runs or not
   version       print the version
 
-login, logout, status, token and app-password go through the running daemon's
-control socket (state_dir/control.sock) when it runs, and open the database
-otherwise.
+login, logout, status, token, app-password and backup go through the running
+daemon's control socket when it runs, and open the database otherwise. The
+socket is control_socket, by default /run/broker/control.sock when state_dir
+is /var/lib/broker (the default), else state_dir/control.sock.
 
-exit codes: 0 success, 1 error, 2 usage, 3 and 4 (status only) as above,
-130 sign-in cancelled (Ctrl-C).
+exit codes: 0 success (serve: stopped by SIGTERM or SIGINT), 1 error, 2 usage,
+3 and 4 (status only) as above, 75 temporary (the database is in use by
+another broker, a listen address is in use: try again), 78 configuration
+(the file, a file it names, a listen address, permissions), 130 sign-in
+cancelled (Ctrl-C).
 
 Run 'broker <command> -h' for a command's flags.
 `
 
-// version is set at build time with -ldflags "-X main.version=…".
-var version = "dev"
+// Exit codes; 75 and 78 are sysexits(3)'s EX_TEMPFAIL and EX_CONFIG, which
+// the unit's RestartPreventExitStatus=78 tells apart: a configuration error
+// is not restarted every few seconds, a temporary failure is.
+const (
+	exitOK       = 0
+	exitFailure  = 1
+	exitUsage    = 2
+	exitTempFail = 75
+	exitConfig   = 78
+)
 
 // errUsage makes main print the usage and exit 2.
 var errUsage = errors.New("usage")
@@ -45,7 +65,7 @@ func main() {
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
-		return 2
+		return exitUsage
 	}
 	var err error
 	var exit *exitError
@@ -62,22 +82,24 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = statusCmd(rest, stdout, stderr)
 	case "token":
 		err = tokenCmd(rest, stdout, stderr)
-	case "version":
-		fmt.Fprintln(stdout, "broker", version)
+	case "backup":
+		err = backupCmd(rest, stdout, stderr)
+	case "version", "-version", "--version":
+		err = versionCmd(rest, stdout)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 	default:
 		fmt.Fprintf(stderr, "broker: unknown command %q\n\n%s", cmd, usage)
-		return 2
+		return exitUsage
 	}
 	switch {
 	case err == nil:
-		return 0
+		return exitOK
 	case errors.Is(err, flag.ErrHelp):
-		return 0
+		return exitOK
 	case errors.Is(err, errUsage):
 		fmt.Fprint(stderr, usage)
-		return 2
+		return exitUsage
 	case errors.As(err, &exit):
 		if exit.msg != "" {
 			fmt.Fprintln(stderr, "broker:", exit.msg)
@@ -85,9 +107,42 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return exit.code
 	default:
 		fmt.Fprintln(stderr, "broker:", err)
-		return 1
+		return exitCode(err)
 	}
 }
+
+// exitCode tells a configuration error (78: restarting will not help) and a
+// temporary failure (75: it may) from other errors (1).
+func exitCode(err error) int {
+	var ce *config.Error
+	var cfgErr *configError
+	var op *net.OpError
+	switch {
+	case errors.As(err, &ce), errors.As(err, &cfgErr):
+		return exitConfig
+	case errors.Is(err, store.ErrLocked), errors.Is(err, errDaemonRunning):
+		return exitTempFail
+	case errors.As(err, &op) && op.Op == "listen":
+		// Another process holds the port; it may let go (an old broker
+		// still draining). Any other address problem is the config's.
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return exitTempFail
+		}
+		return exitConfig
+	case errors.Is(err, fs.ErrPermission):
+		// A file or directory broker's user may not use: the
+		// installation's to fix, not a restart's.
+		return exitConfig
+	}
+	return exitFailure
+}
+
+// configError is a problem with the configuration found after the file
+// was read: a sealing key or socket that cannot be used. It exits 78.
+type configError struct{ err error }
+
+func (e *configError) Error() string { return e.err.Error() }
+func (e *configError) Unwrap() error { return e.err }
 
 // exitError ends the command with an exit code other than 1, and a message
 // unless msg is empty.

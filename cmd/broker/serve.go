@@ -3,10 +3,13 @@ package main
 import (
 	"context"
 	"flag"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/mailbroker/broker/broker"
@@ -20,41 +23,72 @@ func serveCmd(args []string, stdout, stderr io.Writer) error {
 	dev := fs.Bool("dev", false, "run against an in-process simulated Microsoft 365 with a temporary state directory")
 	devListen := fs.String("dev-listen", "127.0.0.1:1143", "IMAP listen `address` for -dev")
 	devSMTPListen := fs.String("dev-smtp-listen", "127.0.0.1:1587", "SMTP listen `address` for -dev")
-	debug := fs.Bool("debug", false, "log debug messages")
+	logLevel := fs.String("log-level", "", "log from `level` up: debug, info, warn or error (default: the config's log_level, else info)")
+	debug := fs.Bool("debug", false, "same as -log-level debug")
 	if pos, err := parseFlags(fs, args); err != nil {
 		return err
 	} else if len(pos) > 0 {
 		return errUsage
 	}
-	log := newLogger(stderr, *debug)
+	var flagLevel *slog.Level
+	if *logLevel != "" {
+		l, ok := config.ParseLogLevel(*logLevel)
+		if !ok {
+			fmt.Fprintf(stderr, "broker serve: -log-level %q: want debug, info, warn or error\n", *logLevel)
+			return errUsage
+		}
+		flagLevel = &l
+	} else if *debug {
+		l := slog.LevelDebug
+		flagLevel = &l
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if *dev {
-		return serveDev(ctx, *devListen, *devSMTPListen, stdout, log)
+		level := slog.LevelInfo
+		if flagLevel != nil {
+			level = *flagLevel
+		}
+		return serveDev(ctx, *devListen, *devSMTPListen, stdout, newLogger(stderr, level))
 	}
 	cfg, err := config.Load(*configPath)
 	if err != nil {
 		return err
 	}
-	d, err := newDaemon(cfg, log, broker.Options{})
+	level := cfg.LogLevel
+	if flagLevel != nil {
+		level = *flagLevel
+	}
+	log := newLogger(stderr, level)
+	checkRuntimeDirectory(log, controlSocketPath(cfg))
+	// The sealing key is read here, before the daemon is assembled, so that
+	// a key that cannot be read or made is a configuration error (exit 78)
+	// rather than a failure systemd would restart forever.
+	key, err := broker.LoadKey(cfg.StateDir)
+	if err != nil {
+		return &configError{err}
+	}
+	d, err := newDaemon(cfg, log, broker.Options{Key: key})
 	if err != nil {
 		return err
 	}
 	return d.run(ctx)
 }
 
-func newLogger(w io.Writer, debug bool) *slog.Logger {
-	level := slog.LevelInfo
-	if debug {
-		level = slog.LevelDebug
+// checkRuntimeDirectory warns when systemd made a runtime directory for the
+// unit but the control socket is elsewhere: with a state_dir of its own,
+// the socket stays next to the database unless control_socket moves it.
+func checkRuntimeDirectory(log *slog.Logger, socket string) {
+	rd := os.Getenv("RUNTIME_DIRECTORY")
+	if rd == "" {
+		return
 	}
-	// Under systemd the journal adds its own timestamps.
-	replace := func(groups []string, a slog.Attr) slog.Attr {
-		if a.Key == slog.TimeKey && len(groups) == 0 && os.Getenv("JOURNAL_STREAM") != "" {
-			return slog.Attr{}
+	dir := filepath.Dir(socket)
+	for _, d := range strings.Split(rd, ":") {
+		if filepath.Clean(d) == dir {
+			return
 		}
-		return a
 	}
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level, ReplaceAttr: replace}))
+	log.Warn("the control socket is not in the unit's runtime directory; set control_socket to move it there", "control_socket", socket, "runtime_directory", rd)
 }
