@@ -17,7 +17,7 @@ import (
 
 	"github.com/mailbroker/broker/broker"
 	"github.com/mailbroker/broker/config"
-	"github.com/mailbroker/broker/proxy"
+	"github.com/mailbroker/broker/proxy/imap"
 	"github.com/mailbroker/broker/store"
 	"github.com/mailbroker/broker/test/m365sim"
 )
@@ -102,7 +102,7 @@ func newInProcessVia(t testing.TB, log io.Writer, via func(addr string) string) 
 		upstream = via(upstream)
 	}
 	host, _, _ := net.SplitHostPort(upstream)
-	srv := proxy.NewIMAPServer(&proxy.IMAPOptions{
+	srv := imap.NewServer(&imap.Options{
 		Upstream:    upstream,
 		UpstreamTLS: &tls.Config{ServerName: host, RootCAs: certPool(t, env.Upstream.CACertPEM())},
 		Auth:        env.Broker,

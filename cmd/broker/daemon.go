@@ -19,6 +19,8 @@ import (
 	"github.com/mailbroker/broker/broker"
 	"github.com/mailbroker/broker/config"
 	"github.com/mailbroker/broker/proxy"
+	"github.com/mailbroker/broker/proxy/imap"
+	"github.com/mailbroker/broker/proxy/smtp"
 	"github.com/mailbroker/broker/store"
 )
 
@@ -32,8 +34,8 @@ type daemon struct {
 	log    *slog.Logger
 	store  *store.DB
 	broker *broker.Broker
-	imap   *proxy.IMAPServer
-	smtp   *proxy.SMTPServer
+	imap   *imap.Server
+	smtp   *smtp.Server
 	// limiter caps client connections of every protocol together.
 	limiter *proxy.ConnLimiter
 
@@ -116,7 +118,7 @@ func (d *daemon) setupIMAP(ic *config.IMAP) error {
 	if err != nil {
 		return err
 	}
-	d.imap = proxy.NewIMAPServer(&proxy.IMAPOptions{
+	d.imap = imap.NewServer(&imap.Options{
 		Upstream:    lc.Upstream,
 		UpstreamTLS: upstreamTLS,
 		TLS:         localTLS,
@@ -140,7 +142,7 @@ func (d *daemon) setupSMTP(sc *config.SMTP) error {
 	if err != nil {
 		return err
 	}
-	d.smtp = proxy.NewSMTPServer(&proxy.SMTPOptions{
+	d.smtp = smtp.NewServer(&smtp.Options{
 		Upstream:                 sc.Upstream,
 		UpstreamImplicitTLS:      sc.UpstreamImplicitTLS,
 		UpstreamTLS:              upstreamTLS,

@@ -1,4 +1,4 @@
-package proxy
+package imap
 
 import (
 	"bufio"
@@ -33,7 +33,7 @@ func FuzzIMAPUpstreamLogin(f *testing.F) {
 			server.Write(data)
 		}()
 		client.SetDeadline(time.Now().Add(10 * time.Second))
-		u := &imapUpstream{conn: client, br: bufio.NewReaderSize(client, imapUpstreamReadBuffer)}
+		u := &upstreamSession{conn: client, br: bufio.NewReaderSize(client, upstreamReadBuffer)}
 		done := make(chan struct{})
 		go func() {
 			defer close(done)

@@ -1,10 +1,10 @@
-package proxy
+package imap
 
 import "strings"
 
-// imapExplanation turns an Exchange Online refusal into what an
+// explanation turns an Exchange Online refusal into what an
 // administrator has to do about it.
-type imapExplanation struct {
+type explanation struct {
 	match string // case-insensitive substring of upstream's response text
 	// temporary: the refusal is not about the account; the client should
 	// retry later and the Authenticator is not told.
@@ -12,7 +12,7 @@ type imapExplanation struct {
 	advice    string
 }
 
-var imapExplanations = []imapExplanation{
+var explanations = []explanation{
 	{
 		match: "AUTHENTICATE failed",
 		advice: "Exchange refused the token: check that it was issued for https://outlook.office.com " +
@@ -39,14 +39,14 @@ var imapExplanations = []imapExplanation{
 	},
 }
 
-// explainIMAP looks up upstream's response text. It returns ok false for a
+// explain looks up upstream's response text. It returns ok false for a
 // text it does not know.
-func explainIMAP(text string) (e imapExplanation, ok bool) {
+func explain(text string) (e explanation, ok bool) {
 	lower := strings.ToLower(text)
-	for _, e := range imapExplanations {
+	for _, e := range explanations {
 		if strings.Contains(lower, strings.ToLower(e.match)) {
 			return e, true
 		}
 	}
-	return imapExplanation{}, false
+	return explanation{}, false
 }

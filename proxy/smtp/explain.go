@@ -1,15 +1,15 @@
-package proxy
+package smtp
 
 import (
 	"fmt"
 	"strings"
 
-	"github.com/emersion/go-smtp"
+	gosmtp "github.com/emersion/go-smtp"
 )
 
-// smtpExplanation turns an Exchange Online SMTP refusal into what an
+// explanation turns an Exchange Online SMTP refusal into what an
 // administrator has to do about it.
-type smtpExplanation struct {
+type explanation struct {
 	enhanced string // enhanced status code, e.g. "5.7.139"
 	match    string // case-insensitive substring of the text; "" matches any
 	// temporary: not about the account; the client retries later and the
@@ -18,7 +18,7 @@ type smtpExplanation struct {
 	advice    string
 }
 
-var smtpExplanations = []smtpExplanation{
+var explanations = []explanation{
 	{
 		enhanced: "5.7.139",
 		match:    "security defaults",
@@ -56,19 +56,19 @@ var smtpExplanations = []smtpExplanation{
 	},
 }
 
-// explainSMTP looks up upstream's reply. It returns ok false for a reply it
+// explain looks up upstream's reply. It returns ok false for a reply it
 // does not know.
-func explainSMTP(reply *smtp.SMTPError) (e smtpExplanation, ok bool) {
+func explain(reply *gosmtp.SMTPError) (e explanation, ok bool) {
 	code := enhancedString(reply.EnhancedCode)
 	lower := strings.ToLower(reply.Message)
-	for _, e := range smtpExplanations {
+	for _, e := range explanations {
 		if e.enhanced == code && strings.Contains(lower, strings.ToLower(e.match)) {
 			return e, true
 		}
 	}
-	return smtpExplanation{}, false
+	return explanation{}, false
 }
 
-func enhancedString(c smtp.EnhancedCode) string {
+func enhancedString(c gosmtp.EnhancedCode) string {
 	return fmt.Sprintf("%d.%d.%d", c[0], c[1], c[2])
 }

@@ -1,9 +1,11 @@
-package proxy
+package imap
 
 import (
 	"bytes"
 	"crypto/tls"
 	"errors"
+	"github.com/mailbroker/broker/proxy"
+	"github.com/mailbroker/broker/proxy/internal/proxytest"
 	"io"
 	"log/slog"
 	"net"
@@ -51,10 +53,10 @@ func TestReadCommand(t *testing.T) {
 	}
 	for _, tt := range tests {
 		conts := 0
-		r := newIMAPReader(strings.NewReader(tt.in), func() error { conts++; return nil })
+		r := newCommandReader(strings.NewReader(tt.in), func() error { conts++; return nil })
 		cmd, err := r.readCommand()
 		if tt.err != "" {
-			var se *imapSyntaxError
+			var se *syntaxError
 			if !errors.As(err, &se) || se.text != tt.err || se.fatal {
 				t.Errorf("%q: got %v, want non-fatal %q", tt.in, err, tt.err)
 			}
@@ -87,7 +89,7 @@ func TestTrailingLiteral(t *testing.T) {
 	}{
 		{"{0}", 0, true, true},
 		{"x {12+}", 12, false, true},
-		{"{99999999999999999999}", imapMaxCommand + 1, true, true},
+		{"{99999999999999999999}", maxCommand + 1, true, true},
 		{"{+}", 0, false, false},
 		{"{}", 0, false, false},
 		{"12}", 0, false, false},
@@ -118,16 +120,16 @@ func FuzzParseCommand(f *testing.F) {
 	}
 	// Lines past the reader's buffer, up to and beyond the limit.
 	f.Add([]byte("a ID (" + strings.Repeat(`"name" "`+strings.Repeat("y", 1000)+`" `, 30) + "\"x\" NIL)\r\nb NOOP\r\n"))
-	f.Add([]byte("a ID (\"x\" \"" + strings.Repeat("z", imapMaxLine) + "\")\r\n"))
+	f.Add([]byte("a ID (\"x\" \"" + strings.Repeat("z", maxLine) + "\")\r\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		r := newIMAPReader(bytes.NewReader(data), func() error { return nil })
+		r := newCommandReader(bytes.NewReader(data), func() error { return nil })
 		for i := 0; ; i++ {
 			if i > len(data) {
 				t.Fatalf("%d commands from %d bytes: no progress", i, len(data))
 			}
 			cmd, err := r.readCommand()
 			if err != nil {
-				var se *imapSyntaxError
+				var se *syntaxError
 				if errors.As(err, &se) && !se.fatal {
 					continue
 				}
@@ -137,7 +139,7 @@ func FuzzParseCommand(f *testing.F) {
 				t.Fatalf("bad command %+v", cmd)
 			}
 			for _, a := range cmd.args {
-				if len(a) > imapMaxLine {
+				if len(a) > maxLine {
 					t.Fatalf("argument of %d bytes", len(a))
 				}
 			}
@@ -171,11 +173,11 @@ func FuzzIMAPSession(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Add([]byte("a ID (" + strings.Repeat(`"name" "`+strings.Repeat("y", 1000)+`" `, 30) + "\"x\" NIL)\r\nb LOGIN alice pw\r\n"))
-	cert := mustCert(f)
-	srv := NewIMAPServer(&IMAPOptions{
+	cert := proxytest.MustCert(f)
+	srv := NewServer(&Options{
 		Upstream:       "127.0.0.1:1",
-		Auth:           &stubAuth{pass: "pw", err: &LoginError{Kind: KindUnavailable, Reason: "fuzzing"}},
-		TLS:            &tls.Config{Certificates: []tls.Certificate{cert.cert}},
+		Auth:           &proxytest.Auth{Pass: "pw", Err: &proxy.LoginError{Kind: proxy.KindUnavailable, Reason: "fuzzing"}},
+		TLS:            &tls.Config{Certificates: []tls.Certificate{cert.Cert}},
 		Logger:         slog.New(slog.DiscardHandler),
 		PreAuthTimeout: 5 * time.Second,
 	})
@@ -186,7 +188,7 @@ func FuzzIMAPSession(f *testing.F) {
 		go func() {
 			defer close(done)
 			defer server.Close()
-			newIMAPSession(srv, NewConn(server)).run()
+			newSession(srv, proxy.NewConn(server)).run()
 		}()
 		go io.Copy(io.Discard, client)
 		client.Write(data)

@@ -1,7 +1,8 @@
-package proxy
+package imap
 
 import (
 	"fmt"
+	"github.com/mailbroker/broker/proxy"
 	"io"
 	"log/slog"
 	"net"
@@ -125,7 +126,7 @@ func relay(dst io.Writer, src net.Conn, pending []byte) (n int64, rerr, werr err
 			}
 		}
 		if err != nil {
-			if large != nil && IsTimeout(err) {
+			if large != nil && proxy.IsTimeout(err) {
 				// The hold deadline: traffic stopped.
 				release()
 				continue

@@ -1,4 +1,4 @@
-package proxy
+package imap
 
 import (
 	"bytes"
@@ -6,10 +6,11 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
-	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/mailbroker/broker/proxy"
+	"github.com/mailbroker/broker/proxy/internal/proxytest"
 	"io"
 	"net"
 	"strings"
@@ -18,8 +19,6 @@ import (
 
 	"github.com/mailbroker/broker/proxy/xoauth2"
 )
-
-func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
 
 func TestIMAPLoginForms(t *testing.T) {
 	up := startStub(t, defaultStub())
@@ -35,27 +34,27 @@ func TestIMAPLoginForms(t *testing.T) {
 		{"literal", pass, []string{"a LOGIN {17}\r\n", "<+ ", "alice@example.com {11}\r\n", "<+ ", pass + "\r\n"}, "a OK [CAPABILITY"},
 		{"literal+", pass, []string{"a LOGIN {17+}\r\nalice@example.com {11+}\r\n" + pass + "\r\n"}, "a OK [CAPABILITY"},
 		{"mixed case", "pw", []string{"a login ALICE@example.com pw\r\n"}, "a OK [CAPABILITY"},
-		{"plain IR", pass, []string{"a AUTHENTICATE PLAIN " + b64("\x00alice@example.com\x00"+pass) + "\r\n"}, "a OK [CAPABILITY IMAP4rev1 IDLE LITERAL+ UIDPLUS] AUTHENTICATE completed"},
-		{"plain continuation", pass, []string{"a AUTHENTICATE plain\r\n", "<+ ", b64("\x00alice@example.com\x00"+pass) + "\r\n"}, "a OK [CAPABILITY"},
-		{"plain authzid", "pw", []string{"a AUTHENTICATE PLAIN " + b64("alice@example.com\x00alice@example.com\x00pw") + "\r\n"}, "a OK [CAPABILITY"},
-		{"login", pass, []string{"a AUTHENTICATE LOGIN\r\n", "<+ VXNlcm5hbWU6", b64("alice@example.com") + "\r\n", "<+ UGFzc3dvcmQ6", b64(pass) + "\r\n"}, "a OK [CAPABILITY IMAP4rev1 IDLE LITERAL+ UIDPLUS] AUTHENTICATE completed"},
-		{"login IR", pass, []string{"a AUTHENTICATE login " + b64("alice@example.com") + "\r\n", "<+ UGFzc3dvcmQ6", b64(pass) + "\r\n"}, "a OK [CAPABILITY"},
+		{"plain IR", pass, []string{"a AUTHENTICATE PLAIN " + proxytest.B64("\x00alice@example.com\x00"+pass) + "\r\n"}, "a OK [CAPABILITY IMAP4rev1 IDLE LITERAL+ UIDPLUS] AUTHENTICATE completed"},
+		{"plain continuation", pass, []string{"a AUTHENTICATE plain\r\n", "<+ ", proxytest.B64("\x00alice@example.com\x00"+pass) + "\r\n"}, "a OK [CAPABILITY"},
+		{"plain authzid", "pw", []string{"a AUTHENTICATE PLAIN " + proxytest.B64("alice@example.com\x00alice@example.com\x00pw") + "\r\n"}, "a OK [CAPABILITY"},
+		{"login", pass, []string{"a AUTHENTICATE LOGIN\r\n", "<+ VXNlcm5hbWU6", proxytest.B64("alice@example.com") + "\r\n", "<+ UGFzc3dvcmQ6", proxytest.B64(pass) + "\r\n"}, "a OK [CAPABILITY IMAP4rev1 IDLE LITERAL+ UIDPLUS] AUTHENTICATE completed"},
+		{"login IR", pass, []string{"a AUTHENTICATE login " + proxytest.B64("alice@example.com") + "\r\n", "<+ UGFzc3dvcmQ6", proxytest.B64(pass) + "\r\n"}, "a OK [CAPABILITY"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, addr := startProxy(t, IMAPOptions{Auth: &stubAuth{pass: tt.pass}}, up)
+			_, addr := startProxy(t, Options{Auth: &proxytest.Auth{Pass: tt.pass}}, up)
 			c := dialClient(t, addr)
 			c.greet()
 			for _, l := range tt.script {
 				if p, ok := strings.CutPrefix(l, "<"); ok {
-					c.expect(p)
+					c.Expect(p)
 				} else {
-					c.send(l)
+					c.Send(l)
 				}
 			}
-			c.expect(tt.ok)
-			c.send("b NOOP\r\n")
-			c.expect("b OK NOOP done by stub")
+			c.Expect(tt.ok)
+			c.Send("b NOOP\r\n")
+			c.Expect("b OK NOOP done by stub")
 		})
 	}
 }
@@ -71,33 +70,33 @@ func TestIMAPAuthenticateFailures(t *testing.T) {
 		{"bad base64 IR", []string{"a AUTHENTICATE PLAIN !!!!\r\n"}, "a BAD Invalid base64"},
 		{"bad base64 continuation", []string{"a AUTHENTICATE PLAIN\r\n", "<+ ", "not base64\r\n"}, "a BAD Invalid base64"},
 		{"empty IR", []string{"a AUTHENTICATE PLAIN =\r\n"}, "a BAD Invalid PLAIN response"},
-		{"one NUL", []string{"a AUTHENTICATE PLAIN " + b64("alice\x00pw") + "\r\n"}, "a BAD Invalid PLAIN response"},
-		{"other authzid", []string{"a AUTHENTICATE PLAIN " + b64("bob\x00alice\x00pw") + "\r\n"}, "a NO [AUTHORIZATIONFAILED]"},
+		{"one NUL", []string{"a AUTHENTICATE PLAIN " + proxytest.B64("alice\x00pw") + "\r\n"}, "a BAD Invalid PLAIN response"},
+		{"other authzid", []string{"a AUTHENTICATE PLAIN " + proxytest.B64("bob\x00alice\x00pw") + "\r\n"}, "a NO [AUTHORIZATIONFAILED]"},
 		{"mechanism", []string{"a AUTHENTICATE CRAM-MD5\r\n"}, "a NO [CANNOT] Unsupported authentication mechanism"},
-		{"wrong password", []string{"a AUTHENTICATE PLAIN " + b64("\x00alice\x00nope") + "\r\n"}, "a NO [AUTHENTICATIONFAILED] Invalid credentials"},
+		{"wrong password", []string{"a AUTHENTICATE PLAIN " + proxytest.B64("\x00alice\x00nope") + "\r\n"}, "a NO [AUTHENTICATIONFAILED] Invalid credentials"},
 		{"empty response", []string{"a AUTHENTICATE PLAIN\r\n", "<+ ", "\r\n"}, "a BAD Invalid PLAIN response"},
-		{"login cancel", []string{"a AUTHENTICATE LOGIN\r\n", "<+ VXNlcm5hbWU6", b64("alice") + "\r\n", "<+ UGFzc3dvcmQ6", "*\r\n"}, "a BAD AUTHENTICATE cancelled"},
+		{"login cancel", []string{"a AUTHENTICATE LOGIN\r\n", "<+ VXNlcm5hbWU6", proxytest.B64("alice") + "\r\n", "<+ UGFzc3dvcmQ6", "*\r\n"}, "a BAD AUTHENTICATE cancelled"},
 		{"login empty user", []string{"a AUTHENTICATE LOGIN =\r\n"}, "a BAD Invalid LOGIN response"},
-		{"login wrong password", []string{"a AUTHENTICATE LOGIN " + b64("alice") + "\r\n", "<+ ", b64("nope") + "\r\n"}, "a NO [AUTHENTICATIONFAILED] Invalid credentials"},
+		{"login wrong password", []string{"a AUTHENTICATE LOGIN " + proxytest.B64("alice") + "\r\n", "<+ ", proxytest.B64("nope") + "\r\n"}, "a NO [AUTHENTICATIONFAILED] Invalid credentials"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			auth := &stubAuth{pass: "pw"}
-			log, logs := newTestLogger(t)
-			_, addr := startProxy(t, IMAPOptions{Auth: auth, Logger: log}, up)
+			auth := &proxytest.Auth{Pass: "pw"}
+			log, logs := proxytest.NewLogger(t)
+			_, addr := startProxy(t, Options{Auth: auth, Logger: log}, up)
 			c := dialClient(t, addr)
 			c.greet()
 			for _, l := range tt.script {
 				if p, ok := strings.CutPrefix(l, "<"); ok {
-					c.expect(p)
+					c.Expect(p)
 				} else {
-					c.send(l)
+					c.Send(l)
 				}
 			}
-			c.expect(tt.reply)
+			c.Expect(tt.reply)
 			// The session goes on.
-			c.send("b NOOP\r\n")
-			c.expect("b OK NOOP completed")
+			c.Send("b NOOP\r\n")
+			c.Expect("b OK NOOP completed")
 			// Every refused login is logged once, with its reason.
 			if n := strings.Count(logs.String(), `msg="login failed"`); n != 1 {
 				t.Fatalf("%d login failed lines, want 1:\n%s", n, logs)
@@ -110,46 +109,46 @@ func TestIMAPAuthenticateFailures(t *testing.T) {
 // them (test/imap_fidelity_test.go compares with a real Dovecot).
 func TestIMAPPreLoginFidelity(t *testing.T) {
 	up := startStub(t, defaultStub())
-	_, addr := startProxy(t, IMAPOptions{Auth: &stubAuth{pass: "pw"}}, up)
+	_, addr := startProxy(t, Options{Auth: &proxytest.Auth{Pass: "pw"}}, up)
 	c := dialClient(t, addr)
 	if g := c.greet(); !strings.Contains(g, " AUTH=PLAIN AUTH=LOGIN") {
 		t.Fatalf("greeting %q does not offer AUTH=LOGIN", g)
 	}
-	c.send("a ENABLE CONDSTORE\r\n")
-	c.expect("* ENABLED")
-	c.expect("a OK ENABLE ignored in non-authenticated state.")
+	c.Send("a ENABLE CONDSTORE\r\n")
+	c.Expect("* ENABLED")
+	c.Expect("a OK ENABLE ignored in non-authenticated state.")
 	// imaptest's ID test: a 31 KB line of 30 pairs (RFC 2971's limits).
 	id := "b ID (" + strings.Repeat(`"name" "`+strings.Repeat("y", 1000)+`" `, 30) + `"x" NIL)` + "\r\n"
-	c.send(id)
-	c.expect("* ID")
-	c.expect("b OK ID completed")
+	c.Send(id)
+	c.Expect("* ID")
+	c.Expect("b OK ID completed")
 	// Up to 64 KiB.
-	c.send("c ID (\"x\" \"" + strings.Repeat("z", imapMaxLine-20) + "\")\r\n")
-	c.expect("* ID")
-	c.expect("c OK ID completed")
-	c.send("d LOGIN alice pw\r\n")
-	c.expect("d OK [CAPABILITY")
+	c.Send("c ID (\"x\" \"" + strings.Repeat("z", maxLine-20) + "\")\r\n")
+	c.Expect("* ID")
+	c.Expect("c OK ID completed")
+	c.Send("d LOGIN alice pw\r\n")
+	c.Expect("d OK [CAPABILITY")
 }
 
 func TestIMAPInvalidCredentials(t *testing.T) {
 	up := startStub(t, defaultStub())
-	auth := &stubAuth{pass: "pw"}
-	_, addr := startProxy(t, IMAPOptions{Auth: auth}, up)
+	auth := &proxytest.Auth{Pass: "pw"}
+	_, addr := startProxy(t, Options{Auth: auth}, up)
 	c := dialClient(t, addr)
 	c.greet()
-	c.send("a LOGIN unknown pw\r\n")
-	unknown := c.line()
-	c.send("a LOGIN alice wrong\r\n")
-	wrong := c.line()
+	c.Send("a LOGIN unknown pw\r\n")
+	unknown := c.Line()
+	c.Send("a LOGIN alice wrong\r\n")
+	wrong := c.Line()
 	const want = "a NO [AUTHENTICATIONFAILED] Invalid credentials"
 	if unknown != want || wrong != want {
 		t.Fatalf("got %q and %q, want both %q", unknown, wrong, want)
 	}
-	c.send("c LOGIN alice wrong\r\n")
-	c.expect("c NO [AUTHENTICATIONFAILED] Invalid credentials")
-	c.expect("* BYE Too many failures")
-	c.expectClosed()
-	if n := auth.calls.Load(); n != 3 {
+	c.Send("c LOGIN alice wrong\r\n")
+	c.Expect("c NO [AUTHENTICATIONFAILED] Invalid credentials")
+	c.Expect("* BYE Too many failures")
+	c.ExpectClosed()
+	if n := auth.Calls.Load(); n != 3 {
 		t.Fatalf("Authenticate called %d times, want 3", n)
 	}
 }
@@ -160,24 +159,30 @@ func TestIMAPAuthenticatorErrors(t *testing.T) {
 		err   error
 		reply string
 	}{
-		{&LoginError{Kind: KindAccount, Reason: "Consent missing, ask your administrator", Err: errors.New("AADSTS65001")}, "a NO [AUTHENTICATIONFAILED] Consent missing, ask your administrator"},
-		{&LoginError{Kind: KindUnavailable, Reason: "Token service down", Err: errors.New("503")}, "a NO [UNAVAILABLE] Token service down"},
-		{&LoginError{Kind: KindUnavailable}, "a NO [UNAVAILABLE] Upstream server unavailable, try again later"},
-		{&LoginError{Kind: KindAccount, Reason: "bad\r\nreason\x00é"}, "a NO [AUTHENTICATIONFAILED] bad??reason???"},
+		{&proxy.LoginError{Kind: proxy.KindAccount, Reason: "Consent missing, ask your administrator", Err: errors.New("AADSTS65001")}, "a NO [AUTHENTICATIONFAILED] Consent missing, ask your administrator"},
+		{&proxy.LoginError{Kind: proxy.KindUnavailable, Reason: "Token service down", Err: errors.New("503")}, "a NO [UNAVAILABLE] Token service down"},
+		{&proxy.LoginError{Kind: proxy.KindUnavailable}, "a NO [UNAVAILABLE] Upstream server unavailable, try again later"},
+		{&proxy.LoginError{Kind: proxy.KindAccount, Reason: "bad\r\nreason\x00é"}, "a NO [AUTHENTICATIONFAILED] bad??reason???"},
 		{errors.New("database locked"), "a NO [UNAVAILABLE] temporary failure, try again later"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.reply, func(t *testing.T) {
-			log, logs := newTestLogger(t)
-			_, addr := startProxy(t, IMAPOptions{Auth: &stubAuth{pass: "pw", err: tt.err}, Logger: log}, up)
+			log, logs := proxytest.NewLogger(t)
+			_, addr := startProxy(t, Options{Auth: &proxytest.Auth{Pass: "pw", Err: tt.err}, Logger: log}, up)
 			c := dialClient(t, addr)
 			c.greet()
-			c.send("a LOGIN alice pw\r\n")
-			if got := c.line(); got != tt.reply {
+			c.Send("a LOGIN alice pw\r\n")
+			if got := c.Line(); got != tt.reply {
 				t.Fatalf("got %q, want %q", got, tt.reply)
 			}
-			if le := loginErrorOf(tt.err); le.Err != nil && !strings.Contains(logs.String(), le.Err.Error()) {
-				t.Fatalf("log lacks the detail %q:\n%s", le.Err, logs)
+			// The detail logged: a LoginError's Err, or any other error
+			// itself.
+			detail := tt.err
+			if le := (*proxy.LoginError)(nil); errors.As(tt.err, &le) {
+				detail = le.Err
+			}
+			if detail != nil && !strings.Contains(logs.String(), detail.Error()) {
+				t.Fatalf("log lacks the detail %q:\n%s", detail, logs)
 			}
 		})
 	}
@@ -198,7 +203,7 @@ func TestIMAPUpstreamUnavailable(t *testing.T) {
 	throttled := defaultStub()
 	throttled.Reject = "BAD Request is throttled. Suggested Backoff Time: 100 milliseconds"
 	silent := silentListener(t, nil)
-	silentTLS := silentListener(t, &tls.Config{Certificates: []tls.Certificate{mustCert(t).cert}})
+	silentTLS := silentListener(t, &tls.Config{Certificates: []tls.Certificate{proxytest.MustCert(t).Cert}})
 	tests := []struct {
 		name     string
 		stub     *stubUpstream
@@ -220,17 +225,17 @@ func TestIMAPUpstreamUnavailable(t *testing.T) {
 				startStub(t, tt.stub)
 				tt.upstream = tt.stub.addr
 			}
-			auth := &stubAuth{pass: "pw"}
-			log, logs := newTestLogger(t)
-			_, addr := startProxy(t, IMAPOptions{
+			auth := &proxytest.Auth{Pass: "pw"}
+			log, logs := proxytest.NewLogger(t)
+			_, addr := startProxy(t, Options{
 				Auth: auth, Upstream: tt.upstream, UpstreamTLS: tt.tls, Logger: log,
 				DialTimeout: tt.dial, LoginTimeout: tt.login,
 			}, nil)
 			c := dialClient(t, addr)
 			c.greet()
-			c.send("a LOGIN alice pw\r\n")
-			c.expect("a NO [UNAVAILABLE] Upstream server unavailable, try again later")
-			if r := auth.rejections(); len(r) != 0 {
+			c.Send("a LOGIN alice pw\r\n")
+			c.Expect("a NO [UNAVAILABLE] Upstream server unavailable, try again later")
+			if r := auth.Rejections(); len(r) != 0 {
 				t.Fatalf("UpstreamRejected called: %q", r)
 			}
 			if !strings.Contains(logs.String(), "upstream login failed") {
@@ -295,16 +300,16 @@ func TestIMAPUpstreamRejected(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			startStub(t, tt.stub)
-			auth := &stubAuth{pass: "pw"}
-			log, logs := newTestLogger(t)
-			_, addr := startProxy(t, IMAPOptions{Auth: auth, Logger: log}, tt.stub)
+			auth := &proxytest.Auth{Pass: "pw"}
+			log, logs := proxytest.NewLogger(t)
+			_, addr := startProxy(t, Options{Auth: auth, Logger: log}, tt.stub)
 			c := dialClient(t, addr)
 			c.greet()
-			c.send("a LOGIN alice pw\r\n")
-			if l := c.expect("a NO [AUTHENTICATIONFAILED] Mailbox login refused by the mail server"); strings.Contains(l, "Set-") {
+			c.Send("a LOGIN alice pw\r\n")
+			if l := c.Expect("a NO [AUTHENTICATIONFAILED] Mailbox login refused by the mail server"); strings.Contains(l, "Set-") {
 				t.Fatalf("advice sent to the client: %q", l)
 			}
-			r := auth.rejections()
+			r := auth.Rejections()
 			if len(r) != 1 || !strings.HasPrefix(r[0], "alice: ") {
 				t.Fatalf("UpstreamRejected: got %q, want one call for alice", r)
 			}
@@ -326,13 +331,13 @@ func TestIMAPUpstreamRejectedRetriesOnce(t *testing.T) {
 	t.Run("new token accepted", func(t *testing.T) {
 		stub := defaultStub()
 		startStub(t, stub)
-		auth := &stubAuth{pass: "pw", retry: true, staleFirst: true}
-		_, addr := startProxy(t, IMAPOptions{Auth: auth}, stub)
+		auth := &proxytest.Auth{Pass: "pw", Retry: true, StaleFirst: true}
+		_, addr := startProxy(t, Options{Auth: auth}, stub)
 		c := dialClient(t, addr)
 		c.greet()
-		c.send("a LOGIN alice pw\r\n")
-		c.expect("a OK")
-		if n, r := auth.calls.Load(), auth.rejections(); n != 2 || len(r) != 1 {
+		c.Send("a LOGIN alice pw\r\n")
+		c.Expect("a OK")
+		if n, r := auth.Calls.Load(), auth.Rejections(); n != 2 || len(r) != 1 {
 			t.Fatalf("%d Authenticate calls and rejections %q, want 2 and one", n, r)
 		}
 	})
@@ -340,13 +345,13 @@ func TestIMAPUpstreamRejectedRetriesOnce(t *testing.T) {
 		stub := defaultStub()
 		stub.Reject = "NO AUTHENTICATE failed."
 		startStub(t, stub)
-		auth := &stubAuth{pass: "pw", retry: true}
-		_, addr := startProxy(t, IMAPOptions{Auth: auth}, stub)
+		auth := &proxytest.Auth{Pass: "pw", Retry: true}
+		_, addr := startProxy(t, Options{Auth: auth}, stub)
 		c := dialClient(t, addr)
 		c.greet()
-		c.send("a LOGIN alice pw\r\n")
-		c.expect("a NO [AUTHENTICATIONFAILED]")
-		if n, r := auth.calls.Load(), auth.rejections(); n != 2 || len(r) != 2 {
+		c.Send("a LOGIN alice pw\r\n")
+		c.Expect("a NO [AUTHENTICATIONFAILED]")
+		if n, r := auth.Calls.Load(), auth.Rejections(); n != 2 || len(r) != 2 {
 			t.Fatalf("%d Authenticate calls and %d rejections, want 2 and 2", n, len(r))
 		}
 	})
@@ -377,11 +382,11 @@ func TestIMAPUpstreamCapabilities(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			startStub(t, tt.stub)
-			_, addr := startProxy(t, IMAPOptions{Auth: &stubAuth{pass: "pw"}}, tt.stub)
+			_, addr := startProxy(t, Options{Auth: &proxytest.Auth{Pass: "pw"}}, tt.stub)
 			c := dialClient(t, addr)
 			c.greet()
-			c.send("a LOGIN alice pw\r\n")
-			if got := c.line(); !strings.HasPrefix(got, tt.ok) {
+			c.Send("a LOGIN alice pw\r\n")
+			if got := c.Line(); !strings.HasPrefix(got, tt.ok) {
 				t.Fatalf("got %q, want prefix %q", got, tt.ok)
 			}
 			if i, n := tt.stub.inlineIR.Load(), tt.stub.continueIR.Load(); i != tt.inline || n != tt.cont {
@@ -393,31 +398,31 @@ func TestIMAPUpstreamCapabilities(t *testing.T) {
 
 func TestIMAPPipelinedAfterLogin(t *testing.T) {
 	up := startStub(t, defaultStub())
-	_, addr := startProxy(t, IMAPOptions{Auth: &stubAuth{pass: "pw"}}, up)
+	_, addr := startProxy(t, Options{Auth: &proxytest.Auth{Pass: "pw"}}, up)
 	c := dialClient(t, addr)
 	c.greet()
-	c.send("a LOGIN alice pw\r\nb NOOP\r\nc FOO bar\r\n")
-	c.expect("a OK [CAPABILITY")
-	c.expect("b OK NOOP done by stub")
-	c.expect("c OK FOO done by stub")
+	c.Send("a LOGIN alice pw\r\nb NOOP\r\nc FOO bar\r\n")
+	c.Expect("a OK [CAPABILITY")
+	c.Expect("b OK NOOP done by stub")
+	c.Expect("c OK FOO done by stub")
 }
 
 func TestIMAPUpstreamDataAfterOK(t *testing.T) {
 	stub := defaultStub()
 	stub.AfterLogin = "* 42 EXISTS\r\n* OK [ALERT] hello\r\n"
 	up := startStub(t, stub)
-	_, addr := startProxy(t, IMAPOptions{Auth: &stubAuth{pass: "pw"}}, up)
+	_, addr := startProxy(t, Options{Auth: &proxytest.Auth{Pass: "pw"}}, up)
 	c := dialClient(t, addr)
 	c.greet()
-	c.send("a LOGIN alice pw\r\n")
-	c.expect("a OK [CAPABILITY")
-	c.expect("* 42 EXISTS")
-	c.expect("* OK [ALERT] hello")
+	c.Send("a LOGIN alice pw\r\n")
+	c.Expect("a OK [CAPABILITY")
+	c.Expect("* 42 EXISTS")
+	c.Expect("* OK [ALERT] hello")
 }
 
 func TestIMAPLargeLiterals(t *testing.T) {
 	up := startStub(t, defaultStub())
-	_, addr := startProxy(t, IMAPOptions{Auth: &stubAuth{pass: "pw"}}, up)
+	_, addr := startProxy(t, Options{Auth: &proxytest.Auth{Pass: "pw"}}, up)
 	msg := make([]byte, 5<<20)
 	rand.Read(msg)
 	sum := sha256.Sum256(msg)
@@ -426,26 +431,26 @@ func TestIMAPLargeLiterals(t *testing.T) {
 	t.Run("APPEND", func(t *testing.T) {
 		c := dialClient(t, addr)
 		c.login("alice", "pw")
-		c.send(fmt.Sprintf("b APPEND INBOX {%d}\r\n", len(msg)))
-		c.expect("+ ")
-		c.send(string(msg) + "\r\n")
-		c.expect("b " + wantOK)
+		c.Send(fmt.Sprintf("b APPEND INBOX {%d}\r\n", len(msg)))
+		c.Expect("+ ")
+		c.Send(string(msg) + "\r\n")
+		c.Expect("b " + wantOK)
 	})
 	t.Run("APPEND non-synchronising", func(t *testing.T) {
 		c := dialClient(t, addr)
 		c.login("alice", "pw")
-		c.send(fmt.Sprintf("b APPEND INBOX {%d+}\r\n%s\r\nc NOOP\r\n", len(msg), msg))
-		c.expect("b " + wantOK)
-		c.expect("c OK NOOP done by stub")
+		c.Send(fmt.Sprintf("b APPEND INBOX {%d+}\r\n%s\r\nc NOOP\r\n", len(msg), msg))
+		c.Expect("b " + wantOK)
+		c.Expect("c OK NOOP done by stub")
 	})
 	t.Run("FETCH", func(t *testing.T) {
 		c := dialClient(t, addr)
 		c.login("alice", "pw")
 		const n = 5<<20 + 17
-		c.send(fmt.Sprintf("b FETCH %d\r\n", n))
-		c.expect(fmt.Sprintf("* 1 FETCH (BODY[] {%d}", n))
+		c.Send(fmt.Sprintf("b FETCH %d\r\n", n))
+		c.Expect(fmt.Sprintf("* 1 FETCH (BODY[] {%d}", n))
 		h := sha256.New()
-		if _, err := io.CopyN(h, c.br, n); err != nil {
+		if _, err := io.CopyN(h, c.R, n); err != nil {
 			t.Fatal(err)
 		}
 		want := sha256.New()
@@ -455,29 +460,29 @@ func TestIMAPLargeLiterals(t *testing.T) {
 		if !bytes.Equal(h.Sum(nil), want.Sum(nil)) {
 			t.Fatal("FETCH body differs")
 		}
-		c.expect(")")
-		c.expect("b OK FETCH completed")
+		c.Expect(")")
+		c.Expect("b OK FETCH completed")
 	})
 }
 
 func TestIMAPIdle(t *testing.T) {
 	up := startStub(t, defaultStub())
-	_, addr := startProxy(t, IMAPOptions{Auth: &stubAuth{pass: "pw"}}, up)
+	_, addr := startProxy(t, Options{Auth: &proxytest.Auth{Pass: "pw"}}, up)
 	c := dialClient(t, addr)
 	c.login("alice", "pw")
-	c.send("b IDLE\r\n")
-	c.expect("+ idling")
-	c.expect("* 1 EXISTS")
-	c.send("DONE\r\n")
-	c.expect("b OK IDLE terminated")
-	c.send("c LOGOUT\r\n")
-	c.expect("* BYE stub logging out")
-	c.expect("c OK LOGOUT completed")
-	c.expectClosed()
+	c.Send("b IDLE\r\n")
+	c.Expect("+ idling")
+	c.Expect("* 1 EXISTS")
+	c.Send("DONE\r\n")
+	c.Expect("b OK IDLE terminated")
+	c.Send("c LOGOUT\r\n")
+	c.Expect("* BYE stub logging out")
+	c.Expect("c OK LOGOUT completed")
+	c.ExpectClosed()
 }
 
 func TestIMAPPreAuthCommands(t *testing.T) {
-	long := "a NOOP " + strings.Repeat("x", imapMaxLine) + "\r\n"
+	long := "a NOOP " + strings.Repeat("x", maxLine) + "\r\n"
 	tests := []struct {
 		name   string
 		script []string // "<" expects a line prefix, "<EOF" the close
@@ -509,29 +514,29 @@ func TestIMAPPreAuthCommands(t *testing.T) {
 		{"too long command", []string{"a ID (" + strings.Repeat("{4000+}\r\n"+strings.Repeat("x", 4000)+" NIL ", 21) + ")\r\n", "<a BAD Command too long", "<* BYE", "<EOF"}},
 		{"bare LF", []string{"a NOOP\n", "<a OK NOOP completed"}},
 		{"starttls unavailable", []string{"a STARTTLS\r\n", "<a BAD STARTTLS not available"}},
-		{"many bad", []string{strings.Repeat("a BAD\r\n", imapMaxBadCommands), "<a BAD", "<a BAD", "<a BAD", "<a BAD", "<a BAD", "<a BAD", "<a BAD", "<a BAD", "<a BAD", "<a BAD", "<* BYE Too many invalid commands", "<EOF"}},
+		{"many bad", []string{strings.Repeat("a BAD\r\n", maxBadCommands), "<a BAD", "<a BAD", "<a BAD", "<a BAD", "<a BAD", "<a BAD", "<a BAD", "<a BAD", "<a BAD", "<a BAD", "<* BYE Too many invalid commands", "<EOF"}},
 		{"binary", []string{"\x00\x01\xff\xfe a\r\n", "<* BAD"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			auth := &stubAuth{pass: "pw"}
-			_, addr := startProxy(t, IMAPOptions{Auth: auth, Upstream: "127.0.0.1:1"}, nil)
+			auth := &proxytest.Auth{Pass: "pw"}
+			_, addr := startProxy(t, Options{Auth: auth, Upstream: "127.0.0.1:1"}, nil)
 			c := dialClient(t, addr)
 			c.greet()
 			for _, l := range tt.script {
 				switch p, ok := strings.CutPrefix(l, "<"); {
 				case p == "EOF":
-					c.expectClosed()
+					c.ExpectClosed()
 					return
 				case ok:
-					c.expect(p)
+					c.Expect(p)
 				default:
-					c.send(l)
+					c.Send(l)
 				}
 			}
-			c.send("z NOOP\r\n")
-			c.expect("z OK NOOP completed")
-			if n := auth.calls.Load(); n != 0 {
+			c.Send("z NOOP\r\n")
+			c.Expect("z OK NOOP completed")
+			if n := auth.Calls.Load(); n != 0 {
 				t.Fatalf("Authenticate called %d times", n)
 			}
 		})
@@ -539,24 +544,24 @@ func TestIMAPPreAuthCommands(t *testing.T) {
 }
 
 func TestIMAPPreAuthTimeout(t *testing.T) {
-	_, addr := startProxy(t, IMAPOptions{Auth: &stubAuth{}, Upstream: "127.0.0.1:1", PreAuthTimeout: 50 * time.Millisecond}, nil)
+	_, addr := startProxy(t, Options{Auth: &proxytest.Auth{}, Upstream: "127.0.0.1:1", PreAuthTimeout: 50 * time.Millisecond}, nil)
 	c := dialClient(t, addr)
 	c.greet()
-	c.expect("* BYE Autologout; not logged in in time")
-	c.expectClosed()
+	c.Expect("* BYE Autologout; not logged in in time")
+	c.ExpectClosed()
 
 	// A literal never sent counts as idle too.
 	c = dialClient(t, addr)
 	c.greet()
-	c.send("a LOGIN {3}\r\n")
-	c.expect("+ ")
-	c.expect("* BYE Autologout")
-	c.expectClosed()
+	c.Send("a LOGIN {3}\r\n")
+	c.Expect("+ ")
+	c.Expect("* BYE Autologout")
+	c.ExpectClosed()
 }
 
 func startTLSClient(t *testing.T, c *testClient) *testClient {
 	t.Helper()
-	tc := tls.Client(c.c, &tls.Config{RootCAs: mustCert(t).pool, ServerName: "127.0.0.1"})
+	tc := tls.Client(c.Conn, &tls.Config{RootCAs: proxytest.MustCert(t).Pool, ServerName: "127.0.0.1"})
 	if err := tc.Handshake(); err != nil {
 		t.Fatalf("handshake: %v", err)
 	}
@@ -565,63 +570,63 @@ func startTLSClient(t *testing.T, c *testClient) *testClient {
 
 func TestIMAPStartTLS(t *testing.T) {
 	up := startStub(t, defaultStub())
-	tlsConf := &tls.Config{Certificates: []tls.Certificate{mustCert(t).cert}}
-	auth := &stubAuth{pass: "pw"}
-	_, addr := startProxy(t, IMAPOptions{Auth: auth, TLS: tlsConf}, up)
+	tlsConf := &tls.Config{Certificates: []tls.Certificate{proxytest.MustCert(t).Cert}}
+	auth := &proxytest.Auth{Pass: "pw"}
+	_, addr := startProxy(t, Options{Auth: auth, TLS: tlsConf}, up)
 
 	t.Run("login", func(t *testing.T) {
 		c := dialClient(t, addr)
 		if g := c.greet(); !strings.Contains(g, " STARTTLS]") {
 			t.Fatalf("greeting %q lacks STARTTLS", g)
 		}
-		c.send("a STARTTLS\r\n")
-		c.expect("a OK Begin TLS")
+		c.Send("a STARTTLS\r\n")
+		c.Expect("a OK Begin TLS")
 		c = startTLSClient(t, c)
-		c.send("b CAPABILITY\r\n")
-		if l := c.expect("* CAPABILITY "); strings.Contains(l, "STARTTLS") {
+		c.Send("b CAPABILITY\r\n")
+		if l := c.Expect("* CAPABILITY "); strings.Contains(l, "STARTTLS") {
 			t.Fatalf("STARTTLS offered again: %q", l)
 		}
-		c.expect("b OK")
-		c.send("c STARTTLS\r\n")
-		c.expect("c BAD STARTTLS not available")
-		c.send("d LOGIN alice pw\r\n")
-		c.expect("d OK [CAPABILITY")
-		c.send("e NOOP\r\n")
-		c.expect("e OK NOOP done by stub")
+		c.Expect("b OK")
+		c.Send("c STARTTLS\r\n")
+		c.Expect("c BAD STARTTLS not available")
+		c.Send("d LOGIN alice pw\r\n")
+		c.Expect("d OK [CAPABILITY")
+		c.Send("e NOOP\r\n")
+		c.Expect("e OK NOOP done by stub")
 	})
 	t.Run("injection", func(t *testing.T) {
-		calls := auth.calls.Load()
+		calls := auth.Calls.Load()
 		c := dialClient(t, addr)
 		c.greet()
 		// RFC 3501 §6.2.1: what follows STARTTLS in the same packet is
 		// not protected and must not be executed.
-		c.send("a STARTTLS\r\nb LOGIN alice pw\r\nc NOOP\r\n")
-		c.expect("a OK Begin TLS")
+		c.Send("a STARTTLS\r\nb LOGIN alice pw\r\nc NOOP\r\n")
+		c.Expect("a OK Begin TLS")
 		c = startTLSClient(t, c)
-		c.send("d NOOP\r\n")
-		c.expect("d OK NOOP completed")
-		if n := auth.calls.Load(); n != calls {
+		c.Send("d NOOP\r\n")
+		c.Expect("d OK NOOP completed")
+		if n := auth.Calls.Load(); n != calls {
 			t.Fatalf("injected LOGIN reached the Authenticator")
 		}
 	})
 	t.Run("handshake garbage", func(t *testing.T) {
 		c := dialClient(t, addr)
 		c.greet()
-		c.send("a STARTTLS\r\n")
-		c.expect("a OK Begin TLS")
-		c.send("b LOGIN alice pw\r\n")
-		c.expectClosed()
+		c.Send("a STARTTLS\r\n")
+		c.Expect("a OK Begin TLS")
+		c.Send("b LOGIN alice pw\r\n")
+		c.ExpectClosed()
 	})
 }
 
 func TestIMAPImplicitTLS(t *testing.T) {
 	up := startStub(t, defaultStub())
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{mustCert(t).cert}})
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{proxytest.MustCert(t).Cert}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	serveProxy(t, IMAPOptions{Auth: &stubAuth{pass: "pw"}, TLS: &tls.Config{}}, up, ln)
-	conn, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{RootCAs: mustCert(t).pool})
+	serveProxy(t, Options{Auth: &proxytest.Auth{Pass: "pw"}, TLS: &tls.Config{}}, up, ln)
+	conn, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{RootCAs: proxytest.MustCert(t).Pool})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -630,21 +635,21 @@ func TestIMAPImplicitTLS(t *testing.T) {
 	if g := c.greet(); strings.Contains(g, "STARTTLS") {
 		t.Fatalf("greeting %q offers STARTTLS on implicit TLS", g)
 	}
-	c.send("a LOGIN alice pw\r\n")
-	c.expect("a OK [CAPABILITY")
-	c.send("b NOOP\r\n")
-	c.expect("b OK NOOP done by stub")
+	c.Send("a LOGIN alice pw\r\n")
+	c.Expect("a OK [CAPABILITY")
+	c.Send("b NOOP\r\n")
+	c.Expect("b OK NOOP done by stub")
 }
 
 func TestIMAPCloseEndsSessions(t *testing.T) {
 	up := startStub(t, defaultStub())
-	log, logs := newTestLogger(t)
-	srv, addr := startProxy(t, IMAPOptions{Auth: &stubAuth{pass: "pw"}, Logger: log}, up)
+	log, logs := proxytest.NewLogger(t)
+	srv, addr := startProxy(t, Options{Auth: &proxytest.Auth{Pass: "pw"}, Logger: log}, up)
 	spliced := dialClient(t, addr)
 	spliced.login("alice", "pw")
-	spliced.send("b IDLE\r\n")
-	spliced.expect("+ idling")
-	spliced.expect("* 1 EXISTS")
+	spliced.Send("b IDLE\r\n")
+	spliced.Expect("+ idling")
+	spliced.Expect("* 1 EXISTS")
 	preauth := dialClient(t, addr)
 	preauth.greet()
 	if n := srv.Sessions(); n != 2 {
@@ -653,9 +658,9 @@ func TestIMAPCloseEndsSessions(t *testing.T) {
 	if err := srv.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
-	spliced.expectClosed()
-	preauth.expectClosed()
-	waitFor(t, "sessions to end", func() bool { return srv.Sessions() == 0 })
+	spliced.ExpectClosed()
+	preauth.ExpectClosed()
+	proxytest.WaitFor(t, "sessions to end", func() bool { return srv.Sessions() == 0 })
 	if _, err := net.Dial("tcp", addr); err == nil {
 		t.Fatal("listener still accepting after Close")
 	}
@@ -668,23 +673,23 @@ func TestIMAPShutdown(t *testing.T) {
 	up := startStub(t, defaultStub())
 
 	t.Run("drains", func(t *testing.T) {
-		srv, addr := startProxy(t, IMAPOptions{Auth: &stubAuth{pass: "pw"}}, up)
+		srv, addr := startProxy(t, Options{Auth: &proxytest.Auth{Pass: "pw"}}, up)
 		c := dialClient(t, addr)
 		c.login("alice", "pw")
 		done := make(chan error, 1)
 		go func() { done <- srv.Shutdown(context.Background()) }()
 		// The session goes on during the drain.
-		c.send("b NOOP\r\n")
-		c.expect("b OK NOOP done by stub")
-		c.send("c LOGOUT\r\n")
-		c.expect("* BYE")
-		c.expect("c OK LOGOUT")
+		c.Send("b NOOP\r\n")
+		c.Expect("b OK NOOP done by stub")
+		c.Send("c LOGOUT\r\n")
+		c.Expect("* BYE")
+		c.Expect("c OK LOGOUT")
 		if err := <-done; err != nil {
 			t.Fatalf("Shutdown: got %v, want nil", err)
 		}
 	})
 	t.Run("deadline", func(t *testing.T) {
-		srv, addr := startProxy(t, IMAPOptions{Auth: &stubAuth{pass: "pw"}}, up)
+		srv, addr := startProxy(t, Options{Auth: &proxytest.Auth{Pass: "pw"}}, up)
 		c := dialClient(t, addr)
 		c.login("alice", "pw")
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
@@ -692,10 +697,10 @@ func TestIMAPShutdown(t *testing.T) {
 		if err := srv.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
 			t.Fatalf("Shutdown: got %v, want DeadlineExceeded", err)
 		}
-		c.expectClosed()
+		c.ExpectClosed()
 	})
 	t.Run("serve after shutdown", func(t *testing.T) {
-		srv := NewIMAPServer(&IMAPOptions{Upstream: up.addr, Auth: &stubAuth{}})
+		srv := NewServer(&Options{Upstream: up.addr, Auth: &proxytest.Auth{}})
 		if err := srv.Shutdown(context.Background()); err != nil {
 			t.Fatalf("Shutdown: %v", err)
 		}
@@ -704,7 +709,7 @@ func TestIMAPShutdown(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer ln.Close()
-		if err := srv.Serve(ln); !errors.Is(err, ErrServerClosed) {
+		if err := srv.Serve(ln); !errors.Is(err, proxy.ErrServerClosed) {
 			t.Fatalf("Serve: got %v, want ErrServerClosed", err)
 		}
 	})
@@ -712,27 +717,27 @@ func TestIMAPShutdown(t *testing.T) {
 
 func TestIMAPTeardown(t *testing.T) {
 	up := startStub(t, defaultStub())
-	log, logs := newTestLogger(t)
-	_, addr := startProxy(t, IMAPOptions{Auth: &stubAuth{pass: "pw"}, Logger: log}, up)
+	log, logs := proxytest.NewLogger(t)
+	_, addr := startProxy(t, Options{Auth: &proxytest.Auth{Pass: "pw"}, Logger: log}, up)
 
 	t.Run("client half-closes after LOGOUT", func(t *testing.T) {
 		c := dialClient(t, addr)
 		c.login("alice", "pw")
-		c.send("b LOGOUT\r\n")
-		if err := c.c.(*net.TCPConn).CloseWrite(); err != nil {
+		c.Send("b LOGOUT\r\n")
+		if err := c.Conn.(*net.TCPConn).CloseWrite(); err != nil {
 			t.Fatal(err)
 		}
-		c.expect("* BYE stub logging out")
-		c.expect("b OK LOGOUT completed")
-		c.expectClosed()
+		c.Expect("* BYE stub logging out")
+		c.Expect("b OK LOGOUT completed")
+		c.ExpectClosed()
 	})
 	t.Run("client closes", func(t *testing.T) {
 		c := dialClient(t, addr)
 		c.login("bob", "pw")
-		c.send("b NOOP\r\n")
-		c.expect("b OK")
-		c.c.Close()
-		waitFor(t, "the session to end", func() bool {
+		c.Send("b NOOP\r\n")
+		c.Expect("b OK")
+		c.Conn.Close()
+		proxytest.WaitFor(t, "the session to end", func() bool {
 			return strings.Contains(logs.String(), `account=bob bytes_up=8 bytes_down=24`)
 		})
 	})
@@ -741,34 +746,34 @@ func TestIMAPTeardown(t *testing.T) {
 // TestIMAPLogs checks the session lines, and that no secret reaches the log.
 func TestIMAPLogs(t *testing.T) {
 	up := startStub(t, defaultStub())
-	log, logs := newTestLogger(t)
+	log, logs := proxytest.NewLogger(t)
 	const pass = "S3cret-Passw0rd"
-	srv, addr := startProxy(t, IMAPOptions{Auth: &stubAuth{pass: pass}, Logger: log}, up)
+	srv, addr := startProxy(t, Options{Auth: &proxytest.Auth{Pass: pass}, Logger: log}, up)
 
 	c := dialClient(t, addr)
 	c.login("alice@example.com", pass)
-	c.send("b NOOP\r\nc LOGOUT\r\n")
-	c.expect("b OK")
-	c.expect("* BYE")
-	c.expect("c OK")
-	c.expectClosed()
+	c.Send("b NOOP\r\nc LOGOUT\r\n")
+	c.Expect("b OK")
+	c.Expect("* BYE")
+	c.Expect("c OK")
+	c.ExpectClosed()
 
-	plain := b64("\x00carol@example.com\x00" + pass)
+	plain := proxytest.B64("\x00carol@example.com\x00" + pass)
 	c = dialClient(t, addr)
 	c.greet()
-	c.send("a AUTHENTICATE PLAIN " + plain + "\r\n")
-	c.expect("a OK")
-	c.send("b LOGIN alice@example.com wrong-" + pass + "\r\n")
-	c.send("c LOGIN {15}\r\n")
-	c.expect("b OK")
-	c.c.Close()
-	waitFor(t, "sessions to end", func() bool { return srv.Sessions() == 0 })
+	c.Send("a AUTHENTICATE PLAIN " + plain + "\r\n")
+	c.Expect("a OK")
+	c.Send("b LOGIN alice@example.com wrong-" + pass + "\r\n")
+	c.Send("c LOGIN {15}\r\n")
+	c.Expect("b OK")
+	c.Conn.Close()
+	proxytest.WaitFor(t, "sessions to end", func() bool { return srv.Sessions() == 0 })
 
 	out := logs.String()
 	secrets := []string{
 		pass, plain,
-		stubToken("alice@example.com"), stubToken("carol@example.com"),
-		b64(string(xoauth2.Response("alice@example.com", stubToken("alice@example.com")))),
+		proxytest.Token("alice@example.com"), proxytest.Token("carol@example.com"),
+		proxytest.B64(string(xoauth2.Response("alice@example.com", proxytest.Token("alice@example.com")))),
 	}
 	for _, s := range secrets {
 		if strings.Contains(out, s) {
@@ -791,18 +796,18 @@ func TestIMAPLogs(t *testing.T) {
 
 type panicAuth struct{}
 
-func (panicAuth) Authenticate(context.Context, *Login) (*Upstream, error) { panic("boom") }
+func (panicAuth) Authenticate(context.Context, *proxy.Login) (*proxy.Upstream, error) { panic("boom") }
 
 func TestIMAPPanicRecovery(t *testing.T) {
-	log, logs := newTestLogger(t)
-	srv, addr := startProxy(t, IMAPOptions{Auth: panicAuth{}, Upstream: "127.0.0.1:1", Logger: log}, nil)
+	log, logs := proxytest.NewLogger(t)
+	srv, addr := startProxy(t, Options{Auth: panicAuth{}, Upstream: "127.0.0.1:1", Logger: log}, nil)
 	for range 2 {
 		c := dialClient(t, addr)
 		c.greet()
-		c.send("a LOGIN alice pw\r\n")
-		c.expectClosed()
+		c.Send("a LOGIN alice pw\r\n")
+		c.ExpectClosed()
 	}
-	waitFor(t, "sessions to end", func() bool { return srv.Sessions() == 0 })
+	proxytest.WaitFor(t, "sessions to end", func() bool { return srv.Sessions() == 0 })
 	if out := logs.String(); strings.Count(out, "session panic") != 2 || !strings.Contains(out, "panicAuth") {
 		t.Fatalf("log lacks the panics and stack:\n%s", out)
 	}
@@ -814,7 +819,7 @@ func TestIMAPServeRequiresOptions(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	if err := NewIMAPServer(&IMAPOptions{Upstream: "x:993"}).Serve(ln); err == nil {
+	if err := NewServer(&Options{Upstream: "x:993"}).Serve(ln); err == nil {
 		t.Fatal("Serve without Auth: got nil error")
 	}
 }

@@ -1,4 +1,4 @@
-package proxy
+package smtp
 
 import (
 	"context"
@@ -6,6 +6,8 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"github.com/mailbroker/broker/proxy"
+	"github.com/mailbroker/broker/proxy/internal/proxytest"
 	"io"
 	"log"
 	"net"
@@ -16,18 +18,18 @@ import (
 	"time"
 
 	"github.com/emersion/go-sasl"
-	"github.com/emersion/go-smtp"
+	gosmtp "github.com/emersion/go-smtp"
 	"github.com/mailbroker/broker/proxy/xoauth2"
 )
 
 // smtpStub is an upstream submission server for the proxy's tests, after
-// Exchange Online: STARTTLS, then AUTH XOAUTH2 with stubToken(user).
+// Exchange Online: STARTTLS, then AUTH XOAUTH2 with proxytest.Token(user).
 type smtpStub struct {
 	// ImplicitTLS serves TLS from the first byte; NoSTARTTLS serves plain
 	// text only and still offers AUTH.
 	ImplicitTLS, NoSTARTTLS bool
 	// Reject refuses every token with this reply.
-	Reject *smtp.SMTPError
+	Reject *gosmtp.SMTPError
 	// Size is advertised as SIZE; 0 means go-smtp's bare SIZE.
 	Size int64
 	// ErrorChallenge sends the XOAUTH2 error challenge before refusing.
@@ -37,7 +39,7 @@ type smtpStub struct {
 	// Gate, if set, holds every DATA reply until it is closed.
 	Gate chan struct{}
 
-	srv  *smtp.Server
+	srv  *gosmtp.Server
 	ln   net.Listener
 	addr string
 
@@ -69,17 +71,17 @@ const stubKeepBytes = 1 << 20
 
 func startSMTPStub(t testing.TB, s *smtpStub) *smtpStub {
 	t.Helper()
-	cert := mustCert(t)
+	cert := proxytest.MustCert(t)
 	s.active, s.peak = map[string]int{}, map[string]int{}
 	s.sessions = map[*stubSession]struct{}{}
 	s.changed = make(chan struct{})
-	s.srv = smtp.NewServer(smtp.BackendFunc(s.newSession))
+	s.srv = gosmtp.NewServer(gosmtp.BackendFunc(s.newSession))
 	s.srv.Domain = "upstream.test"
 	s.srv.MaxMessageBytes = s.Size
 	s.srv.MaxLineLength = 1 << 20
 	s.srv.EnableSMTPUTF8 = true
 	s.srv.ErrorLog = log.New(io.Discard, "", 0)
-	tlsConf := &tls.Config{Certificates: []tls.Certificate{cert.cert}}
+	tlsConf := &tls.Config{Certificates: []tls.Certificate{cert.Cert}}
 	var err error
 	switch {
 	case s.ImplicitTLS:
@@ -159,13 +161,13 @@ func (s *smtpStub) holdData() (holding <-chan struct{}, release func()) {
 
 type stubSession struct {
 	s    *smtpStub
-	conn *smtp.Conn
+	conn *gosmtp.Conn
 	user string
 	from string
 	to   []string
 }
 
-func (s *smtpStub) newSession(c *smtp.Conn) (smtp.Session, error) {
+func (s *smtpStub) newSession(c *gosmtp.Conn) (gosmtp.Session, error) {
 	x := &stubSession{s: s, conn: c}
 	s.mu.Lock()
 	s.sessions[x] = struct{}{}
@@ -177,15 +179,15 @@ func (x *stubSession) AuthMechanisms() []string { return []string{xoauth2.Mechan
 
 func (x *stubSession) Auth(mech string) (sasl.Server, error) {
 	if mech != xoauth2.Mechanism {
-		return nil, smtp.ErrAuthUnknownMechanism
+		return nil, gosmtp.ErrAuthUnknownMechanism
 	}
 	x.s.auths.Add(1)
 	check := func(user, token string) error {
 		if x.s.Reject != nil {
 			return x.s.Reject
 		}
-		if token != stubToken(user) {
-			return &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 3}, Message: "Authentication unsuccessful"}
+		if token != proxytest.Token(user) {
+			return &gosmtp.SMTPError{Code: 535, EnhancedCode: gosmtp.EnhancedCode{5, 7, 3}, Message: "Authentication unsuccessful"}
 		}
 		x.user = user
 		x.s.mu.Lock()
@@ -213,9 +215,9 @@ func (f directXOAUTH2) Next(r []byte) ([]byte, bool, error) {
 	if err == nil {
 		err = f(user, token)
 	}
-	var se *smtp.SMTPError
+	var se *gosmtp.SMTPError
 	if err != nil && !errors.As(err, &se) {
-		err = &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 3}, Message: "Authentication unsuccessful"}
+		err = &gosmtp.SMTPError{Code: 535, EnhancedCode: gosmtp.EnhancedCode{5, 7, 3}, Message: "Authentication unsuccessful"}
 	}
 	return nil, true, err
 }
@@ -225,27 +227,27 @@ type smtpErrors struct{ sasl.Server }
 
 func (s smtpErrors) Next(r []byte) ([]byte, bool, error) {
 	c, done, err := s.Server.Next(r)
-	var se *smtp.SMTPError
+	var se *gosmtp.SMTPError
 	if err != nil && !errors.As(err, &se) {
-		err = &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 3}, Message: "Authentication unsuccessful"}
+		err = &gosmtp.SMTPError{Code: 535, EnhancedCode: gosmtp.EnhancedCode{5, 7, 3}, Message: "Authentication unsuccessful"}
 	}
 	return c, done, err
 }
 
-func (x *stubSession) Mail(from string, opts *smtp.MailOptions) error {
+func (x *stubSession) Mail(from string, opts *gosmtp.MailOptions) error {
 	if x.user == "" {
-		return &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 57}, Message: "Client not authenticated to send mail"}
+		return &gosmtp.SMTPError{Code: 530, EnhancedCode: gosmtp.EnhancedCode{5, 7, 57}, Message: "Client not authenticated to send mail"}
 	}
 	if !strings.EqualFold(from, x.user) {
-		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 60}, Message: "SMTP; Client does not have permissions to send as this sender"}
+		return &gosmtp.SMTPError{Code: 550, EnhancedCode: gosmtp.EnhancedCode{5, 7, 60}, Message: "SMTP; Client does not have permissions to send as this sender"}
 	}
 	x.from = from
 	return nil
 }
 
-func (x *stubSession) Rcpt(to string, opts *smtp.RcptOptions) error {
+func (x *stubSession) Rcpt(to string, opts *gosmtp.RcptOptions) error {
 	if strings.HasPrefix(to, "reject") {
-		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 10}, Message: "RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup"}
+		return &gosmtp.SMTPError{Code: 550, EnhancedCode: gosmtp.EnhancedCode{5, 1, 10}, Message: "RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup"}
 	}
 	x.to = append(x.to, to)
 	return nil
@@ -299,7 +301,7 @@ func (x *stubSession) Data(r io.Reader) error {
 	defer x.s.mu.Unlock()
 	x.s.messages = append(x.s.messages, msg)
 	x.s.notify()
-	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0},
+	return &gosmtp.SMTPError{Code: 250, EnhancedCode: gosmtp.EnhancedCode{2, 0, 0},
 		Message: fmt.Sprintf("OK <Q%d@upstream.test> [Hostname=upstream.test]", len(x.s.messages))}
 }
 
@@ -319,22 +321,22 @@ func (x *stubSession) Logout() error {
 	return nil
 }
 
-// smtpStubAuth is stubAuth for SMTP logins; AuthenticateAccount logs in
+// smtpStubAuth is proxytest.Auth for SMTP logins; AuthenticateAccount logs in
 // upstream as any account without a password.
-type smtpStubAuth struct{ stubAuth }
+type smtpStubAuth struct{ proxytest.Auth }
 
 func newSMTPStubAuth(pass string) *smtpStubAuth {
-	return &smtpStubAuth{stubAuth{pass: pass, protocol: SMTP}}
+	return &smtpStubAuth{proxytest.Auth{Pass: pass, Protocol: proxy.SMTP}}
 }
 
-func (a *smtpStubAuth) AuthenticateAccount(ctx context.Context, p Protocol, account string) (*Upstream, error) {
-	a.calls.Add(1)
-	return &Upstream{Account: account, SASL: xoauth2.NewClient(account, stubToken(account))}, nil
+func (a *smtpStubAuth) AuthenticateAccount(ctx context.Context, p proxy.Protocol, account string) (*proxy.Upstream, error) {
+	a.Calls.Add(1)
+	return &proxy.Upstream{Account: account, SASL: xoauth2.NewClient(account, proxytest.Token(account))}, nil
 }
 
-// startSMTPProxy starts an SMTPServer on ln (127.0.0.1:0 if nil) in front
+// startSMTPProxy starts an Server on ln (127.0.0.1:0 if nil) in front
 // of up. opts.Upstream, UpstreamTLS, Auth and Logger have test defaults.
-func startSMTPProxy(t testing.TB, opts SMTPOptions, up *smtpStub, ln net.Listener) (*SMTPServer, string, *logBuffer) {
+func startSMTPProxy(t testing.TB, opts Options, up *smtpStub, ln net.Listener) (*Server, string, *proxytest.LogBuffer) {
 	t.Helper()
 	if ln == nil {
 		var err error
@@ -347,35 +349,35 @@ func startSMTPProxy(t testing.TB, opts SMTPOptions, up *smtpStub, ln net.Listene
 		opts.UpstreamImplicitTLS = up.ImplicitTLS
 	}
 	if opts.UpstreamTLS == nil {
-		opts.UpstreamTLS = &tls.Config{RootCAs: mustCert(t).pool}
+		opts.UpstreamTLS = &tls.Config{RootCAs: proxytest.MustCert(t).Pool}
 	}
 	if opts.Auth == nil {
 		opts.Auth = newSMTPStubAuth("secret")
 	}
-	var logs *logBuffer
+	var logs *proxytest.LogBuffer
 	if opts.Logger == nil {
-		opts.Logger, logs = newTestLogger(t)
+		opts.Logger, logs = proxytest.NewLogger(t)
 	}
-	srv := NewSMTPServer(&opts)
-	serveUntilCleanup(t, srv, ln)
+	srv := NewServer(&opts)
+	proxytest.Serve(t, srv, ln)
 	return srv, ln.Addr().String(), logs
 }
 
 // dialSMTP connects a go-smtp client to the proxy.
-func dialSMTP(t testing.TB, addr string) *smtp.Client {
+func dialSMTP(t testing.TB, addr string) *gosmtp.Client {
 	t.Helper()
 	conn, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	conn.SetDeadline(time.Now().Add(30 * time.Second))
-	c := smtp.NewClient(conn)
+	c := gosmtp.NewClient(conn)
 	t.Cleanup(func() { c.Close() })
 	return c
 }
 
 // loginSMTP connects a go-smtp client to the proxy and logs in as sender.
-func loginSMTP(t testing.TB, addr string) *smtp.Client {
+func loginSMTP(t testing.TB, addr string) *gosmtp.Client {
 	t.Helper()
 	c := dialSMTP(t, addr)
 	if err := c.Auth(sasl.NewPlainClient("", sender, "secret")); err != nil {
@@ -385,12 +387,12 @@ func loginSMTP(t testing.TB, addr string) *smtp.Client {
 }
 
 // ehloClient connects a raw client to the proxy and greets it with EHLO.
-func ehloClient(t testing.TB, addr string) *testClient {
+func ehloClient(t testing.TB, addr string) *proxytest.Client {
 	t.Helper()
-	c := dialClient(t, addr)
-	c.expect("220 ")
-	c.send("EHLO client.test\r\n")
-	for !strings.HasPrefix(c.line(), "250 ") {
+	c := proxytest.Dial(t, addr)
+	c.Expect("220 ")
+	c.Send("EHLO client.test\r\n")
+	for !strings.HasPrefix(c.Line(), "250 ") {
 	}
 	return c
 }
@@ -398,7 +400,7 @@ func ehloClient(t testing.TB, addr string) *testClient {
 // smtpCode returns err's SMTP code and enhanced code as "535 5.7.8", or
 // err's text for other errors.
 func smtpCode(err error) string {
-	var se *smtp.SMTPError
+	var se *gosmtp.SMTPError
 	if errors.As(err, &se) {
 		return fmt.Sprintf("%d %s", se.Code, enhancedString(se.EnhancedCode))
 	}

@@ -1,4 +1,4 @@
-package proxy
+package imap
 
 import (
 	"bufio"
@@ -11,13 +11,13 @@ import (
 // ID's parameters (RFC 2971: 30 pairs of values up to 1024 octets) come in
 // one line: imaptest sends one of 31 KB, which Dovecot accepts.
 const (
-	imapMaxLine    = 64 << 10 // one line, CRLF included
-	imapMaxLiteral = 4 << 10  // one literal
-	imapMaxCommand = 80 << 10 // one command: its lines and literals
-	// imapReadBuffer is the reader's buffer; the rare longer line is
+	maxLine    = 64 << 10 // one line, CRLF included
+	maxLiteral = 4 << 10  // one literal
+	maxCommand = 80 << 10 // one command: its lines and literals
+	// readBuffer is the reader's buffer; the rare longer line is
 	// gathered in memory of its own, so that an idle session holds only
 	// this much.
-	imapReadBuffer = 4 << 10
+	readBuffer = 4 << 10
 )
 
 var (
@@ -26,26 +26,26 @@ var (
 	errLiteralTooLarge = errors.New("literal too large")
 )
 
-// imapSyntaxError is a command the session answers with BAD. If fatal, the
+// syntaxError is a command the session answers with BAD. If fatal, the
 // input cannot be resynchronised and the connection must end.
-type imapSyntaxError struct {
+type syntaxError struct {
 	tag   string // "" when the line has no valid tag: the answer is untagged
 	text  string
 	fatal bool
 }
 
-func (e *imapSyntaxError) Error() string { return e.text }
+func (e *syntaxError) Error() string { return e.text }
 
-// imapCommand is a command parsed before login. Only the commands handled
+// command is a command parsed before login. Only the commands handled
 // locally have their arguments parsed.
-type imapCommand struct {
+type command struct {
 	tag  string
 	name string   // upper case
 	args [][]byte // LOGIN: user, password; AUTHENTICATE: mechanism [, initial response]
 }
 
-// imapReader reads pre-login commands (RFC 3501 §9 / RFC 9051 §9 syntax).
-type imapReader struct {
+// commandReader reads pre-login commands (RFC 3501 §9 / RFC 9051 §9 syntax).
+type commandReader struct {
 	br *bufio.Reader
 	// cont asks the client for a synchronising literal's octets (RFC 3501
 	// §7.5).
@@ -55,23 +55,23 @@ type imapReader struct {
 	size int    // octets of the current command so far
 }
 
-func newIMAPReader(r io.Reader, cont func() error) *imapReader {
-	return &imapReader{br: bufio.NewReaderSize(r, imapReadBuffer), cont: cont}
+func newCommandReader(r io.Reader, cont func() error) *commandReader {
+	return &commandReader{br: bufio.NewReaderSize(r, readBuffer), cont: cont}
 }
 
 var (
-	errLineTooLong    = &imapSyntaxError{text: "Line too long", fatal: true}
-	errCommandTooLong = &imapSyntaxError{text: "Command too long", fatal: true}
+	errLineTooLong    = &syntaxError{text: "Line too long", fatal: true}
+	errCommandTooLong = &syntaxError{text: "Command too long", fatal: true}
 )
 
 // readLine makes the next line current.
-func (r *imapReader) readLine() error {
+func (r *commandReader) readLine() error {
 	l, err := r.br.ReadSlice('\n')
 	if errors.Is(err, bufio.ErrBufferFull) {
 		long := append(make([]byte, 0, 2*len(l)), l...)
 		for errors.Is(err, bufio.ErrBufferFull) {
 			l, err = r.br.ReadSlice('\n')
-			if len(long)+len(l) > imapMaxLine {
+			if len(long)+len(l) > maxLine {
 				return errLineTooLong
 			}
 			long = append(long, l...)
@@ -84,7 +84,7 @@ func (r *imapReader) readLine() error {
 		}
 		return err
 	}
-	if r.size += len(l); r.size > imapMaxCommand {
+	if r.size += len(l); r.size > maxCommand {
 		return errCommandTooLong
 	}
 	l = l[:len(l)-1]
@@ -96,7 +96,7 @@ func (r *imapReader) readLine() error {
 }
 
 // readResponseLine reads one line of an AUTHENTICATE exchange.
-func (r *imapReader) readResponseLine() ([]byte, error) {
+func (r *commandReader) readResponseLine() ([]byte, error) {
 	r.size = 0
 	if err := r.readLine(); err != nil {
 		return nil, err
@@ -106,8 +106,8 @@ func (r *imapReader) readResponseLine() ([]byte, error) {
 	return l, nil
 }
 
-// readCommand reads one command. Errors are *imapSyntaxError or I/O errors.
-func (r *imapReader) readCommand() (*imapCommand, error) {
+// readCommand reads one command. Errors are *syntaxError or I/O errors.
+func (r *commandReader) readCommand() (*command, error) {
 	r.size = 0
 	if err := r.readLine(); err != nil {
 		return nil, err
@@ -123,7 +123,7 @@ func (r *imapReader) readCommand() (*imapCommand, error) {
 	if !ok {
 		return nil, r.fail(tag, "Invalid command")
 	}
-	cmd := &imapCommand{tag: tag, name: strings.ToUpper(name)}
+	cmd := &command{tag: tag, name: strings.ToUpper(name)}
 	var err error
 	switch cmd.name {
 	case "CAPABILITY", "NOOP", "LOGOUT", "STARTTLS":
@@ -155,18 +155,18 @@ func (r *imapReader) readCommand() (*imapCommand, error) {
 }
 
 // fail discards the rest of the command and returns the error to answer.
-func (r *imapReader) fail(tag, text string) error {
+func (r *commandReader) fail(tag, text string) error {
 	if err := r.skip(); err != nil {
 		return r.fatal(tag, err)
 	}
-	return &imapSyntaxError{tag: tag, text: text}
+	return &syntaxError{tag: tag, text: text}
 }
 
 // fatal tags a fatal syntax error; I/O errors pass through.
-func (r *imapReader) fatal(tag string, err error) error {
-	var se *imapSyntaxError
+func (r *commandReader) fatal(tag string, err error) error {
+	var se *syntaxError
 	if errors.As(err, &se) {
-		return &imapSyntaxError{tag: tag, text: se.text, fatal: true}
+		return &syntaxError{tag: tag, text: se.text, fatal: true}
 	}
 	return err
 }
@@ -175,17 +175,17 @@ func (r *imapReader) fatal(tag string, err error) error {
 // ends it: without our continuation request the client must not send its
 // octets (RFC 3501 §7.5). A non-synchronising literal (RFC 7888) arrives
 // anyway and is read and dropped, within the pre-login bounds.
-func (r *imapReader) skip() error {
+func (r *commandReader) skip() error {
 	for {
 		n, sync, ok := trailingLiteral(r.line)
 		r.line = nil
 		if !ok || sync {
 			return nil
 		}
-		if n > imapMaxLiteral {
-			return &imapSyntaxError{text: "Literal too large", fatal: true}
+		if n > maxLiteral {
+			return &syntaxError{text: "Literal too large", fatal: true}
 		}
-		if r.size += int(n); r.size > imapMaxCommand {
+		if r.size += int(n); r.size > maxCommand {
 			return errCommandTooLong
 		}
 		if _, err := r.br.Discard(int(n)); err != nil {
@@ -197,7 +197,7 @@ func (r *imapReader) skip() error {
 	}
 }
 
-func (r *imapReader) loginArgs() ([][]byte, error) {
+func (r *commandReader) loginArgs() ([][]byte, error) {
 	if !r.consume(' ') {
 		return nil, errSyntax
 	}
@@ -216,7 +216,7 @@ func (r *imapReader) loginArgs() ([][]byte, error) {
 }
 
 // authenticateArgs parses "SP auth-type [SP (base64 / "=")]" (RFC 4959).
-func (r *imapReader) authenticateArgs() ([][]byte, error) {
+func (r *commandReader) authenticateArgs() ([][]byte, error) {
 	if !r.consume(' ') {
 		return nil, errSyntax
 	}
@@ -237,7 +237,7 @@ func (r *imapReader) authenticateArgs() ([][]byte, error) {
 
 // idArgs parses the ID parameter list (RFC 2971 §4), whose content is
 // ignored: "SP (NIL / "(" [string SP nstring *(SP string SP nstring)] ")")".
-func (r *imapReader) idArgs() error {
+func (r *commandReader) idArgs() error {
 	if !r.consume(' ') {
 		return errSyntax
 	}
@@ -271,7 +271,7 @@ func (r *imapReader) idArgs() error {
 	}
 }
 
-func (r *imapReader) consume(c byte) bool {
+func (r *commandReader) consume(c byte) bool {
 	if len(r.line) > 0 && r.line[0] == c {
 		r.line = r.line[1:]
 		return true
@@ -280,7 +280,7 @@ func (r *imapReader) consume(c byte) bool {
 }
 
 // consumeNIL consumes NIL, when the next token is exactly that.
-func (r *imapReader) consumeNIL() bool {
+func (r *commandReader) consumeNIL() bool {
 	if len(r.line) >= 3 && strings.EqualFold(string(r.line[:3]), "NIL") &&
 		(len(r.line) == 3 || !isAstringChar(r.line[3])) {
 		r.line = r.line[3:]
@@ -290,7 +290,7 @@ func (r *imapReader) consumeNIL() bool {
 }
 
 // tag consumes a tag: 1*<any ASTRING-CHAR except "+">.
-func (r *imapReader) tag() string {
+func (r *commandReader) tag() string {
 	i := 0
 	for i < len(r.line) && isAstringChar(r.line[i]) && r.line[i] != '+' {
 		i++
@@ -301,7 +301,7 @@ func (r *imapReader) tag() string {
 }
 
 // atom consumes 1*ATOM-CHAR, or 1*ASTRING-CHAR if astring is set.
-func (r *imapReader) atom(astring bool) (string, bool) {
+func (r *commandReader) atom(astring bool) (string, bool) {
 	i := 0
 	for i < len(r.line) && (isAtomChar(r.line[i]) || astring && r.line[i] == ']') {
 		i++
@@ -312,7 +312,7 @@ func (r *imapReader) atom(astring bool) (string, bool) {
 }
 
 // astring consumes an atom, a quoted string or a literal.
-func (r *imapReader) astring() ([]byte, error) {
+func (r *commandReader) astring() ([]byte, error) {
 	if len(r.line) > 0 && (r.line[0] == '"' || r.line[0] == '{') {
 		return r.str()
 	}
@@ -324,7 +324,7 @@ func (r *imapReader) astring() ([]byte, error) {
 }
 
 // str consumes a quoted string or a literal.
-func (r *imapReader) str() ([]byte, error) {
+func (r *commandReader) str() ([]byte, error) {
 	if len(r.line) == 0 {
 		return nil, errSyntax
 	}
@@ -337,7 +337,7 @@ func (r *imapReader) str() ([]byte, error) {
 	return nil, errSyntax
 }
 
-func (r *imapReader) quoted() ([]byte, error) {
+func (r *commandReader) quoted() ([]byte, error) {
 	out := []byte{}
 	for i := 1; i < len(r.line); i++ {
 		switch c := r.line[i]; c {
@@ -363,12 +363,12 @@ func (r *imapReader) quoted() ([]byte, error) {
 
 // literal reads a literal whose "{n}" or "{n+}" ends the current line, then
 // makes the line after it current.
-func (r *imapReader) literal() ([]byte, error) {
+func (r *commandReader) literal() ([]byte, error) {
 	n, sync, ok := trailingLiteral(r.line)
 	if !ok || literalMarkerLen(r.line) != len(r.line) {
 		return nil, errSyntax
 	}
-	if n > imapMaxLiteral {
+	if n > maxLiteral {
 		// The rest of the line stays for skip, which refuses a
 		// non-synchronising literal this large.
 		return nil, errLiteralTooLarge
@@ -379,7 +379,7 @@ func (r *imapReader) literal() ([]byte, error) {
 			return nil, err
 		}
 	}
-	if r.size += int(n); r.size > imapMaxCommand {
+	if r.size += int(n); r.size > maxCommand {
 		return nil, errCommandTooLong
 	}
 	b := make([]byte, n)
@@ -393,8 +393,8 @@ func (r *imapReader) literal() ([]byte, error) {
 }
 
 // trailingLiteral reports whether line ends with a literal's "{n}" or
-// "{n+}", and its size. Sizes beyond imapMaxCommand are reported as
-// imapMaxCommand+1.
+// "{n+}", and its size. Sizes beyond maxCommand are reported as
+// maxCommand+1.
 func trailingLiteral(line []byte) (n int64, sync, ok bool) {
 	l := literalMarkerLen(line)
 	if l == 0 {
@@ -407,8 +407,8 @@ func trailingLiteral(line []byte) (n int64, sync, ok bool) {
 	}
 	for _, c := range m {
 		n = n*10 + int64(c-'0')
-		if n > imapMaxCommand {
-			n = imapMaxCommand + 1
+		if n > maxCommand {
+			n = maxCommand + 1
 			break
 		}
 	}

@@ -1,28 +1,29 @@
-package proxy
+package imap
 
 import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"github.com/mailbroker/broker/proxy"
 	"log/slog"
 	"net"
 	"time"
 )
 
 const (
-	// DefaultIMAPMaxConnectionsPerMailbox caps upstream IMAP sessions per
+	// DefaultMaxConnectionsPerMailbox caps upstream IMAP sessions per
 	// mailbox: Exchange Online allows about 20 and refuses more.
-	DefaultIMAPMaxConnectionsPerMailbox = 20
-	// DefaultIMAPConnectionWait is how long a login waits for one of its
+	DefaultMaxConnectionsPerMailbox = 20
+	// DefaultConnectionWait is how long a login waits for one of its
 	// mailbox's upstream sessions before the client gets NO [UNAVAILABLE].
-	DefaultIMAPConnectionWait = 30 * time.Second
-	// DefaultIMAPMaxLoginFailures is how many failed logins a connection
+	DefaultConnectionWait = 30 * time.Second
+	// DefaultMaxLoginFailures is how many failed logins a connection
 	// gets before it is closed.
-	DefaultIMAPMaxLoginFailures = 3
+	DefaultMaxLoginFailures = 3
 )
 
-// IMAPOptions configures an IMAPServer. Zero values are documented defaults.
-type IMAPOptions struct {
+// Options configures an Server. Zero values are documented defaults.
+type Options struct {
 	// Upstream is the host:port of the upstream IMAP server, spoken to with
 	// implicit TLS. Required.
 	Upstream string
@@ -35,7 +36,7 @@ type IMAPOptions struct {
 	// no TLS here.)
 	TLS *tls.Config
 	// Auth checks local logins. Required.
-	Auth Authenticator
+	Auth proxy.Authenticator
 	// Logger receives one line at the start and one at the end of each
 	// session, and failed logins. Nil means slog.Default().
 	Logger *slog.Logger
@@ -43,56 +44,56 @@ type IMAPOptions struct {
 	// Limiter caps client connections, shared with the other servers
 	// given the same one. Nil: a limiter of this server's own with the
 	// default caps (DefaultMaxConnections, DefaultMaxConnectionsPerSource).
-	Limiter *ConnLimiter
+	Limiter *proxy.ConnLimiter
 	// PreAuthTimeout bounds the time from connecting to a successful
 	// login, TLS handshakes included: DefaultPreAuthTimeout (RFC 3501
 	// §5.4 asks for at least 30 minutes of idleness once authenticated;
 	// before login a short limit is fair and common).
 	PreAuthTimeout time.Duration
 	// MaxConnectionsPerMailbox caps concurrent upstream sessions per
-	// account: DefaultIMAPMaxConnectionsPerMailbox.
+	// account: DefaultMaxConnectionsPerMailbox.
 	MaxConnectionsPerMailbox int
 	// ConnectionWait bounds a login's wait for a free upstream session of
-	// its mailbox: DefaultIMAPConnectionWait.
+	// its mailbox: DefaultConnectionWait.
 	ConnectionWait time.Duration
-	// DialTimeout bounds connecting to upstream: DefaultIMAPDialTimeout.
+	// DialTimeout bounds connecting to upstream: DefaultDialTimeout.
 	DialTimeout time.Duration
 	// LoginTimeout bounds one whole login, not counting the wait for a
-	// mailbox's upstream session: DefaultIMAPLoginTimeout.
+	// mailbox's upstream session: DefaultLoginTimeout.
 	LoginTimeout time.Duration
-	// MaxLoginFailures: DefaultIMAPMaxLoginFailures.
+	// MaxLoginFailures: DefaultMaxLoginFailures.
 	MaxLoginFailures int
 }
 
-// IMAPServer accepts local IMAP clients, logs them in upstream and relays
+// Server accepts local IMAP clients, logs them in upstream and relays
 // their sessions.
-type IMAPServer struct {
-	opts        IMAPOptions
+type Server struct {
+	opts        Options
 	upstreamTLS *tls.Config
 	tls         *tls.Config
 	logger      *slog.Logger
-	srv         *Server
-	pipeline    *LoginPipeline
+	srv         *proxy.Server
+	pipeline    *proxy.LoginPipeline
 }
 
-// NewIMAPServer returns a server configured by opts, which it copies.
-func NewIMAPServer(opts *IMAPOptions) *IMAPServer {
-	s := &IMAPServer{opts: *opts}
+// NewServer returns a server configured by opts, which it copies.
+func NewServer(opts *Options) *Server {
+	s := &Server{opts: *opts}
 	o := &s.opts
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	SetDefault(&o.PreAuthTimeout, DefaultPreAuthTimeout)
-	SetDefault(&o.MaxConnectionsPerMailbox, DefaultIMAPMaxConnectionsPerMailbox)
-	SetDefault(&o.ConnectionWait, DefaultIMAPConnectionWait)
-	SetDefault(&o.DialTimeout, DefaultIMAPDialTimeout)
-	SetDefault(&o.LoginTimeout, DefaultIMAPLoginTimeout)
-	SetDefault(&o.MaxLoginFailures, DefaultIMAPMaxLoginFailures)
-	s.logger = o.Logger.With("proto", string(IMAP))
-	s.upstreamTLS = UpstreamTLSConfig(o.UpstreamTLS, o.Upstream)
-	s.tls = LocalTLSConfig(o.TLS)
-	s.pipeline = &LoginPipeline{Auth: o.Auth, Classify: classifyIMAPFailure}
-	s.srv = NewServer(&ServerOptions{
+	proxy.SetDefault(&o.PreAuthTimeout, proxy.DefaultPreAuthTimeout)
+	proxy.SetDefault(&o.MaxConnectionsPerMailbox, DefaultMaxConnectionsPerMailbox)
+	proxy.SetDefault(&o.ConnectionWait, DefaultConnectionWait)
+	proxy.SetDefault(&o.DialTimeout, DefaultDialTimeout)
+	proxy.SetDefault(&o.LoginTimeout, DefaultLoginTimeout)
+	proxy.SetDefault(&o.MaxLoginFailures, DefaultMaxLoginFailures)
+	s.logger = o.Logger.With("proto", string(proxy.IMAP))
+	s.upstreamTLS = proxy.UpstreamTLSConfig(o.UpstreamTLS, o.Upstream)
+	s.tls = proxy.LocalTLSConfig(o.TLS)
+	s.pipeline = &proxy.LoginPipeline{Auth: o.Auth, Classify: classifyFailure}
+	s.srv = proxy.NewServer(&proxy.ServerOptions{
 		Logger:                   s.logger,
 		Handle:                   s.handle,
 		Limiter:                  o.Limiter,
@@ -106,32 +107,32 @@ func NewIMAPServer(opts *IMAPOptions) *IMAPServer {
 // Serve accepts connections on l until Close or Shutdown, then returns
 // ErrServerClosed. Connections that l returns as *tls.Conn (tls.NewListener)
 // are implicit TLS: no STARTTLS is offered on them.
-func (s *IMAPServer) Serve(l net.Listener) error {
+func (s *Server) Serve(l net.Listener) error {
 	if s.opts.Upstream == "" || s.opts.Auth == nil {
-		return errors.New("proxy: IMAPOptions.Upstream and Auth are required")
+		return errors.New("proxy: Options.Upstream and Auth are required")
 	}
 	return s.srv.Serve(l)
 }
 
 // Close closes the listeners and every session now.
-func (s *IMAPServer) Close() error { return s.srv.Close() }
+func (s *Server) Close() error { return s.srv.Close() }
 
 // Shutdown stops accepting and waits for the sessions to end until ctx is
 // done; then it closes the sessions left and returns ctx's error.
-func (s *IMAPServer) Shutdown(ctx context.Context) error { return s.srv.Shutdown(ctx, nil) }
+func (s *Server) Shutdown(ctx context.Context) error { return s.srv.Shutdown(ctx, nil) }
 
 // Sessions returns the number of live sessions, logged in or not.
-func (s *IMAPServer) Sessions() int { return s.srv.Sessions() }
+func (s *Server) Sessions() int { return s.srv.Sessions() }
 
 // Stats returns the server's counters.
-func (s *IMAPServer) Stats() Stats { return s.srv.Stats() }
+func (s *Server) Stats() proxy.Stats { return s.srv.Stats() }
 
 // UpstreamConnections returns how many upstream sessions account holds.
-func (s *IMAPServer) UpstreamConnections(account string) int {
+func (s *Server) UpstreamConnections(account string) int {
 	return s.srv.UpstreamConnections(account)
 }
 
-func (s *IMAPServer) handle(tc *Conn) {
-	sess := newIMAPSession(s, tc)
+func (s *Server) handle(tc *proxy.Conn) {
+	sess := newSession(s, tc)
 	sess.run()
 }

@@ -1,8 +1,9 @@
-package proxy
+package smtp
 
 import (
 	"context"
 	"errors"
+	"github.com/mailbroker/broker/proxy"
 	"io"
 	"log/slog"
 	"net"
@@ -11,31 +12,31 @@ import (
 	"time"
 
 	"github.com/emersion/go-sasl"
-	"github.com/emersion/go-smtp"
+	gosmtp "github.com/emersion/go-smtp"
 )
 
-// smtpMaxReplyText bounds the text of a reply relayed from upstream.
-const smtpMaxReplyText = 512
+// maxRelayText bounds the text of a reply relayed from upstream.
+const maxRelayText = 512
 
 // Replies of the local side. RFC 4954 §6 for AUTH, RFC 3463 for the
 // enhanced codes.
 var (
-	errSMTPAuthRequired = &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "Authentication required"}
-	errSMTPBadCreds     = &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8}, Message: "Authentication credentials invalid"}
-	errSMTPTooManyAuth  = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Too many failed authentications, closing connection"}
-	errSMTPNoUpstream   = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Upstream connection lost, message not accepted; try again later"}
-	errSMTPUpstreamWait = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 1}, Message: "Upstream server did not answer in time, message not accepted; try again later"}
-	errSMTPClientAbort  = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Message transfer interrupted, not accepted"}
-	errSMTPLongLine     = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "Message has a line longer than 65536 octets, not accepted"}
-	errSMTPTimeout      = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Timeout, closing connection"}
+	errAuthRequired = &gosmtp.SMTPError{Code: 530, EnhancedCode: gosmtp.EnhancedCode{5, 7, 0}, Message: "Authentication required"}
+	errBadCreds     = &gosmtp.SMTPError{Code: 535, EnhancedCode: gosmtp.EnhancedCode{5, 7, 8}, Message: "Authentication credentials invalid"}
+	errTooManyAuth  = &gosmtp.SMTPError{Code: 421, EnhancedCode: gosmtp.EnhancedCode{4, 7, 0}, Message: "Too many failed authentications, closing connection"}
+	errNoUpstream   = &gosmtp.SMTPError{Code: 451, EnhancedCode: gosmtp.EnhancedCode{4, 4, 2}, Message: "Upstream connection lost, message not accepted; try again later"}
+	errUpstreamWait = &gosmtp.SMTPError{Code: 451, EnhancedCode: gosmtp.EnhancedCode{4, 4, 1}, Message: "Upstream server did not answer in time, message not accepted; try again later"}
+	errClientAbort  = &gosmtp.SMTPError{Code: 451, EnhancedCode: gosmtp.EnhancedCode{4, 3, 0}, Message: "Message transfer interrupted, not accepted"}
+	errLongLine     = &gosmtp.SMTPError{Code: 554, EnhancedCode: gosmtp.EnhancedCode{5, 6, 0}, Message: "Message has a line longer than 65536 octets, not accepted"}
+	errTimeout      = &gosmtp.SMTPError{Code: 421, EnhancedCode: gosmtp.EnhancedCode{4, 4, 2}, Message: "Timeout, closing connection"}
 )
 
-// smtpClient is one client connection. It outlives the sessions go-smtp
+// client is one client connection. It outlives the sessions go-smtp
 // starts anew after STARTTLS.
-type smtpClient struct {
-	srv  *SMTPServer
-	tc   *Conn
-	conn *smtpConn
+type client struct {
+	srv  *Server
+	tc   *proxy.Conn
+	conn *clientConn
 	log  *slog.Logger
 	// loopback: the client may use UnauthenticatedAs.
 	loopback bool
@@ -48,63 +49,63 @@ type smtpClient struct {
 	bytes    int64
 }
 
-func (cl *smtpClient) newSession(c *smtp.Conn) (smtp.Session, error) {
-	return &smtpSession{cl: cl, log: cl.log}, nil
+func (cl *client) newSession(c *gosmtp.Conn) (gosmtp.Session, error) {
+	return &session{cl: cl, log: cl.log}, nil
 }
 
-// smtpSession relays one go-smtp session command by command. go-smtp calls
+// session relays one go-smtp session command by command. go-smtp calls
 // it from the connection's goroutine, except Data during BDAT, which runs
 // in its own goroutine while RSET or the end of the connection may come:
 // mu guards what they share.
-type smtpSession struct {
-	cl  *smtpClient
+type session struct {
+	cl  *client
 	log *slog.Logger
 
 	mu sync.Mutex
 	// authorize returns upstream credentials again, to reconnect after
 	// upstream dropped an idle connection. Nil before AUTH.
-	authorize func(context.Context) (*Upstream, error)
+	authorize func(context.Context) (*proxy.Upstream, error)
 	account   string
-	up        *smtpUpstream // nil when not connected
-	tx        *smtpTx       // the open transaction, if any
+	up        *relayConn   // nil when not connected
+	tx        *transaction // the open transaction, if any
 	inData    bool
 	ended     bool
 }
 
-// smtpTx is a mail transaction in progress.
-type smtpTx struct {
+// transaction is a mail transaction in progress.
+type transaction struct {
 	from  string
 	rcpts []string
 	start time.Time
 }
 
-var _ smtp.AuthSession = (*smtpSession)(nil)
+var _ gosmtp.AuthSession = (*session)(nil)
 
-func (s *smtpSession) AuthMechanisms() []string { return []string{sasl.Plain, sasl.Login} }
+func (s *session) AuthMechanisms() []string { return []string{sasl.Plain, sasl.Login} }
 
-func (s *smtpSession) Auth(mech string) (sasl.Server, error) {
+func (s *session) Auth(mech string) (sasl.Server, error) {
 	if s.cl.conn.expired() {
-		return nil, errSMTPTimeout
+		return nil, errTimeout
 	}
 	switch strings.ToUpper(mech) {
 	case sasl.Plain:
-		return &smtpSASLServer{NewPlainServer(s.login), sasl.Plain, s.log}, nil
+		return &saslServer{proxy.NewPlainServer(s.login), sasl.Plain, s.log}, nil
 	case sasl.Login:
-		return &smtpSASLServer{NewLoginServer(s.login), sasl.Login, s.log}, nil
+		return &saslServer{proxy.NewLoginServer(s.login), sasl.Login, s.log}, nil
 	}
-	return nil, smtp.ErrAuthUnknownMechanism
+	return nil, gosmtp.ErrAuthUnknownMechanism
 }
 
 // login checks the credentials and logs in upstream, so that a client
 // learns at AUTH, not at its first message, that it cannot send.
-func (s *smtpSession) login(username, password string) error {
+func (s *session) login(username, password string) error {
 	srv := s.cl.srv
 	ctx, cancel := context.WithTimeout(srv.srv.Context(), srv.opts.LoginTimeout)
 	defer cancel()
-	l := &Login{Protocol: SMTP, Username: username, Password: password, Remote: s.cl.tc.NetConn().RemoteAddr()}
-	authorize := func(ctx context.Context) (*Upstream, error) { return srv.opts.Auth.Authenticate(ctx, l) }
+	l := &proxy.Login{Protocol: proxy.SMTP, Username: username, Password: password, Remote: s.cl.tc.NetConn().RemoteAddr()}
+	authorize := func(ctx context.Context) (*proxy.Upstream, error) { return srv.opts.Auth.Authenticate(ctx, l) }
 	if err := s.connect(ctx, authorize, username); err != nil {
-		var le *LoginError
+		var le *proxy.LoginError
 		if !errors.As(err, &le) {
 			return err
 		}
@@ -113,43 +114,43 @@ func (s *smtpSession) login(username, password string) error {
 	return nil
 }
 
-func (s *smtpSession) authFailed(le *LoginError) error {
+func (s *session) authFailed(le *proxy.LoginError) error {
 	s.cl.failures++
 	if s.cl.failures >= s.cl.srv.opts.MaxLoginFailures {
 		s.cl.conn.hungUp.Store(true)
-		return errSMTPTooManyAuth
+		return errTooManyAuth
 	}
 	switch le.Kind {
-	case KindCredentials:
-		return errSMTPBadCreds
-	case KindAccount:
-		return &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
-			Message: ReplyText(le.Reason, smtpReasonRefused)}
+	case proxy.KindCredentials:
+		return errBadCreds
+	case proxy.KindAccount:
+		return &gosmtp.SMTPError{Code: 454, EnhancedCode: gosmtp.EnhancedCode{4, 7, 0},
+			Message: proxy.ReplyText(le.Reason, reasonRefused)}
 	}
-	return &smtp.SMTPError{Code: 454, EnhancedCode: unavailableCode(le), Message: ReplyText(le.Reason, smtpReasonUnavailable)}
+	return &gosmtp.SMTPError{Code: 454, EnhancedCode: unavailableCode(le), Message: proxy.ReplyText(le.Reason, reasonUnavailable)}
 }
 
 // unavailableCode is the enhanced code of a temporary login failure:
 // upstream's own when it refused for a while (432 4.3.2, its connection
 // limit), 4.3.2 when no connection slot came free.
-func unavailableCode(le *LoginError) smtp.EnhancedCode {
-	var rej *smtpRejection
+func unavailableCode(le *proxy.LoginError) gosmtp.EnhancedCode {
+	var rej *rejection
 	switch {
-	case errors.Is(le.Err, ErrSlotWait):
-		return smtp.EnhancedCode{4, 3, 2}
+	case errors.Is(le.Err, proxy.ErrSlotWait):
+		return gosmtp.EnhancedCode{4, 3, 2}
 	case errors.As(le.Err, &rej) && rej.reply.Code/100 == 4 && rej.reply.EnhancedCode[0] == 4:
 		return rej.reply.EnhancedCode
 	}
-	return smtp.EnhancedCode{4, 7, 0}
+	return gosmtp.EnhancedCode{4, 7, 0}
 }
 
 // connect asks authorize for credentials and logs in upstream. Its errors
 // are *LoginError, or an SMTP reply if the session ended meanwhile.
-func (s *smtpSession) connect(ctx context.Context, authorize func(context.Context) (*Upstream, error), user string) error {
-	login := func(ctx context.Context, up *Upstream) (*smtpUpstream, error) {
-		return s.cl.srv.loginSMTPUpstream(ctx, s.cl.tc, up)
+func (s *session) connect(ctx context.Context, authorize func(context.Context) (*proxy.Upstream, error), user string) error {
+	login := func(ctx context.Context, up *proxy.Upstream) (*relayConn, error) {
+		return s.cl.srv.loginUpstream(ctx, s.cl.tc, up)
 	}
-	u, up, le := LoginUpstream(ctx, s.cl.srv.pipeline, s.log, user, authorize, login)
+	u, up, le := proxy.LoginUpstream(ctx, s.cl.srv.pipeline, s.log, user, authorize, login)
 	if le != nil {
 		return le
 	}
@@ -157,7 +158,7 @@ func (s *smtpSession) connect(ctx context.Context, authorize func(context.Contex
 	if s.ended {
 		s.mu.Unlock()
 		u.close()
-		return errSMTPNoUpstream
+		return errNoUpstream
 	}
 	s.authorize, s.account, s.up = authorize, up.Account, u
 	s.mu.Unlock()
@@ -166,15 +167,15 @@ func (s *smtpSession) connect(ctx context.Context, authorize func(context.Contex
 	return nil
 }
 
-// classifySMTPFailure classifies a failed upstream login for the login
+// classifyFailure classifies a failed upstream login for the login
 // pipeline: upstream's refusal of AUTH, explained if known, or a connection
 // that could not carry a token.
-func classifySMTPFailure(err error) (le *LoginError, advice string, refusal error) {
-	le = smtpLoginError(err)
-	var rej *smtpRejection
+func classifyFailure(err error) (le *proxy.LoginError, advice string, refusal error) {
+	le = loginError(err)
+	var rej *rejection
 	switch {
 	case errors.As(err, &rej):
-		if e, ok := explainSMTP(rej.reply); ok {
+		if e, ok := explain(rej.reply); ok {
 			advice = e.advice
 		}
 		return le, advice, rej
@@ -186,7 +187,7 @@ func classifySMTPFailure(err error) (le *LoginError, advice string, refusal erro
 
 // upstream returns the session's upstream connection, connecting anew if
 // it has none; fresh tells which.
-func (s *smtpSession) upstream() (u *smtpUpstream, fresh bool, err error) {
+func (s *session) upstream() (u *relayConn, fresh bool, err error) {
 	s.mu.Lock()
 	u, authorize, account := s.up, s.authorize, s.account
 	s.mu.Unlock()
@@ -195,18 +196,18 @@ func (s *smtpSession) upstream() (u *smtpUpstream, fresh bool, err error) {
 	}
 	if authorize == nil {
 		if !s.cl.mayOmitAuth() {
-			return nil, false, errSMTPAuthRequired
+			return nil, false, errAuthRequired
 		}
 		account = s.cl.srv.opts.UnauthenticatedAs
-		aa := s.cl.srv.opts.Auth.(AccountAuthenticator)
-		authorize = func(ctx context.Context) (*Upstream, error) {
-			return aa.AuthenticateAccount(ctx, SMTP, account)
+		aa := s.cl.srv.opts.Auth.(proxy.AccountAuthenticator)
+		authorize = func(ctx context.Context) (*proxy.Upstream, error) {
+			return aa.AuthenticateAccount(ctx, proxy.SMTP, account)
 		}
 	}
 	ctx, cancel := context.WithTimeout(s.cl.srv.srv.Context(), s.cl.srv.opts.LoginTimeout)
 	defer cancel()
 	if err := s.connect(ctx, authorize, account); err != nil {
-		var le *LoginError
+		var le *proxy.LoginError
 		if errors.As(err, &le) {
 			return nil, false, mailLoginReply(le)
 		}
@@ -216,7 +217,7 @@ func (s *smtpSession) upstream() (u *smtpUpstream, fresh bool, err error) {
 	u = s.up
 	s.mu.Unlock()
 	if u == nil {
-		return nil, false, errSMTPNoUpstream
+		return nil, false, errNoUpstream
 	}
 	return u, true, nil
 }
@@ -224,24 +225,24 @@ func (s *smtpSession) upstream() (u *smtpUpstream, fresh bool, err error) {
 // mailLoginReply answers MAIL when logging in upstream failed then. Only
 // wrong credentials are final; an account waiting for its administrator
 // keeps its mail at the client, which retries.
-func mailLoginReply(le *LoginError) *smtp.SMTPError {
+func mailLoginReply(le *proxy.LoginError) *gosmtp.SMTPError {
 	switch le.Kind {
-	case KindCredentials:
-		return errSMTPAuthRequired
-	case KindAccount:
-		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: ReplyText(le.Reason, smtpReasonRefused)}
+	case proxy.KindCredentials:
+		return errAuthRequired
+	case proxy.KindAccount:
+		return &gosmtp.SMTPError{Code: 451, EnhancedCode: gosmtp.EnhancedCode{4, 7, 0}, Message: proxy.ReplyText(le.Reason, reasonRefused)}
 	}
-	return &smtp.SMTPError{Code: 451, EnhancedCode: unavailableCode(le), Message: ReplyText(le.Reason, smtpReasonUnavailable)}
+	return &gosmtp.SMTPError{Code: 451, EnhancedCode: unavailableCode(le), Message: proxy.ReplyText(le.Reason, reasonUnavailable)}
 }
 
 // mayOmitAuth: UnauthenticatedAs is set and the client is on loopback.
-func (cl *smtpClient) mayOmitAuth() bool {
+func (cl *client) mayOmitAuth() bool {
 	return cl.srv.opts.UnauthenticatedAs != "" && cl.loopback
 }
 
-func (s *smtpSession) Mail(from string, opts *smtp.MailOptions) (err error) {
+func (s *session) Mail(from string, opts *gosmtp.MailOptions) (err error) {
 	if s.cl.conn.expired() {
-		return errSMTPTimeout
+		return errTimeout
 	}
 	if s.cl.mayOmitAuth() {
 		// Authorized by where it comes from: its pre-auth phase is over.
@@ -272,20 +273,20 @@ func (s *smtpSession) Mail(from string, opts *smtp.MailOptions) (err error) {
 		return s.relayError(u, "MAIL", err)
 	}
 	s.mu.Lock()
-	s.tx = &smtpTx{from: from, start: time.Now()}
+	s.tx = &transaction{from: from, start: time.Now()}
 	s.mu.Unlock()
 	return nil
 }
 
-func (s *smtpSession) Rcpt(to string, opts *smtp.RcptOptions) error {
+func (s *session) Rcpt(to string, opts *gosmtp.RcptOptions) error {
 	if s.cl.conn.expired() {
-		return errSMTPTimeout
+		return errTimeout
 	}
 	s.mu.Lock()
 	u, tx := s.up, s.tx
 	s.mu.Unlock()
 	if u == nil || tx == nil {
-		return errSMTPNoUpstream
+		return errNoUpstream
 	}
 	if err := u.c.Rcpt(to, opts); err != nil {
 		s.log.Info("recipient refused", "account", s.account, "rcpt", to, "err", err.Error())
@@ -299,9 +300,9 @@ func (s *smtpSession) Rcpt(to string, opts *smtp.RcptOptions) error {
 
 // Data streams the message upstream and answers with upstream's own final
 // reply: nothing is acknowledged that upstream did not accept.
-func (s *smtpSession) Data(r io.Reader) error {
+func (s *session) Data(r io.Reader) error {
 	if s.cl.conn.expired() {
-		return errSMTPTimeout
+		return errTimeout
 	}
 	// The message's lines come at the client's pace: each read has its
 	// own deadline, not the command's.
@@ -317,7 +318,7 @@ func (s *smtpSession) Data(r io.Reader) error {
 		s.mu.Unlock()
 	}()
 	if u == nil || tx == nil {
-		return errSMTPNoUpstream
+		return errNoUpstream
 	}
 	w, err := u.c.Data()
 	if err != nil {
@@ -331,14 +332,14 @@ func (s *smtpSession) Data(r io.Reader) error {
 		// drops a message whose final dot never came.
 		s.drop(u)
 		s.log.Info("message not relayed: client transfer failed", append(attrs, "err", rerr.Error())...)
-		var se *smtp.SMTPError
+		var se *gosmtp.SMTPError
 		if errors.As(rerr, &se) {
 			return se
 		}
-		if errors.Is(rerr, smtp.ErrTooLongLine) {
-			return errSMTPLongLine
+		if errors.Is(rerr, gosmtp.ErrTooLongLine) {
+			return errLongLine
 		}
-		return errSMTPClientAbort
+		return errClientAbort
 	case werr != nil:
 		s.drop(u)
 		s.log.Warn("message not relayed: upstream failed during DATA", append(attrs, "err", werr.Error())...)
@@ -359,7 +360,7 @@ func (s *smtpSession) Data(r io.Reader) error {
 
 // Reset ends a transaction; go-smtp calls it after RSET, a new EHLO and
 // every DATA reply.
-func (s *smtpSession) Reset() {
+func (s *session) Reset() {
 	s.mu.Lock()
 	u, tx, inData := s.up, s.tx, s.inData
 	s.tx = nil
@@ -375,7 +376,7 @@ func (s *smtpSession) Reset() {
 }
 
 // Logout ends the session: at the end of the connection or at STARTTLS.
-func (s *smtpSession) Logout() error {
+func (s *session) Logout() error {
 	s.mu.Lock()
 	u, inData := s.up, s.inData
 	s.up, s.ended = nil, true
@@ -392,7 +393,7 @@ func (s *smtpSession) Logout() error {
 }
 
 // drop forgets u and closes it, freeing its slot.
-func (s *smtpSession) drop(u *smtpUpstream) {
+func (s *session) drop(u *relayConn) {
 	s.mu.Lock()
 	if s.up == u {
 		s.up = nil
@@ -403,8 +404,8 @@ func (s *smtpSession) drop(u *smtpUpstream) {
 
 // relayError passes upstream's refusal to the client unchanged; a failed
 // connection becomes a 4xx, so that the client keeps the message.
-func (s *smtpSession) relayError(u *smtpUpstream, cmd string, err error) error {
-	var se *smtp.SMTPError
+func (s *session) relayError(u *relayConn, cmd string, err error) error {
+	var se *gosmtp.SMTPError
 	if errors.As(err, &se) && se.Code >= 400 && se.Code < 600 {
 		if se.Code == 421 {
 			// Upstream is closing the connection; so does the session,
@@ -412,24 +413,24 @@ func (s *smtpSession) relayError(u *smtpUpstream, cmd string, err error) error {
 			s.drop(u)
 			s.cl.conn.hungUp.Store(true)
 		}
-		return &smtp.SMTPError{Code: se.Code, EnhancedCode: se.EnhancedCode, Message: relayText(se.Message)}
+		return &gosmtp.SMTPError{Code: se.Code, EnhancedCode: se.EnhancedCode, Message: relayText(se.Message)}
 	}
 	s.drop(u)
 	s.log.Warn("upstream failed", "account", s.account, "command", cmd, "err", err.Error())
 	return lostReply(err)
 }
 
-func lostReply(err error) *smtp.SMTPError {
-	if IsTimeout(err) {
-		return errSMTPUpstreamWait
+func lostReply(err error) *gosmtp.SMTPError {
+	if proxy.IsTimeout(err) {
+		return errUpstreamWait
 	}
-	return errSMTPNoUpstream
+	return errNoUpstream
 }
 
 // connectionLost: err says the connection is gone rather than refusing the
 // command.
 func connectionLost(err error) bool {
-	var se *smtp.SMTPError
+	var se *gosmtp.SMTPError
 	if errors.As(err, &se) {
 		return se.Code == 421
 	}
@@ -439,8 +440,8 @@ func connectionLost(err error) bool {
 // acceptedReply relays upstream's 250 to the end of DATA with its text,
 // which carries upstream's queue id. go-smtp sends a returned SMTPError's
 // code as is, 250 included.
-func acceptedReply(status string) *smtp.SMTPError {
-	reply := &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK"}
+func acceptedReply(status string) *gosmtp.SMTPError {
+	reply := &gosmtp.SMTPError{Code: 250, EnhancedCode: gosmtp.EnhancedCode{2, 0, 0}, Message: "OK"}
 	code, text, _ := strings.Cut(status, " ")
 	if ec, ok := parseEnhanced(code); ok && ec[0] == 2 {
 		reply.EnhancedCode, status = ec, text
@@ -467,8 +468,8 @@ func queueID(reply string) string {
 	return ""
 }
 
-func parseEnhanced(s string) (smtp.EnhancedCode, bool) {
-	var ec smtp.EnhancedCode
+func parseEnhanced(s string) (gosmtp.EnhancedCode, bool) {
+	var ec gosmtp.EnhancedCode
 	parts := strings.Split(s, ".")
 	if len(parts) != 3 {
 		return ec, false
@@ -491,22 +492,22 @@ func parseEnhanced(s string) (smtp.EnhancedCode, bool) {
 func relayText(s string) string {
 	lines := strings.Split(s, "\n")
 	for i, l := range lines {
-		lines[i] = ReplyText(l, "")
+		lines[i] = proxy.ReplyText(l, "")
 	}
 	s = strings.Join(lines, "\n")
-	if len(s) > smtpMaxReplyText {
-		s = s[:smtpMaxReplyText]
+	if len(s) > maxRelayText {
+		s = s[:maxRelayText]
 	}
 	return strings.TrimSpace(s)
 }
 
-// smtpCopyBuffer is the size of the buffer a message is streamed through.
-const smtpCopyBuffer = 32 << 10
+// copyBuffer is the size of the buffer a message is streamed through.
+const copyBuffer = 32 << 10
 
 // copyMessage streams r to w, giving each write to upstream its own
 // deadline. rerr is the client's failure, werr upstream's.
 func copyMessage(w io.Writer, r io.Reader, upstream net.Conn, timeout time.Duration) (n int64, rerr, werr error) {
-	buf := make([]byte, smtpCopyBuffer)
+	buf := make([]byte, copyBuffer)
 	for {
 		nr, err := r.Read(buf)
 		if nr > 0 {

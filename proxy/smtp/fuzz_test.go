@@ -1,9 +1,11 @@
-package proxy
+package smtp
 
 import (
 	"bytes"
 	"crypto/tls"
 	"errors"
+	"github.com/mailbroker/broker/proxy"
+	"github.com/mailbroker/broker/proxy/internal/proxytest"
 	"io"
 	"log/slog"
 	"net"
@@ -11,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/emersion/go-smtp"
+	gosmtp "github.com/emersion/go-smtp"
 )
 
 // FuzzSASL drives the shared PLAIN and LOGIN servers with arbitrary
@@ -35,12 +37,12 @@ func FuzzSASL(f *testing.F) {
 			return nil
 		}
 		mech := "PLAIN"
-		srv := NewPlainServer(check)
+		srv := proxy.NewPlainServer(check)
 		if login {
-			mech, srv = "LOGIN", NewLoginServer(check)
+			mech, srv = "LOGIN", proxy.NewLoginServer(check)
 		}
 		if forSMTP {
-			srv = &smtpSASLServer{srv, mech, slog.New(slog.DiscardHandler)}
+			srv = &saslServer{srv, mech, slog.New(slog.DiscardHandler)}
 		}
 		responses := bytes.Split(input, []byte("\n"))
 		if !withIR {
@@ -51,8 +53,8 @@ func FuzzSASL(f *testing.F) {
 			_, d, err := srv.Next(r)
 			if d {
 				done = true
-				var se *smtp.SMTPError
-				var sr *SASLRefusal
+				var se *gosmtp.SMTPError
+				var sr *proxy.SASLRefusal
 				switch {
 				case err == nil && calls != 1:
 					t.Fatalf("success with %d credential checks", calls)
@@ -72,7 +74,7 @@ func FuzzSASL(f *testing.F) {
 		if calls > 1 {
 			t.Fatalf("credentials checked %d times", calls)
 		}
-		if calls == 1 && (gotUser == "" || len(gotUser) > MaxSASLField || len(gotPass) > MaxSASLField) {
+		if calls == 1 && (gotUser == "" || len(gotUser) > proxy.MaxSASLField || len(gotPass) > proxy.MaxSASLField) {
 			t.Fatalf("checked user %q password of %d octets", gotUser, len(gotPass))
 		}
 		if calls == 1 && !done {
@@ -99,9 +101,9 @@ func FuzzSMTPSession(f *testing.F) {
 	}
 	defer ln.Close()
 	f.Fuzz(func(t *testing.T, input []byte) {
-		srv := NewSMTPServer(&SMTPOptions{
+		srv := NewServer(&Options{
 			Upstream:    up.addr,
-			UpstreamTLS: &tls.Config{RootCAs: mustCert(t).pool},
+			UpstreamTLS: &tls.Config{RootCAs: proxytest.MustCert(t).Pool},
 			Auth:        newSMTPStubAuth("secret"),
 			Logger:      slog.New(slog.DiscardHandler),
 			ReadTimeout: 5 * time.Second,
@@ -116,11 +118,12 @@ func FuzzSMTPSession(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		tc := srv.srv.track(server)
+		tc := proxy.NewConn(server)
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
-			srv.srv.run(tc)
+			defer tc.Close()
+			srv.handle(tc)
 		}()
 		go func() {
 			client.Write(input)
@@ -129,7 +132,7 @@ func FuzzSMTPSession(f *testing.F) {
 		}()
 		client.SetReadDeadline(time.Now().Add(10 * time.Second))
 		out, err := io.ReadAll(client)
-		if err != nil && !isConnReset(err) {
+		if err != nil && !proxytest.IsConnReset(err) {
 			t.Fatalf("reading replies: %v (got %q)", err, out)
 		}
 		<-done

@@ -1,4 +1,4 @@
-package proxy
+package smtp
 
 import (
 	"bytes"
@@ -6,6 +6,8 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"errors"
+	"github.com/mailbroker/broker/proxy"
+	"github.com/mailbroker/broker/proxy/internal/proxytest"
 	"net"
 	"strconv"
 	"strings"
@@ -14,7 +16,7 @@ import (
 	"time"
 
 	"github.com/emersion/go-sasl"
-	"github.com/emersion/go-smtp"
+	gosmtp "github.com/emersion/go-smtp"
 )
 
 const (
@@ -28,7 +30,7 @@ var testMessage = []byte("From: alice@example.com\r\nTo: bob@example.net\r\nSubj
 
 // send runs one transaction on an authenticated client and returns the
 // error of the first command that failed.
-func send(c *smtp.Client, from string, to []string, msg []byte) error {
+func send(c *gosmtp.Client, from string, to []string, msg []byte) error {
 	if err := c.Mail(from, nil); err != nil {
 		return err
 	}
@@ -59,7 +61,7 @@ func TestSMTPRelay(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			up := startSMTPStub(t, &smtpStub{})
-			_, addr, _ := startSMTPProxy(t, SMTPOptions{}, up, nil)
+			_, addr, _ := startSMTPProxy(t, Options{}, up, nil)
 			c := dialSMTP(t, addr)
 			if err := c.Auth(tt.auth); err != nil {
 				t.Fatalf("AUTH: %v", err)
@@ -82,18 +84,18 @@ func TestSMTPRelay(t *testing.T) {
 // as old clients do: the username after a prompt, not on the AUTH line.
 func TestSMTPLoginWithoutInitialResponse(t *testing.T) {
 	up := startSMTPStub(t, &smtpStub{})
-	_, addr, _ := startSMTPProxy(t, SMTPOptions{}, up, nil)
+	_, addr, _ := startSMTPProxy(t, Options{}, up, nil)
 	tests := []struct {
 		name  string
 		steps []string // client line, then the expected reply prefix
 	}{
-		{"LOGIN", []string{"AUTH LOGIN", "334 VXNlcm5hbWU6", b64(sender), "334 UGFzc3dvcmQ6", b64("secret"), "235 "}},
-		{"LOGIN username first", []string{"AUTH LOGIN " + b64(sender), "334 UGFzc3dvcmQ6", b64("secret"), "235 "}},
-		{"PLAIN", []string{"AUTH PLAIN", "334 ", b64("\x00" + sender + "\x00secret"), "235 "}},
-		{"LOGIN wrong password", []string{"AUTH LOGIN " + b64(sender), "334 ", b64("nope"), "535 5.7.8 "}},
+		{"LOGIN", []string{"AUTH LOGIN", "334 VXNlcm5hbWU6", proxytest.B64(sender), "334 UGFzc3dvcmQ6", proxytest.B64("secret"), "235 "}},
+		{"LOGIN username first", []string{"AUTH LOGIN " + proxytest.B64(sender), "334 UGFzc3dvcmQ6", proxytest.B64("secret"), "235 "}},
+		{"PLAIN", []string{"AUTH PLAIN", "334 ", proxytest.B64("\x00" + sender + "\x00secret"), "235 "}},
+		{"LOGIN wrong password", []string{"AUTH LOGIN " + proxytest.B64(sender), "334 ", proxytest.B64("nope"), "535 5.7.8 "}},
 		{"LOGIN empty username", []string{"AUTH LOGIN =", "501 5.5.2 "}},
-		{"PLAIN malformed", []string{"AUTH PLAIN " + b64("no-nul-here"), "501 5.5.2 "}},
-		{"PLAIN other authzid", []string{"AUTH PLAIN " + b64("carol@example.com\x00"+sender+"\x00secret"), "535 5.7.8 "}},
+		{"PLAIN malformed", []string{"AUTH PLAIN " + proxytest.B64("no-nul-here"), "501 5.5.2 "}},
+		{"PLAIN other authzid", []string{"AUTH PLAIN " + proxytest.B64("carol@example.com\x00"+sender+"\x00secret"), "535 5.7.8 "}},
 		{"cancelled", []string{"AUTH LOGIN", "334 ", "*", "501 "}},
 		{"bad base64", []string{"AUTH PLAIN !!!", "454 4.7.0 Invalid base64"}},
 		{"unknown mechanism", []string{"AUTH CRAM-MD5", "504 5.7.4 "}},
@@ -102,8 +104,8 @@ func TestSMTPLoginWithoutInitialResponse(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			c := ehloClient(t, addr)
 			for i := 0; i < len(tt.steps); i += 2 {
-				c.send(tt.steps[i] + "\r\n")
-				c.expect(tt.steps[i+1])
+				c.Send(tt.steps[i] + "\r\n")
+				c.Expect(tt.steps[i+1])
 			}
 		})
 	}
@@ -112,7 +114,7 @@ func TestSMTPLoginWithoutInitialResponse(t *testing.T) {
 func TestSMTPAuthFailures(t *testing.T) {
 	up := startSMTPStub(t, &smtpStub{})
 	auth := newSMTPStubAuth("secret")
-	_, addr, logs := startSMTPProxy(t, SMTPOptions{Auth: auth}, up, nil)
+	_, addr, logs := startSMTPProxy(t, Options{Auth: auth}, up, nil)
 
 	c := dialSMTP(t, addr)
 	for i, user := range []string{sender, "unknown"} {
@@ -139,7 +141,7 @@ func TestSMTPAuthFailures(t *testing.T) {
 
 func TestSMTPAuthRequired(t *testing.T) {
 	up := startSMTPStub(t, &smtpStub{})
-	_, addr, _ := startSMTPProxy(t, SMTPOptions{}, up, nil)
+	_, addr, _ := startSMTPProxy(t, Options{}, up, nil)
 	c := dialSMTP(t, addr)
 	if got := smtpCode(c.Mail(sender, nil)); got != "530 5.7.0" {
 		t.Fatalf("MAIL without AUTH: got %s, want 530 5.7.0", got)
@@ -191,7 +193,7 @@ func TestSMTPUnauthenticatedAs(t *testing.T) {
 			if tt.remote != nil {
 				ln = remoteListener{ln, tt.remote}
 			}
-			_, addr, _ := startSMTPProxy(t, SMTPOptions{UnauthenticatedAs: scanner}, up, ln)
+			_, addr, _ := startSMTPProxy(t, Options{UnauthenticatedAs: scanner}, up, ln)
 			c := dialSMTP(t, addr)
 			err = send(c, scanner, []string{recipient}, testMessage)
 			if got := smtpCode(err); got != tt.want {
@@ -206,12 +208,12 @@ func TestSMTPUnauthenticatedAs(t *testing.T) {
 
 func TestSMTPUpstreamRepliesPassThrough(t *testing.T) {
 	up := startSMTPStub(t, &smtpStub{})
-	_, addr, _ := startSMTPProxy(t, SMTPOptions{}, up, nil)
+	_, addr, _ := startSMTPProxy(t, Options{}, up, nil)
 	c := loginSMTP(t, addr)
 
 	err := c.Mail("ceo@example.com", nil)
-	var se *smtp.SMTPError
-	if !errors.As(err, &se) || se.Code != 550 || se.EnhancedCode != (smtp.EnhancedCode{5, 7, 60}) ||
+	var se *gosmtp.SMTPError
+	if !errors.As(err, &se) || se.Code != 550 || se.EnhancedCode != (gosmtp.EnhancedCode{5, 7, 60}) ||
 		se.Message != "SMTP; Client does not have permissions to send as this sender" {
 		t.Fatalf("MAIL as another sender: got %v, want upstream's 550 5.7.60 unchanged", err)
 	}
@@ -249,7 +251,7 @@ func TestSMTPUpstreamRepliesPassThrough(t *testing.T) {
 
 func TestSMTPSeveralMessagesOneConnection(t *testing.T) {
 	up := startSMTPStub(t, &smtpStub{})
-	_, addr, _ := startSMTPProxy(t, SMTPOptions{}, up, nil)
+	_, addr, _ := startSMTPProxy(t, Options{}, up, nil)
 	c := loginSMTP(t, addr)
 	for i := 0; i < 3; i++ {
 		if err := send(c, sender, []string{recipient}, testMessage); err != nil {
@@ -275,7 +277,7 @@ func TestSMTPSeveralMessagesOneConnection(t *testing.T) {
 
 func TestSMTPReconnectAfterUpstreamClosedIdle(t *testing.T) {
 	up := startSMTPStub(t, &smtpStub{})
-	_, addr, _ := startSMTPProxy(t, SMTPOptions{}, up, nil)
+	_, addr, _ := startSMTPProxy(t, Options{}, up, nil)
 	c := loginSMTP(t, addr)
 	if err := send(c, sender, []string{recipient}, testMessage); err != nil {
 		t.Fatal(err)
@@ -293,7 +295,7 @@ func TestSMTPReconnectAfterUpstreamClosedIdle(t *testing.T) {
 // message upstream did not accept.
 func TestSMTPUpstreamLostDuringData(t *testing.T) {
 	up := startSMTPStub(t, &smtpStub{})
-	_, addr, _ := startSMTPProxy(t, SMTPOptions{}, up, nil)
+	_, addr, _ := startSMTPProxy(t, Options{}, up, nil)
 	c := loginSMTP(t, addr)
 	big := bytes.Repeat([]byte("0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz\r\n"), 20000)
 	up.dropAfter.Store(100 << 10)
@@ -316,7 +318,7 @@ func TestSMTPUpstreamLostDuringData(t *testing.T) {
 
 func TestSMTPUpstreamSilentAfterData(t *testing.T) {
 	up := startSMTPStub(t, &smtpStub{})
-	_, addr, _ := startSMTPProxy(t, SMTPOptions{DataTimeout: 200 * time.Millisecond}, up, nil)
+	_, addr, _ := startSMTPProxy(t, Options{DataTimeout: 200 * time.Millisecond}, up, nil)
 	c := loginSMTP(t, addr)
 	_, release := up.holdData()
 	defer release()
@@ -326,14 +328,14 @@ func TestSMTPUpstreamSilentAfterData(t *testing.T) {
 }
 
 func TestSMTPUpstreamLoginFailures(t *testing.T) {
-	untrusted, err := newTestCert()
+	untrusted, err := proxytest.NewCert()
 	if err != nil {
 		t.Fatal(err)
 	}
 	tests := []struct {
 		name     string
 		stub     *smtpStub
-		opts     SMTPOptions
+		opts     Options
 		want     string
 		log      string // in the log
 		rejected bool   // the Authenticator is told
@@ -344,23 +346,23 @@ func TestSMTPUpstreamLoginFailures(t *testing.T) {
 		},
 		{
 			name: "untrusted certificate", stub: &smtpStub{},
-			opts: SMTPOptions{UpstreamTLS: &tls.Config{RootCAs: untrusted.pool}},
+			opts: Options{UpstreamTLS: &tls.Config{RootCAs: untrusted.Pool}},
 			want: "454 4.7.0", log: "certificate",
 		},
 		{
 			name: "SMTP AUTH disabled",
-			stub: &smtpStub{Reject: &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 139},
+			stub: &smtpStub{Reject: &gosmtp.SMTPError{Code: 535, EnhancedCode: gosmtp.EnhancedCode{5, 7, 139},
 				Message: "Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant."}},
 			want: "454 4.7.0", log: "Set-CASMailbox -Identity <mailbox> -SmtpClientAuthenticationDisabled $false", rejected: true,
 		},
 		{
 			name: "token refused after error challenge",
-			stub: &smtpStub{ErrorChallenge: true, Reject: &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 3}, Message: "Authentication unsuccessful"}},
+			stub: &smtpStub{ErrorChallenge: true, Reject: &gosmtp.SMTPError{Code: 535, EnhancedCode: gosmtp.EnhancedCode{5, 7, 3}, Message: "Authentication unsuccessful"}},
 			want: "454 4.7.0", log: "challenge {", rejected: true,
 		},
 		{
 			name: "connection limit",
-			stub: &smtpStub{Reject: &smtp.SMTPError{Code: 432, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "STOREDRV.ClientSubmit; sender thread limit exceeded"}},
+			stub: &smtpStub{Reject: &gosmtp.SMTPError{Code: 432, EnhancedCode: gosmtp.EnhancedCode{4, 3, 2}, Message: "STOREDRV.ClientSubmit; sender thread limit exceeded"}},
 			want: "454 4.3.2", log: "3 concurrent SMTP connections",
 		},
 	}
@@ -378,13 +380,13 @@ func TestSMTPUpstreamLoginFailures(t *testing.T) {
 			if !strings.Contains(logs.String(), tt.log) {
 				t.Fatalf("log lacks %q:\n%s", tt.log, logs)
 			}
-			if got := len(auth.rejections()) > 0; got != tt.rejected {
+			if got := len(auth.Rejections()) > 0; got != tt.rejected {
 				t.Fatalf("Authenticator told of a rejection: got %v, want %v", got, tt.rejected)
 			}
 			if tt.stub.NoSTARTTLS && up.auths.Load() != 0 {
 				t.Fatalf("a token was sent to an upstream without TLS")
 			}
-			if strings.Contains(logs.String(), stubToken(sender)) || strings.Contains(logs.String(), "secret") {
+			if strings.Contains(logs.String(), proxytest.Token(sender)) || strings.Contains(logs.String(), "secret") {
 				t.Fatalf("log contains a secret:\n%s", logs)
 			}
 		})
@@ -395,8 +397,8 @@ func TestSMTPUpstreamLoginFailures(t *testing.T) {
 func TestSMTPUpstreamRejectedRetriesOnce(t *testing.T) {
 	up := startSMTPStub(t, &smtpStub{})
 	auth := newSMTPStubAuth("secret")
-	auth.retry, auth.staleFirst = true, true
-	_, addr, _ := startSMTPProxy(t, SMTPOptions{Auth: auth}, up, nil)
+	auth.Retry, auth.StaleFirst = true, true
+	_, addr, _ := startSMTPProxy(t, Options{Auth: auth}, up, nil)
 	c := dialSMTP(t, addr)
 	if err := c.Auth(sasl.NewPlainClient("", sender, "secret")); err != nil {
 		t.Fatalf("AUTH: %v", err)
@@ -404,14 +406,14 @@ func TestSMTPUpstreamRejectedRetriesOnce(t *testing.T) {
 	if err := send(c, sender, []string{recipient}, testMessage); err != nil {
 		t.Fatal(err)
 	}
-	if n, r := auth.calls.Load(), auth.rejections(); n != 2 || len(r) != 1 {
+	if n, r := auth.Calls.Load(), auth.Rejections(); n != 2 || len(r) != 1 {
 		t.Fatalf("%d Authenticate calls and rejections %q, want 2 and one", n, r)
 	}
 }
 
 func TestSMTPUpstreamImplicitTLS(t *testing.T) {
 	up := startSMTPStub(t, &smtpStub{ImplicitTLS: true})
-	_, addr, _ := startSMTPProxy(t, SMTPOptions{}, up, nil)
+	_, addr, _ := startSMTPProxy(t, Options{}, up, nil)
 	c := loginSMTP(t, addr)
 	if err := send(c, sender, []string{recipient}, testMessage); err != nil {
 		t.Fatal(err)
@@ -425,7 +427,7 @@ func TestSMTPUpstreamUnreachable(t *testing.T) {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	_, proxyAddr, _ := startSMTPProxy(t, SMTPOptions{Upstream: addr}, nil, nil)
+	_, proxyAddr, _ := startSMTPProxy(t, Options{Upstream: addr}, nil, nil)
 	c := dialSMTP(t, proxyAddr)
 	if got := smtpCode(c.Auth(sasl.NewPlainClient("", sender, "secret"))); got != "454 4.7.0" {
 		t.Fatalf("AUTH with upstream down: got %s, want 454 4.7.0", got)
@@ -437,7 +439,7 @@ func TestSMTPUpstreamUnreachable(t *testing.T) {
 func TestSMTPConnectionCap(t *testing.T) {
 	gate := make(chan struct{})
 	up := startSMTPStub(t, &smtpStub{Gate: gate})
-	_, addr, _ := startSMTPProxy(t, SMTPOptions{MaxConnectionsPerMailbox: 2}, up, nil)
+	_, addr, _ := startSMTPProxy(t, Options{MaxConnectionsPerMailbox: 2}, up, nil)
 	const senders = 8
 	// The first two messages wait upstream until every sender has
 	// started, so that the others have to queue for a connection.
@@ -459,7 +461,7 @@ func TestSMTPConnectionCap(t *testing.T) {
 				return
 			}
 			conn.SetDeadline(time.Now().Add(30 * time.Second))
-			c := smtp.NewClient(conn)
+			c := gosmtp.NewClient(conn)
 			defer c.Close()
 			if err := c.Auth(sasl.NewPlainClient("", sender, "secret")); err != nil {
 				errs <- err
@@ -489,7 +491,7 @@ func TestSMTPConnectionCap(t *testing.T) {
 
 func TestSMTPConnectionWaitTimesOut(t *testing.T) {
 	up := startSMTPStub(t, &smtpStub{})
-	srv, addr, _ := startSMTPProxy(t, SMTPOptions{MaxConnectionsPerMailbox: 1, ConnectionWait: 100 * time.Millisecond}, up, nil)
+	srv, addr, _ := startSMTPProxy(t, Options{MaxConnectionsPerMailbox: 1, ConnectionWait: 100 * time.Millisecond}, up, nil)
 	first := loginSMTP(t, addr)
 	second := dialSMTP(t, addr)
 	if got := smtpCode(second.Auth(sasl.NewPlainClient("", sender, "secret"))); got != "454 4.3.2" {
@@ -499,14 +501,14 @@ func TestSMTPConnectionWaitTimesOut(t *testing.T) {
 		t.Fatalf("upstream connections: got %d, want 1", n)
 	}
 	first.Quit()
-	waitFor(t, "the slot to be freed", func() bool { return srv.UpstreamConnections(sender) == 0 })
+	proxytest.WaitFor(t, "the slot to be freed", func() bool { return srv.UpstreamConnections(sender) == 0 })
 }
 
 // TestSMTPMessageSize: the SIZE upstream advertises is what clients see.
 func TestSMTPMessageSize(t *testing.T) {
 	up := startSMTPStub(t, &smtpStub{Size: 4096})
-	srv, addr, logs := startSMTPProxy(t, SMTPOptions{}, up, nil)
-	waitFor(t, "the upstream probe", func() bool { return srv.caps.Load().size == 4096 })
+	srv, addr, logs := startSMTPProxy(t, Options{}, up, nil)
+	proxytest.WaitFor(t, "the upstream probe", func() bool { return srv.caps.Load().size == 4096 })
 	c := dialSMTP(t, addr)
 	if err := c.Hello("client.test"); err != nil {
 		t.Fatal(err)
@@ -534,7 +536,7 @@ func TestSMTPMessageSize(t *testing.T) {
 
 func TestSMTPLongLines(t *testing.T) {
 	up := startSMTPStub(t, &smtpStub{})
-	_, addr, _ := startSMTPProxy(t, SMTPOptions{}, up, nil)
+	_, addr, _ := startSMTPProxy(t, Options{}, up, nil)
 	c := loginSMTP(t, addr)
 	// Longer than RFC 5321's 1000 octets, as generated HTML often is.
 	long := []byte("Subject: html\r\n\r\n" + strings.Repeat("<td>x</td>", 2000) + "\r\n")
@@ -553,13 +555,13 @@ func TestSMTPLongLines(t *testing.T) {
 
 func TestSMTPLocalStartTLS(t *testing.T) {
 	up := startSMTPStub(t, &smtpStub{})
-	cert := mustCert(t)
-	_, addr, _ := startSMTPProxy(t, SMTPOptions{TLS: &tls.Config{Certificates: []tls.Certificate{cert.cert}}}, up, nil)
+	cert := proxytest.MustCert(t)
+	_, addr, _ := startSMTPProxy(t, Options{TLS: &tls.Config{Certificates: []tls.Certificate{cert.Cert}}}, up, nil)
 	conn, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := smtp.NewClientStartTLS(conn, &tls.Config{RootCAs: cert.pool, ServerName: "localhost"})
+	c, err := gosmtp.NewClientStartTLS(conn, &tls.Config{RootCAs: cert.Pool, ServerName: "localhost"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -578,21 +580,21 @@ func TestSMTPImplicitTLSHandshakeTimeout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tlsLn := tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{mustCert(t).cert}})
-	srv, addr, logs := startSMTPProxy(t, SMTPOptions{PreAuthTimeout: 100 * time.Millisecond}, up, tlsLn)
-	c := dialClient(t, addr) // says nothing, not even its TLS hello
-	waitFor(t, "the silent session to end", func() bool { return srv.Sessions() == 0 })
-	c.expectClosed()
+	tlsLn := tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{proxytest.MustCert(t).Cert}})
+	srv, addr, logs := startSMTPProxy(t, Options{PreAuthTimeout: 100 * time.Millisecond}, up, tlsLn)
+	c := proxytest.Dial(t, addr) // says nothing, not even its TLS hello
+	proxytest.WaitFor(t, "the silent session to end", func() bool { return srv.Sessions() == 0 })
+	c.ExpectClosed()
 	if !strings.Contains(logs.String(), "tls handshake") {
 		t.Fatalf("log does not say why the session ended:\n%s", logs)
 	}
 
-	tc, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: mustCert(t).pool, ServerName: "localhost"})
+	tc, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: proxytest.MustCert(t).Pool, ServerName: "localhost"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer tc.Close()
-	cl := smtp.NewClient(tc)
+	cl := gosmtp.NewClient(tc)
 	if err := cl.Auth(sasl.NewPlainClient("", sender, "secret")); err != nil {
 		t.Fatalf("AUTH over implicit TLS: %v", err)
 	}
@@ -603,18 +605,18 @@ func TestSMTPImplicitTLSHandshakeTimeout(t *testing.T) {
 
 func TestSMTPBDAT(t *testing.T) {
 	up := startSMTPStub(t, &smtpStub{})
-	_, addr, _ := startSMTPProxy(t, SMTPOptions{}, up, nil)
+	_, addr, _ := startSMTPProxy(t, Options{}, up, nil)
 	c := ehloClient(t, addr)
-	c.send("AUTH PLAIN " + b64("\x00"+sender+"\x00secret") + "\r\n")
-	c.expect("235 ")
-	c.send("MAIL FROM:<" + sender + ">\r\nRCPT TO:<" + recipient + ">\r\n")
-	c.expect("250 ")
-	c.expect("250 ")
+	c.Send("AUTH PLAIN " + proxytest.B64("\x00"+sender+"\x00secret") + "\r\n")
+	c.Expect("235 ")
+	c.Send("MAIL FROM:<" + sender + ">\r\nRCPT TO:<" + recipient + ">\r\n")
+	c.Expect("250 ")
+	c.Expect("250 ")
 	half := len(testMessage) / 2
-	c.send("BDAT " + strconv.Itoa(half) + "\r\n" + string(testMessage[:half]))
-	c.expect("250 ")
-	c.send("BDAT " + strconv.Itoa(len(testMessage)-half) + " LAST\r\n" + string(testMessage[half:]))
-	c.expect("250 2.0.0 OK <Q1@upstream.test>")
+	c.Send("BDAT " + strconv.Itoa(half) + "\r\n" + string(testMessage[:half]))
+	c.Expect("250 ")
+	c.Send("BDAT " + strconv.Itoa(len(testMessage)-half) + " LAST\r\n" + string(testMessage[half:]))
+	c.Expect("250 2.0.0 OK <Q1@upstream.test>")
 	got := up.received()
 	if len(got) != 1 || !bytes.Equal(got[0].data, testMessage) {
 		t.Fatalf("upstream got %+v, want the message", got)
@@ -625,20 +627,20 @@ func TestSMTPBDAT(t *testing.T) {
 // smuggled inside one; upstream gets the text, with CRLF line ends.
 func TestSMTPBareLF(t *testing.T) {
 	up := startSMTPStub(t, &smtpStub{})
-	_, addr, _ := startSMTPProxy(t, SMTPOptions{}, up, nil)
+	_, addr, _ := startSMTPProxy(t, Options{}, up, nil)
 	c := ehloClient(t, addr)
-	c.send("AUTH PLAIN " + b64("\x00"+sender+"\x00secret") + "\r\n")
-	c.expect("235 ")
-	c.send("MAIL FROM:<" + sender + ">\r\n")
-	c.expect("250 ")
-	c.send("RCPT TO:<" + recipient + ">\r\n")
-	c.expect("250 ")
-	c.send("DATA\r\n")
-	c.expect("354 ")
-	c.send("Subject: one\r\n\r\nbody\n.\nMAIL FROM:<" + sender + ">\nRCPT TO:<evil@example.org>\nDATA\nsmuggled\r\n.\r\n")
-	c.expect("250 2.0.0 OK <Q1@upstream.test>")
-	c.send("QUIT\r\n")
-	c.expect("221 ")
+	c.Send("AUTH PLAIN " + proxytest.B64("\x00"+sender+"\x00secret") + "\r\n")
+	c.Expect("235 ")
+	c.Send("MAIL FROM:<" + sender + ">\r\n")
+	c.Expect("250 ")
+	c.Send("RCPT TO:<" + recipient + ">\r\n")
+	c.Expect("250 ")
+	c.Send("DATA\r\n")
+	c.Expect("354 ")
+	c.Send("Subject: one\r\n\r\nbody\n.\nMAIL FROM:<" + sender + ">\nRCPT TO:<evil@example.org>\nDATA\nsmuggled\r\n.\r\n")
+	c.Expect("250 2.0.0 OK <Q1@upstream.test>")
+	c.Send("QUIT\r\n")
+	c.Expect("221 ")
 	got := up.received()
 	if len(got) != 1 {
 		t.Fatalf("upstream got %d messages, want 1", len(got))
@@ -651,7 +653,7 @@ func TestSMTPBareLF(t *testing.T) {
 
 func TestSMTPMalformedInput(t *testing.T) {
 	up := startSMTPStub(t, &smtpStub{})
-	_, addr, _ := startSMTPProxy(t, SMTPOptions{}, up, nil)
+	_, addr, _ := startSMTPProxy(t, Options{}, up, nil)
 	tests := []struct {
 		name  string
 		lines []string // sent one by one, each followed by its expected reply prefix
@@ -662,19 +664,19 @@ func TestSMTPMalformedInput(t *testing.T) {
 		{"bad MAIL syntax", []string{"EHLO x", "250", "MAIL TO:<a@b>", "501 5.5.2 "}},
 		{"DATA without RCPT", []string{"EHLO x", "250", "DATA", "502 5.5.1 "}},
 		{"RCPT without MAIL", []string{"EHLO x", "250", "RCPT TO:<a@b>", "502 5.5.1 "}},
-		{"AUTH before EHLO", []string{"AUTH PLAIN " + b64("\x00a\x00b"), "502 5.5.1 "}},
+		{"AUTH before EHLO", []string{"AUTH PLAIN " + proxytest.B64("\x00a\x00b"), "502 5.5.1 "}},
 		{"NUL in command", []string{"EHLO x\x00y", "250"}},
-		{"overlong line", []string{strings.Repeat("A", smtpMaxLineLength+1), "500 5.4.0 "}},
+		{"overlong line", []string{strings.Repeat("A", maxLineLength+1), "500 5.4.0 "}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c := dialClient(t, addr)
-			c.expect("220 ")
+			c := proxytest.Dial(t, addr)
+			c.Expect("220 ")
 			for i := 0; i < len(tt.lines); i += 2 {
-				c.send(tt.lines[i] + "\r\n")
-				l := c.expect(tt.lines[i+1])
+				c.Send(tt.lines[i] + "\r\n")
+				l := c.Expect(tt.lines[i+1])
 				for strings.HasPrefix(l, "250-") {
-					l = c.line()
+					l = c.Line()
 				}
 			}
 		})
@@ -685,7 +687,7 @@ func TestSMTPMalformedInput(t *testing.T) {
 
 func TestSMTPShutdown(t *testing.T) {
 	up := startSMTPStub(t, &smtpStub{})
-	srv, addr, _ := startSMTPProxy(t, SMTPOptions{}, up, nil)
+	srv, addr, _ := startSMTPProxy(t, Options{}, up, nil)
 
 	idle := loginSMTP(t, addr)
 	busy := loginSMTP(t, addr)
@@ -696,7 +698,7 @@ func TestSMTPShutdown(t *testing.T) {
 
 	shutdown := make(chan error, 1)
 	go func() { shutdown <- srv.Shutdown(context.Background()) }()
-	waitFor(t, "shutdown to begin", func() bool {
+	proxytest.WaitFor(t, "shutdown to begin", func() bool {
 		srv.mu.Lock()
 		defer srv.mu.Unlock()
 		return srv.closing
@@ -718,7 +720,7 @@ func TestSMTPShutdown(t *testing.T) {
 
 func TestSMTPLogs(t *testing.T) {
 	up := startSMTPStub(t, &smtpStub{})
-	_, addr, logs := startSMTPProxy(t, SMTPOptions{}, up, nil)
+	_, addr, logs := startSMTPProxy(t, Options{}, up, nil)
 	c := dialSMTP(t, addr)
 	if err := c.Auth(sasl.NewLoginClient(sender, "secret")); err != nil {
 		t.Fatal(err)
@@ -727,7 +729,7 @@ func TestSMTPLogs(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Quit()
-	waitFor(t, "session end", func() bool { return strings.Contains(logs.String(), "session end") })
+	proxytest.WaitFor(t, "session end", func() bool { return strings.Contains(logs.String(), "session end") })
 	log := logs.String()
 	for _, want := range []string{"session start", "message relayed", "rcpts=1", "bytes=" + strconv.Itoa(len(testMessage)),
 		"queue_id=Q1@upstream.test", "messages=1", "account=" + sender} {
@@ -735,7 +737,7 @@ func TestSMTPLogs(t *testing.T) {
 			t.Fatalf("log lacks %q:\n%s", want, log)
 		}
 	}
-	for _, secret := range []string{"secret", stubToken(sender), "Hello", "hidden dot"} {
+	for _, secret := range []string{"secret", proxytest.Token(sender), "Hello", "hidden dot"} {
 		if strings.Contains(log, secret) {
 			t.Fatalf("log contains %q:\n%s", secret, log)
 		}
@@ -758,17 +760,19 @@ func TestQueueID(t *testing.T) {
 
 type panicSMTPAuth struct{}
 
-func (panicSMTPAuth) Authenticate(context.Context, *Login) (*Upstream, error) { panic("boom") }
+func (panicSMTPAuth) Authenticate(context.Context, *proxy.Login) (*proxy.Upstream, error) {
+	panic("boom")
+}
 
 func TestSMTPPanicRecovery(t *testing.T) {
 	up := startSMTPStub(t, &smtpStub{})
-	_, addr, logs := startSMTPProxy(t, SMTPOptions{Auth: panicSMTPAuth{}}, up, nil)
+	_, addr, logs := startSMTPProxy(t, Options{Auth: panicSMTPAuth{}}, up, nil)
 	c := dialSMTP(t, addr)
 	if got := smtpCode(c.Auth(sasl.NewPlainClient("", sender, "secret"))); got != "421 4.0.0" {
 		t.Fatalf("AUTH with a panicking Authenticator: got %s, want 421 4.0.0", got)
 	}
 	// go-smtp logs the panic after answering.
-	waitFor(t, "the panic to be logged", func() bool { return strings.Contains(logs.String(), "session panic") })
+	proxytest.WaitFor(t, "the panic to be logged", func() bool { return strings.Contains(logs.String(), "session panic") })
 	// Still serving.
 	c2 := dialSMTP(t, addr)
 	if err := c2.Hello("x"); err != nil {
@@ -782,12 +786,12 @@ func TestSMTPServeRequiresOptions(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	for _, opts := range []SMTPOptions{
+	for _, opts := range []Options{
 		{Auth: newSMTPStubAuth("")},
 		{Upstream: "127.0.0.1:1"},
 		{Upstream: "127.0.0.1:1", Auth: panicSMTPAuth{}, UnauthenticatedAs: "scanner@example.com"},
 	} {
-		if err := NewSMTPServer(&opts).Serve(ln); err == nil || errors.Is(err, ErrServerClosed) {
+		if err := NewServer(&opts).Serve(ln); err == nil || errors.Is(err, proxy.ErrServerClosed) {
 			t.Fatalf("Serve(%+v): got %v, want a configuration error", opts, err)
 		}
 	}

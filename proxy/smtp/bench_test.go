@@ -1,14 +1,15 @@
-package proxy
+package smtp
 
 import (
 	"bytes"
 	"crypto/sha256"
 	"crypto/tls"
+	"github.com/mailbroker/broker/proxy/internal/proxytest"
 	"io"
 	"runtime"
 	"testing"
 
-	"github.com/emersion/go-smtp"
+	gosmtp "github.com/emersion/go-smtp"
 	"github.com/mailbroker/broker/proxy/xoauth2"
 )
 
@@ -40,7 +41,7 @@ func (r *messageReader) Read(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func relayMessage(tb testing.TB, c *smtp.Client, size int64) {
+func relayMessage(tb testing.TB, c *gosmtp.Client, size int64) {
 	tb.Helper()
 	if err := c.Mail(sender, nil); err != nil {
 		tb.Fatal(err)
@@ -66,7 +67,7 @@ func relayMessage(tb testing.TB, c *smtp.Client, size int64) {
 func TestSMTPRelayStreams(t *testing.T) {
 	const size = 50 << 20
 	up := startSMTPStub(t, &smtpStub{HashOnly: true})
-	_, addr, _ := startSMTPProxy(t, SMTPOptions{}, up, nil)
+	_, addr, _ := startSMTPProxy(t, Options{}, up, nil)
 	c := loginSMTP(t, addr)
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
@@ -81,7 +82,7 @@ func TestSMTPRelayStreams(t *testing.T) {
 	// A buffering relay allocates at least the message size. The race
 	// runtime makes crypto/tls allocate per record, hence its looser bound.
 	limit := uint64(size / 20)
-	if raceEnabled {
+	if proxytest.RaceEnabled {
 		limit = size / 2
 	}
 	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > limit {
@@ -95,12 +96,12 @@ func BenchmarkSMTPRelay10MB(b *testing.B) {
 	const size = 10 << 20
 	up := startSMTPStub(b, &smtpStub{HashOnly: true})
 	b.Run("direct", func(b *testing.B) {
-		c, err := smtp.DialStartTLS(up.addr, &tls.Config{RootCAs: mustCert(b).pool})
+		c, err := gosmtp.DialStartTLS(up.addr, &tls.Config{RootCAs: proxytest.MustCert(b).Pool})
 		if err != nil {
 			b.Fatal(err)
 		}
 		defer c.Close()
-		if err := c.Auth(xoauth2.NewClient(sender, stubToken(sender))); err != nil {
+		if err := c.Auth(xoauth2.NewClient(sender, proxytest.Token(sender))); err != nil {
 			b.Fatal(err)
 		}
 		b.SetBytes(size)
@@ -110,7 +111,7 @@ func BenchmarkSMTPRelay10MB(b *testing.B) {
 		}
 	})
 	b.Run("proxy", func(b *testing.B) {
-		_, addr, _ := startSMTPProxy(b, SMTPOptions{}, up, nil)
+		_, addr, _ := startSMTPProxy(b, Options{}, up, nil)
 		c := loginSMTP(b, addr)
 		b.SetBytes(size)
 		b.ReportAllocs()

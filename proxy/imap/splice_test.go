@@ -1,7 +1,8 @@
-package proxy
+package imap
 
 import (
 	"bytes"
+	"github.com/mailbroker/broker/proxy/internal/proxytest"
 	"io"
 	"net"
 	"os"
@@ -89,7 +90,7 @@ func TestSplicePanicRecovered(t *testing.T) {
 		client.Close()
 		upstream.Close()
 	}
-	log, logs := newTestLogger(t)
+	log, logs := proxytest.NewLogger(t)
 	done := make(chan spliceStats)
 	go func() {
 		done <- splice(panicConn{client}, nil, upstream, []byte("* OK\r\n"), closeAll, log)

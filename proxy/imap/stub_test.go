@@ -1,96 +1,24 @@
-package proxy
+package imap
 
 import (
 	"bufio"
-	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/hex"
-	"encoding/pem"
 	"errors"
 	"fmt"
+	"github.com/mailbroker/broker/proxy/internal/proxytest"
 	"io"
-	"log/slog"
-	"math/big"
 	"net"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/mailbroker/broker/proxy/xoauth2"
 )
-
-// testCert is a self-signed certificate for 127.0.0.1 and a pool trusting
-// it.
-type testCert struct {
-	cert tls.Certificate
-	pem  []byte
-	pool *x509.CertPool
-}
-
-func newTestCert() (*testCert, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "proxy test"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
-		DNSNames:              []string{"localhost"},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return nil, err
-	}
-	return certFromDER(der, key)
-}
-
-func certFromDER(der []byte, key *ecdsa.PrivateKey) (*testCert, error) {
-	c := &testCert{
-		cert: tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key},
-		pem:  pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pool: x509.NewCertPool(),
-	}
-	if !c.pool.AppendCertsFromPEM(c.pem) {
-		return nil, errors.New("bad certificate")
-	}
-	return c, nil
-}
-
-var (
-	sharedCertOnce sync.Once
-	sharedCert     *testCert
-)
-
-func mustCert(t testing.TB) *testCert {
-	t.Helper()
-	sharedCertOnce.Do(func() {
-		var err error
-		if sharedCert, err = newTestCert(); err != nil {
-			panic(err)
-		}
-	})
-	return sharedCert
-}
-
-// stubToken is the token the stub upstream accepts for user.
-func stubToken(user string) string { return "token-for-" + user }
 
 // stubUpstream speaks just enough IMAP for the proxy: a greeting,
 // CAPABILITY, AUTHENTICATE XOAUTH2, and after login NOOP, IDLE, APPEND,
@@ -111,7 +39,7 @@ type stubUpstream struct {
 	CapFail string
 
 	ln   net.Listener
-	cert *testCert
+	cert *proxytest.Cert
 	addr string
 
 	logins     atomic.Int32
@@ -133,8 +61,8 @@ func defaultStub() *stubUpstream {
 }
 
 // start listens on 127.0.0.1 with TLS.
-func (s *stubUpstream) start(cert *testCert) error {
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert.cert}})
+func (s *stubUpstream) start(cert *proxytest.Cert) error {
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert.Cert}})
 	if err != nil {
 		return err
 	}
@@ -179,7 +107,7 @@ func (s *stubUpstream) close() {
 
 func startStub(t testing.TB, s *stubUpstream) *stubUpstream {
 	t.Helper()
-	if err := s.start(mustCert(t)); err != nil {
+	if err := s.start(proxytest.MustCert(t)); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(s.close)
@@ -324,7 +252,7 @@ func (s *stubUpstream) authenticate(c net.Conn, tag, args string, write func(...
 		return false, write(tag + " BAD invalid base64")
 	}
 	srv := xoauth2.NewServer(func(user, token string) error {
-		if s.Reject != "" || token != stubToken(user) {
+		if s.Reject != "" || token != proxytest.Token(user) {
 			return errors.New("bad token")
 		}
 		return nil
@@ -366,86 +294,9 @@ func (s *stubUpstream) authenticate(c net.Conn, tag, args string, write func(...
 	return true, nil
 }
 
-// stubAuth accepts any user but "unknown" with password pass, and logs in
-// upstream as that user with stubToken(user).
-type stubAuth struct {
-	pass string
-	err  error // returned instead of an Upstream for good credentials
-	// protocol is the one logins must name; "" means IMAP.
-	protocol Protocol
-
-	// retry is UpstreamRejected's answer; staleFirst makes the first
-	// upstream token one that upstream refuses, as an expired one.
-	retry, staleFirst bool
-
-	calls    atomic.Int32
-	mu       sync.Mutex
-	rejected []string // "account: detail"
-}
-
-func (a *stubAuth) Authenticate(ctx context.Context, l *Login) (*Upstream, error) {
-	a.calls.Add(1)
-	want := a.protocol
-	if want == "" {
-		want = IMAP
-	}
-	if l.Protocol != want || l.Remote == nil {
-		return nil, fmt.Errorf("bad login %+v", l)
-	}
-	switch {
-	case l.Username == "unknown":
-		return nil, &LoginError{Kind: KindCredentials, Reason: "no such user", Err: errors.New("user unknown not found")}
-	case l.Password != a.pass:
-		return nil, &LoginError{Kind: KindCredentials, Reason: "wrong password", Err: errors.New("password mismatch")}
-	case a.err != nil:
-		return nil, a.err
-	}
-	tok := stubToken(l.Username)
-	if a.staleFirst && a.calls.Load() == 1 {
-		tok = "stale-" + tok
-	}
-	return &Upstream{Account: l.Username, SASL: xoauth2.NewClient(l.Username, tok)}, nil
-}
-
-func (a *stubAuth) UpstreamRejected(account, detail string) bool {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.rejected = append(a.rejected, account+": "+detail)
-	return a.retry
-}
-
-func (a *stubAuth) rejections() []string {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return append([]string(nil), a.rejected...)
-}
-
-// logBuffer collects log output safely across goroutines.
-type logBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-func newTestLogger(t testing.TB) (*slog.Logger, *logBuffer) {
-	buf := &logBuffer{}
-	return slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug})), buf
-}
-
-// startProxy starts an IMAPServer on 127.0.0.1. opts.Upstream defaults to
+// startProxy starts an Server on 127.0.0.1. opts.Upstream defaults to
 // up's address and opts.UpstreamTLS to trusting the test certificate.
-func startProxy(t testing.TB, opts IMAPOptions, up *stubUpstream) (*IMAPServer, string) {
+func startProxy(t testing.TB, opts Options, up *stubUpstream) (*Server, string) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -454,135 +305,44 @@ func startProxy(t testing.TB, opts IMAPOptions, up *stubUpstream) (*IMAPServer, 
 	return serveProxy(t, opts, up, ln), ln.Addr().String()
 }
 
-func serveProxy(t testing.TB, opts IMAPOptions, up *stubUpstream, ln net.Listener) *IMAPServer {
+func serveProxy(t testing.TB, opts Options, up *stubUpstream, ln net.Listener) *Server {
 	t.Helper()
 	if opts.Upstream == "" && up != nil {
 		opts.Upstream = up.addr
 	}
 	if opts.UpstreamTLS == nil {
-		opts.UpstreamTLS = &tls.Config{RootCAs: mustCert(t).pool}
+		opts.UpstreamTLS = &tls.Config{RootCAs: proxytest.MustCert(t).Pool}
 	}
 	if opts.Logger == nil {
-		opts.Logger, _ = newTestLogger(t)
+		opts.Logger, _ = proxytest.NewLogger(t)
 	}
-	srv := NewIMAPServer(&opts)
-	serveUntilCleanup(t, srv, ln)
+	srv := NewServer(&opts)
+	proxytest.Serve(t, srv, ln)
 	return srv
 }
 
-// testServer is what the tests need of IMAPServer and SMTPServer.
-type testServer interface {
-	Serve(net.Listener) error
-	Close() error
-	Sessions() int
-}
-
-// serveUntilCleanup serves ln until the test ends, then closes srv and
-// checks that Serve returned as documented and every session ended.
-func serveUntilCleanup(t testing.TB, srv testServer, ln net.Listener) {
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
-	t.Cleanup(func() {
-		srv.Close()
-		if err := <-served; !errors.Is(err, ErrServerClosed) {
-			t.Errorf("Serve: got %v, want ErrServerClosed", err)
-		}
-		waitFor(t, "sessions to end", func() bool { return srv.Sessions() == 0 })
-	})
-}
-
-// waitFor polls cond until it holds, failing the test after 10 s.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
 // testClient is a raw IMAP client.
-type testClient struct {
-	t  testing.TB
-	c  net.Conn
-	br *bufio.Reader
-}
+type testClient struct{ *proxytest.Client }
 
 func dialClient(t testing.TB, addr string) *testClient {
 	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return newTestClient(t, c)
+	return &testClient{proxytest.Dial(t, addr)}
 }
 
 func newTestClient(t testing.TB, c net.Conn) *testClient {
-	// A bound on every exchange: a broken proxy fails the test instead of
-	// hanging it.
-	c.SetDeadline(time.Now().Add(20 * time.Second))
-	return &testClient{t: t, c: c, br: bufio.NewReader(c)}
-}
-
-func (c *testClient) send(s string) {
-	c.t.Helper()
-	if _, err := io.WriteString(c.c, s); err != nil {
-		c.t.Fatalf("send %q: %v", s, err)
-	}
-}
-
-func (c *testClient) line() string {
-	c.t.Helper()
-	l, err := c.br.ReadString('\n')
-	if err != nil {
-		c.t.Fatalf("read: got %q, %v", l, err)
-	}
-	if !strings.HasSuffix(l, "\r\n") {
-		c.t.Fatalf("line %q does not end in CRLF", l)
-	}
-	return strings.TrimSuffix(l, "\r\n")
-}
-
-// expect reads a line and checks that it starts with prefix.
-func (c *testClient) expect(prefix string) string {
-	c.t.Helper()
-	l := c.line()
-	if !strings.HasPrefix(l, prefix) {
-		c.t.Fatalf("got %q, want prefix %q", l, prefix)
-	}
-	return l
-}
-
-// expectClosed checks that the proxy closes the connection with nothing
-// more to say.
-func (c *testClient) expectClosed() {
-	c.t.Helper()
-	rest, err := io.ReadAll(c.br)
-	if err != nil && !errors.Is(err, net.ErrClosed) && !isConnReset(err) {
-		c.t.Fatalf("waiting for close: %v (read %q)", err, rest)
-	}
-	if len(rest) > 0 {
-		c.t.Fatalf("got %q before close, want nothing", rest)
-	}
-}
-
-func isConnReset(err error) bool {
-	return err != nil && strings.Contains(err.Error(), "connection reset")
+	return &testClient{proxytest.NewClient(t, c)}
 }
 
 // greet reads the greeting.
 func (c *testClient) greet() string {
-	c.t.Helper()
-	return c.expect("* OK [CAPABILITY IMAP4rev1 ")
+	c.T.Helper()
+	return c.Expect("* OK [CAPABILITY IMAP4rev1 ")
 }
 
 // login greets and logs in with LOGIN.
 func (c *testClient) login(user, pass string) {
-	c.t.Helper()
+	c.T.Helper()
 	c.greet()
-	c.send("L1 LOGIN " + user + " " + pass + "\r\n")
-	c.expect("L1 OK [CAPABILITY ")
+	c.Send("L1 LOGIN " + user + " " + pass + "\r\n")
+	c.Expect("L1 OK [CAPABILITY ")
 }

@@ -1,4 +1,4 @@
-package proxy
+package imap
 
 import (
 	"bufio"
@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"encoding/base64"
 	"errors"
+	"github.com/mailbroker/broker/proxy"
 	"io"
 	"log/slog"
 	"net"
@@ -14,10 +15,10 @@ import (
 )
 
 const (
-	// imapMaxBadCommands is how many invalid or refused commands a client
+	// maxBadCommands is how many invalid or refused commands a client
 	// may send before login; a client that keeps sending garbage is not
 	// going to log in.
-	imapMaxBadCommands = 10
+	maxBadCommands = 10
 
 	// lingerTimeout and lingerMaxBytes bound how long and how much a
 	// closing session discards of what the client still sends.
@@ -25,9 +26,9 @@ const (
 	lingerMaxBytes = 4 << 20
 )
 
-// imapAuthenticatedCommands are refused before login with "Log in first"
+// authenticatedCommands are refused before login with "Log in first"
 // rather than as unknown.
-var imapAuthenticatedCommands = map[string]bool{
+var authenticatedCommands = map[string]bool{
 	"SELECT": true, "EXAMINE": true, "CREATE": true, "DELETE": true, "RENAME": true,
 	"SUBSCRIBE": true, "UNSUBSCRIBE": true, "LIST": true, "LSUB": true, "STATUS": true,
 	"APPEND": true, "CHECK": true, "CLOSE": true, "EXPUNGE": true, "SEARCH": true,
@@ -36,14 +37,14 @@ var imapAuthenticatedCommands = map[string]bool{
 	"GETQUOTAROOT": true, "GETACL": true, "MYRIGHTS": true, "COMPRESS": true,
 }
 
-// imapSession is one client connection: the pre-login dialogue handled
+// session is one client connection: the pre-login dialogue handled
 // here, then the splice to upstream.
-type imapSession struct {
-	srv   *IMAPServer
-	tc    *Conn
+type session struct {
+	srv   *Server
+	tc    *proxy.Conn
 	conn  net.Conn // the client connection, a *tls.Conn once TLS is on
 	isTLS bool
-	r     *imapReader // nil once spliced
+	r     *commandReader // nil once spliced
 	log   *slog.Logger
 
 	failures int // failed logins
@@ -65,15 +66,15 @@ type imapSession struct {
 	reason  string // why the session ended
 }
 
-func newIMAPSession(srv *IMAPServer, tc *Conn) *imapSession {
-	s := &imapSession{srv: srv, tc: tc, conn: tc.NetConn(), log: srv.logger.With("session", tc.ID()),
+func newSession(srv *Server, tc *proxy.Conn) *session {
+	s := &session{srv: srv, tc: tc, conn: tc.NetConn(), log: srv.logger.With("session", tc.ID()),
 		deadline: tc.Accepted().Add(srv.opts.PreAuthTimeout)}
 	_, s.isTLS = tc.NetConn().(*tls.Conn)
-	s.r = newIMAPReader(s.conn, s.continueLiteral)
+	s.r = newCommandReader(s.conn, s.continueLiteral)
 	return s
 }
 
-func (s *imapSession) run() {
+func (s *session) run() {
 	s.log.Info("session start", "remote", s.tc.NetConn().RemoteAddr().String(), "tls", s.isTLS)
 	defer s.logEnd()
 	defer func() {
@@ -110,7 +111,7 @@ func (s *imapSession) run() {
 	}
 }
 
-func (s *imapSession) logEnd() {
+func (s *session) logEnd() {
 	reason := s.reason
 	if s.tc.ClosedByServer() {
 		reason = "server closed"
@@ -125,7 +126,7 @@ func (s *imapSession) logEnd() {
 }
 
 // capabilities lists what the client may use before login.
-func (s *imapSession) capabilities() string {
+func (s *session) capabilities() string {
 	c := "IMAP4rev1 SASL-IR LITERAL+ ID AUTH=PLAIN AUTH=LOGIN"
 	if s.srv.tls != nil && !s.isTLS {
 		c += " STARTTLS"
@@ -135,7 +136,7 @@ func (s *imapSession) capabilities() string {
 
 // write sends response lines at once. It returns false, with the session's
 // end reason set, if the client cannot be written to.
-func (s *imapSession) write(lines ...string) bool {
+func (s *session) write(lines ...string) bool {
 	if err := s.writeErr(lines...); err != nil {
 		s.reason = "client write: " + err.Error()
 		return false
@@ -143,7 +144,7 @@ func (s *imapSession) write(lines ...string) bool {
 	return true
 }
 
-func (s *imapSession) writeErr(lines ...string) error {
+func (s *session) writeErr(lines ...string) error {
 	var b []byte
 	for _, l := range lines {
 		b = append(append(b, l...), "\r\n"...)
@@ -154,11 +155,11 @@ func (s *imapSession) writeErr(lines ...string) error {
 }
 
 // continueLiteral asks for a synchronising literal (RFC 3501 §7.5).
-func (s *imapSession) continueLiteral() error { return s.writeErr("+ Ready for literal data") }
+func (s *session) continueLiteral() error { return s.writeErr("+ Ready for literal data") }
 
 // readFailed answers a failed read and reports whether the session ends.
-func (s *imapSession) readFailed(err error) (end bool) {
-	var se *imapSyntaxError
+func (s *session) readFailed(err error) (end bool) {
+	var se *syntaxError
 	switch {
 	case errors.As(err, &se):
 		tag := se.tag
@@ -172,7 +173,7 @@ func (s *imapSession) readFailed(err error) (end bool) {
 			return true
 		}
 		return s.refuse(tag + " BAD " + se.text)
-	case IsTimeout(err):
+	case proxy.IsTimeout(err):
 		s.reason = "pre-login time limit"
 		s.srv.srv.CountPreAuthTimeout()
 		s.write("* BYE Autologout; not logged in in time")
@@ -186,9 +187,9 @@ func (s *imapSession) readFailed(err error) (end bool) {
 
 // refuse answers an invalid or refused command and ends the session when
 // the client has sent too many.
-func (s *imapSession) refuse(reply string) (end bool) {
+func (s *session) refuse(reply string) (end bool) {
 	s.bad++
-	if s.bad >= imapMaxBadCommands {
+	if s.bad >= maxBadCommands {
 		s.reason = "too many invalid commands"
 		s.write(reply, "* BYE Too many invalid commands")
 		s.linger = true
@@ -197,7 +198,7 @@ func (s *imapSession) refuse(reply string) (end bool) {
 	return !s.write(reply)
 }
 
-func (s *imapSession) execute(cmd *imapCommand) (end bool) {
+func (s *session) execute(cmd *command) (end bool) {
 	tag := cmd.tag
 	switch cmd.name {
 	case "CAPABILITY":
@@ -221,14 +222,14 @@ func (s *imapSession) execute(cmd *imapCommand) (end bool) {
 	case "AUTHENTICATE":
 		return s.authenticate(cmd)
 	}
-	if imapAuthenticatedCommands[cmd.name] {
+	if authenticatedCommands[cmd.name] {
 		return s.refuse(tag + " BAD Log in first")
 	}
 	return s.refuse(tag + " BAD Unknown command")
 }
 
 // startTLS runs STARTTLS (RFC 3501 §6.2.1).
-func (s *imapSession) startTLS(tag string) (end bool) {
+func (s *session) startTLS(tag string) (end bool) {
 	if s.srv.tls == nil || s.isTLS {
 		return s.refuse(tag + " BAD STARTTLS not available")
 	}
@@ -242,11 +243,11 @@ func (s *imapSession) startTLS(tag string) (end bool) {
 		return true
 	}
 	s.conn, s.isTLS = conn, true
-	s.r = newIMAPReader(conn, s.continueLiteral)
+	s.r = newCommandReader(conn, s.continueLiteral)
 	return false
 }
 
-func (s *imapSession) handshake(conn *tls.Conn) error {
+func (s *session) handshake(conn *tls.Conn) error {
 	ctx, cancel := context.WithDeadline(s.srv.srv.Context(), s.deadline)
 	defer cancel()
 	err := conn.HandshakeContext(ctx)
@@ -259,7 +260,7 @@ func (s *imapSession) handshake(conn *tls.Conn) error {
 // authenticate runs AUTHENTICATE PLAIN or LOGIN (RFC 3501 §6.2.2, RFC
 // 4616, draft-murchison-sasl-login) with or without an initial response
 // (RFC 4959), through the SASL servers SMTP uses too.
-func (s *imapSession) authenticate(cmd *imapCommand) (end bool) {
+func (s *session) authenticate(cmd *command) (end bool) {
 	tag := cmd.tag
 	var user, pass string
 	check := func(u, p string) error {
@@ -272,9 +273,9 @@ func (s *imapSession) authenticate(cmd *imapCommand) (end bool) {
 	mech := strings.ToUpper(string(cmd.args[0]))
 	switch mech {
 	case "PLAIN":
-		srv = NewPlainServer(check)
+		srv = proxy.NewPlainServer(check)
 	case "LOGIN":
-		srv = NewLoginServer(check)
+		srv = proxy.NewLoginServer(check)
 	default:
 		s.log.Info("login failed", "mechanism", truncate(mech, 40), "reason", "unsupported mechanism")
 		return s.refuse(tag + " NO [CANNOT] Unsupported authentication mechanism")
@@ -288,7 +289,7 @@ func (s *imapSession) authenticate(cmd *imapCommand) (end bool) {
 	}
 	for {
 		challenge, done, err := srv.Next(resp)
-		if r, ok := err.(*SASLRefusal); ok {
+		if r, ok := err.(*proxy.SASLRefusal); ok {
 			return s.saslRefused(tag, mech, r)
 		}
 		if done {
@@ -331,15 +332,15 @@ func decodeSASLResponse(b []byte) ([]byte, bool) {
 }
 
 // badBase64 logs and answers a response that is not base64.
-func (s *imapSession) badBase64(tag, mech, user string) (end bool) {
+func (s *session) badBase64(tag, mech, user string) (end bool) {
 	s.log.Info("login failed", "user", user, "mechanism", mech, "reason", "response not in base64")
 	return s.loginFailed(tag + " BAD Invalid base64")
 }
 
 // saslRefused logs and answers an exchange refused before the credentials
 // were checked.
-func (s *imapSession) saslRefused(tag, mech string, r *SASLRefusal) (end bool) {
-	LogSASLRefusal(s.log, mech, r)
+func (s *session) saslRefused(tag, mech string, r *proxy.SASLRefusal) (end bool) {
+	proxy.LogSASLRefusal(s.log, mech, r)
 	if r.Authzid {
 		return s.loginFailed(tag + " NO [AUTHORIZATIONFAILED] Cannot act as another user")
 	}
@@ -347,7 +348,7 @@ func (s *imapSession) saslRefused(tag, mech string, r *SASLRefusal) (end bool) {
 }
 
 // loginFailed answers a failed login and ends the session after too many.
-func (s *imapSession) loginFailed(reply string) (end bool) {
+func (s *session) loginFailed(reply string) (end bool) {
 	s.failures++
 	if s.failures >= s.srv.opts.MaxLoginFailures {
 		s.reason = "too many failed logins"
@@ -360,22 +361,22 @@ func (s *imapSession) loginFailed(reply string) (end bool) {
 
 // login checks the credentials, logs in upstream and, on success, splices
 // the session. cmdName names the command in the OK.
-func (s *imapSession) login(tag, cmdName, user, pass string) (end bool) {
+func (s *session) login(tag, cmdName, user, pass string) (end bool) {
 	ctx, cancel := context.WithTimeout(s.srv.srv.Context(), s.srv.opts.LoginTimeout+s.srv.opts.ConnectionWait)
 	defer cancel()
-	login := &Login{Protocol: IMAP, Username: user, Password: pass, Remote: s.tc.NetConn().RemoteAddr()}
-	authorize := func(ctx context.Context) (*Upstream, error) { return s.srv.opts.Auth.Authenticate(ctx, login) }
-	u, up, le := LoginUpstream(ctx, s.srv.pipeline, s.log, user, authorize, s.loginUpstream)
+	login := &proxy.Login{Protocol: proxy.IMAP, Username: user, Password: pass, Remote: s.tc.NetConn().RemoteAddr()}
+	authorize := func(ctx context.Context) (*proxy.Upstream, error) { return s.srv.opts.Auth.Authenticate(ctx, login) }
+	u, up, le := proxy.LoginUpstream(ctx, s.srv.pipeline, s.log, user, authorize, s.loginUpstream)
 	if le != nil {
 		// A failed login frees its mailbox's slot for the next attempt.
 		if s.release != nil {
 			s.release()
 			s.release = nil
 		}
-		return s.loginFailed(tag + " NO " + imapLoginReply(le))
+		return s.loginFailed(tag + " NO " + loginReply(le))
 	}
 	s.account = up.Account
-	if !s.write(tag + " OK " + imapCapabilityCode(u.caps) + cmdName + " completed") {
+	if !s.write(tag + " OK " + capabilityCode(u.caps) + cmdName + " completed") {
 		return true
 	}
 	s.splice(u)
@@ -384,7 +385,7 @@ func (s *imapSession) login(tag, cmdName, user, pass string) (end bool) {
 
 // loginUpstream takes one of the mailbox's upstream sessions, unless the
 // session kept one from an attempt upstream refused, and logs in upstream.
-func (s *imapSession) loginUpstream(ctx context.Context, up *Upstream) (*imapUpstream, error) {
+func (s *session) loginUpstream(ctx context.Context, up *proxy.Upstream) (*upstreamSession, error) {
 	if s.release == nil {
 		release, err := s.srv.srv.TakeSlot(ctx, s.tc, up.Account)
 		if err != nil {
@@ -395,35 +396,35 @@ func (s *imapSession) loginUpstream(ctx context.Context, up *Upstream) (*imapUps
 	return s.srv.loginUpstream(ctx, s.tc, up)
 }
 
-// classifyIMAPFailure classifies a failed upstream login for the login
+// classifyFailure classifies a failed upstream login for the login
 // pipeline: upstream's tagged NO or BAD is a refusal, explained if known.
-func classifyIMAPFailure(err error) (le *LoginError, advice string, refusal error) {
+func classifyFailure(err error) (le *proxy.LoginError, advice string, refusal error) {
 	le = upstreamLoginError(err)
-	var rej *imapRejection
+	var rej *rejection
 	if !errors.As(err, &rej) {
 		return le, "", nil
 	}
-	if e, ok := explainIMAP(rej.Text); ok {
+	if e, ok := explain(rej.Text); ok {
 		advice = e.advice
 	}
 	return le, advice, rej
 }
 
-// imapLoginReply is the text of a failed login's NO (RFC 5530 codes). The
+// loginReply is the text of a failed login's NO (RFC 5530 codes). The
 // detail stays in the log.
-func imapLoginReply(le *LoginError) string {
+func loginReply(le *proxy.LoginError) string {
 	switch le.Kind {
-	case KindCredentials:
+	case proxy.KindCredentials:
 		return "[AUTHENTICATIONFAILED] Invalid credentials"
-	case KindAccount:
-		return "[AUTHENTICATIONFAILED] " + ReplyText(le.Reason, "Account not usable, contact your administrator")
+	case proxy.KindAccount:
+		return "[AUTHENTICATIONFAILED] " + proxy.ReplyText(le.Reason, "Account not usable, contact your administrator")
 	}
-	return "[UNAVAILABLE] " + ReplyText(le.Reason, imapReasonUnavailable)
+	return "[UNAVAILABLE] " + proxy.ReplyText(le.Reason, reasonUnavailable)
 }
 
-// imapCapabilityCode returns "[CAPABILITY ...] " for upstream's
+// capabilityCode returns "[CAPABILITY ...] " for upstream's
 // capabilities (RFC 3501 §7.1), or "" if there are none fit to relay.
-func imapCapabilityCode(caps []string) string {
+func capabilityCode(caps []string) string {
 	var b strings.Builder
 	for _, c := range caps {
 		ok := c != ""
@@ -443,7 +444,7 @@ func imapCapabilityCode(caps []string) string {
 // splice relays the logged-in session. The pre-login readers' buffered
 // bytes (commands the client pipelined after LOGIN, data upstream sent after
 // its OK) go first; then the readers are dropped.
-func (s *imapSession) splice(u *imapUpstream) {
+func (s *session) splice(u *upstreamSession) {
 	clientPending, upstreamPending := buffered(s.r.br), buffered(u.br)
 	client, upstream := s.conn, u.conn
 	s.r, u.br = nil, nil

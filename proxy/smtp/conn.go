@@ -1,6 +1,7 @@
-package proxy
+package smtp
 
 import (
+	"github.com/mailbroker/broker/proxy"
 	"io"
 	"net"
 	"sync"
@@ -8,7 +9,7 @@ import (
 	"time"
 )
 
-// smtpConn is the client connection as go-smtp reads it. It bounds each
+// clientConn is the client connection as go-smtp reads it. It bounds each
 // command, from the first read after the previous reply until its own
 // reply, so that a client trickling a byte at a time cannot extend it; each
 // read of message data gets its own idle deadline instead (go-smtp's
@@ -19,7 +20,7 @@ import (
 //
 // Commands are told apart by the replies written between them rather than
 // by line ends, which STARTTLS would hide under TLS records.
-type smtpConn struct {
+type clientConn struct {
 	net.Conn
 	idle time.Duration
 	// preAuth is the pre-auth deadline in Unix nanoseconds; 0 once the
@@ -48,7 +49,7 @@ type smtpConn struct {
 	closing bool // end the session as soon as it is idle
 }
 
-func (c *smtpConn) Read(p []byte) (int, error) {
+func (c *clientConn) Read(p []byte) (int, error) {
 	// The deadline goes first: hangUp's expired deadline must win over it.
 	var preAuth time.Time
 	if pa := c.preAuth.Load(); pa != 0 {
@@ -80,7 +81,7 @@ func (c *smtpConn) Read(p []byte) (int, error) {
 		return 0, c.timeout
 	}
 	n, err := c.Conn.Read(p)
-	if err != nil && IsTimeout(err) && !c.hungUp.Load() {
+	if err != nil && proxy.IsTimeout(err) && !c.hungUp.Load() {
 		c.timeout = err
 		c.timedOut.Store(true)
 		if !preAuth.IsZero() && c.preAuthExpired != nil && !time.Now().Before(preAuth) {
@@ -92,18 +93,18 @@ func (c *smtpConn) Read(p []byte) (int, error) {
 
 // expired reports whether the client ran out of time: the command at hand
 // may be cut short and must not be acted on.
-func (c *smtpConn) expired() bool { return c.timedOut.Load() }
+func (c *clientConn) expired() bool { return c.timedOut.Load() }
 
-func (c *smtpConn) Write(p []byte) (int, error) {
+func (c *clientConn) Write(p []byte) (int, error) {
 	c.replied.Store(true)
 	return c.Conn.Write(p)
 }
 
 // endPreAuth lifts the pre-auth deadline: the client authenticated.
-func (c *smtpConn) endPreAuth() { c.preAuth.Store(0) }
+func (c *clientConn) endPreAuth() { c.preAuth.Store(0) }
 
 // hangUp ends the session at its next read, interrupting one in progress.
-func (c *smtpConn) hangUp() {
+func (c *clientConn) hangUp() {
 	c.hungUp.Store(true)
 	c.Conn.SetReadDeadline(time.Now())
 }
@@ -111,7 +112,7 @@ func (c *smtpConn) hangUp() {
 // setBusy marks a transaction open or ended. An ended transaction's reply
 // has been written (go-smtp resets the session after writing it), so a
 // closing server may now hang up.
-func (c *smtpConn) setBusy(busy bool) {
+func (c *clientConn) setBusy(busy bool) {
 	c.mu.Lock()
 	c.busy = busy
 	closing := c.closing
@@ -123,7 +124,7 @@ func (c *smtpConn) setBusy(busy bool) {
 
 // closeWhenIdle hangs up now if no transaction is open, or once the open
 // one ends.
-func (c *smtpConn) closeWhenIdle() {
+func (c *clientConn) closeWhenIdle() {
 	c.mu.Lock()
 	c.closing = true
 	busy := c.busy

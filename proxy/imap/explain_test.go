@@ -1,6 +1,7 @@
-package proxy
+package imap
 
 import (
+	"github.com/mailbroker/broker/proxy"
 	"io"
 	"strings"
 	"testing"
@@ -21,9 +22,9 @@ func TestExplainIMAP(t *testing.T) {
 		{"Some other failure", false, false, ""},
 	}
 	for _, tt := range tests {
-		e, ok := explainIMAP(tt.text)
+		e, ok := explain(tt.text)
 		if ok != tt.ok || e.temporary != tt.temporary || !strings.Contains(e.advice, tt.advice) {
-			t.Errorf("explainIMAP(%q) = %+v, %v; want ok=%v temporary=%v advice containing %q", tt.text, e, ok, tt.ok, tt.temporary, tt.advice)
+			t.Errorf("explain(%q) = %+v, %v; want ok=%v temporary=%v advice containing %q", tt.text, e, ok, tt.ok, tt.temporary, tt.advice)
 		}
 	}
 }
@@ -31,12 +32,12 @@ func TestExplainIMAP(t *testing.T) {
 func TestUpstreamLoginError(t *testing.T) {
 	tests := []struct {
 		err  error
-		kind ErrorKind
+		kind proxy.ErrorKind
 	}{
-		{&imapRejection{Status: "NO", Text: "AUTHENTICATE failed."}, KindAccount},
-		{&imapRejection{Status: "NO", Text: "unknown refusal"}, KindAccount},
-		{&imapRejection{Status: "BAD", Text: "Request is throttled."}, KindUnavailable},
-		{io.ErrUnexpectedEOF, KindUnavailable},
+		{&rejection{Status: "NO", Text: "AUTHENTICATE failed."}, proxy.KindAccount},
+		{&rejection{Status: "NO", Text: "unknown refusal"}, proxy.KindAccount},
+		{&rejection{Status: "BAD", Text: "Request is throttled."}, proxy.KindUnavailable},
+		{io.ErrUnexpectedEOF, proxy.KindUnavailable},
 	}
 	for _, tt := range tests {
 		if le := upstreamLoginError(tt.err); le.Kind != tt.kind || le.Err != tt.err {

@@ -1,10 +1,11 @@
-package proxy
+package smtp
 
 import (
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"github.com/mailbroker/broker/proxy"
 	"log/slog"
 	"net"
 	"strings"
@@ -12,46 +13,46 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/emersion/go-smtp"
+	gosmtp "github.com/emersion/go-smtp"
 )
 
 const (
-	// DefaultSMTPMaxConnectionsPerMailbox is Exchange Online's limit of
+	// DefaultMaxConnectionsPerMailbox is Exchange Online's limit of
 	// concurrent SMTP connections per mailbox; a fourth gets 432 4.3.2.
-	DefaultSMTPMaxConnectionsPerMailbox = 3
-	// DefaultSMTPConnectionWait is how long a session waits for one of its
+	DefaultMaxConnectionsPerMailbox = 3
+	// DefaultConnectionWait is how long a session waits for one of its
 	// mailbox's upstream connections before the client gets a 4xx.
-	DefaultSMTPConnectionWait = 30 * time.Second
-	// DefaultSMTPReadTimeout is how long the client may stay silent: the
+	DefaultConnectionWait = 30 * time.Second
+	// DefaultReadTimeout is how long the client may stay silent: the
 	// server timeout of RFC 5321 §4.5.3.2.7.
-	DefaultSMTPReadTimeout = 5 * time.Minute
-	// DefaultSMTPDialTimeout bounds connecting to upstream: TCP, STARTTLS
+	DefaultReadTimeout = 5 * time.Minute
+	// DefaultDialTimeout bounds connecting to upstream: TCP, STARTTLS
 	// or implicit TLS, EHLO.
-	DefaultSMTPDialTimeout = 15 * time.Second
-	// DefaultSMTPLoginTimeout bounds a whole login: the Authenticator, the
+	DefaultDialTimeout = 15 * time.Second
+	// DefaultLoginTimeout bounds a whole login: the Authenticator, the
 	// wait for a connection slot, the dial and AUTH XOAUTH2.
-	DefaultSMTPLoginTimeout = DefaultSMTPConnectionWait + 45*time.Second
-	// DefaultSMTPCommandTimeout bounds upstream's reply to one command
+	DefaultLoginTimeout = DefaultConnectionWait + 45*time.Second
+	// DefaultCommandTimeout bounds upstream's reply to one command
 	// (RFC 5321 §4.5.3.2.2–4 give MAIL and RCPT 5 minutes).
-	DefaultSMTPCommandTimeout = 5 * time.Minute
-	// DefaultSMTPDataTimeout bounds upstream's reply to the end of DATA
+	DefaultCommandTimeout = 5 * time.Minute
+	// DefaultDataTimeout bounds upstream's reply to the end of DATA
 	// (RFC 5321 §4.5.3.2.6: 10 minutes).
-	DefaultSMTPDataTimeout = 10 * time.Minute
-	// DefaultSMTPMaxLoginFailures is how many failed AUTHs a connection
+	DefaultDataTimeout = 10 * time.Minute
+	// DefaultMaxLoginFailures is how many failed AUTHs a connection
 	// gets before it is closed.
-	DefaultSMTPMaxLoginFailures = 3
-	// smtpMaxLineLength bounds a command line and a line of a message.
+	DefaultMaxLoginFailures = 3
+	// maxLineLength bounds a command line and a line of a message.
 	// RFC 5321 §4.5.3.1.6 allows 1000 octets, but generated HTML often
 	// has longer lines that upstream takes; go-smtp applies one limit to
 	// both, and a command line is held in memory while it is read.
-	smtpMaxLineLength = 64 << 10
-	// DefaultSMTPMaxMessageBytes is advertised as SIZE until upstream's
+	maxLineLength = 64 << 10
+	// DefaultMaxMessageBytes is advertised as SIZE until upstream's
 	// own limit is known: Exchange Online's 150 MiB.
-	DefaultSMTPMaxMessageBytes = 157286400
+	DefaultMaxMessageBytes = 157286400
 )
 
-// SMTPOptions configures an SMTPServer. Zero values are documented defaults.
-type SMTPOptions struct {
+// Options configures an Server. Zero values are documented defaults.
+type Options struct {
 	// Upstream is the host:port of the upstream submission server.
 	// Required.
 	Upstream string
@@ -68,7 +69,7 @@ type SMTPOptions struct {
 	TLS *tls.Config
 	// Auth checks local logins. Required. For UnauthenticatedAs it must
 	// also be an AccountAuthenticator.
-	Auth Authenticator
+	Auth proxy.Authenticator
 	// Logger receives a line per session start and end, per relayed
 	// message and per failed login. Nil means slog.Default().
 	Logger *slog.Logger
@@ -81,57 +82,57 @@ type SMTPOptions struct {
 	// loopback always have to AUTH.
 	UnauthenticatedAs string
 	// MaxConnectionsPerMailbox caps concurrent upstream connections per
-	// account: DefaultSMTPMaxConnectionsPerMailbox.
+	// account: DefaultMaxConnectionsPerMailbox.
 	MaxConnectionsPerMailbox int
-	// ConnectionWait: DefaultSMTPConnectionWait.
+	// ConnectionWait: DefaultConnectionWait.
 	ConnectionWait time.Duration
 
 	// Limiter caps client connections, shared with the other servers
 	// given the same one. Nil: a limiter of this server's own with the
 	// default caps (DefaultMaxConnections, DefaultMaxConnectionsPerSource).
-	Limiter *ConnLimiter
+	Limiter *proxy.ConnLimiter
 	// PreAuthTimeout bounds the time from connecting to a successful AUTH
 	// (or, for UnauthenticatedAs, the first MAIL), TLS handshakes
 	// included: DefaultPreAuthTimeout. The client then gets 421 4.4.2.
 	PreAuthTimeout time.Duration
 	// ReadTimeout bounds each command, from the first read after the
 	// previous reply until its own reply, however slowly the client
-	// trickles it, and each read of message data: DefaultSMTPReadTimeout.
+	// trickles it, and each read of message data: DefaultReadTimeout.
 	ReadTimeout time.Duration
-	// DialTimeout: DefaultSMTPDialTimeout.
+	// DialTimeout: DefaultDialTimeout.
 	DialTimeout time.Duration
-	// LoginTimeout: DefaultSMTPLoginTimeout.
+	// LoginTimeout: DefaultLoginTimeout.
 	LoginTimeout time.Duration
-	// CommandTimeout: DefaultSMTPCommandTimeout.
+	// CommandTimeout: DefaultCommandTimeout.
 	CommandTimeout time.Duration
-	// DataTimeout: DefaultSMTPDataTimeout.
+	// DataTimeout: DefaultDataTimeout.
 	DataTimeout time.Duration
-	// MaxLoginFailures: DefaultSMTPMaxLoginFailures.
+	// MaxLoginFailures: DefaultMaxLoginFailures.
 	MaxLoginFailures int
 }
 
-// SMTPServer accepts local SMTP clients and relays their messages upstream,
+// Server accepts local SMTP clients and relays their messages upstream,
 // command by command, over an XOAUTH2-authenticated connection.
-type SMTPServer struct {
-	opts        SMTPOptions
+type Server struct {
+	opts        Options
 	hostname    string
 	upstreamTLS *tls.Config
 	tls         *tls.Config
 	logger      *slog.Logger
-	srv         *Server
-	pipeline    *LoginPipeline
+	srv         *proxy.Server
+	pipeline    *proxy.LoginPipeline
 	// caps are upstream's extensions as last seen, advertised to clients.
-	caps      atomic.Pointer[smtpCaps]
+	caps      atomic.Pointer[extensions]
 	probeOnce sync.Once
 
 	mu      sync.Mutex
-	clients map[*smtpConn]struct{}
+	clients map[*clientConn]struct{}
 	closing bool
 }
 
-// NewSMTPServer returns a server configured by opts, which it copies.
-func NewSMTPServer(opts *SMTPOptions) *SMTPServer {
-	s := &SMTPServer{opts: *opts, clients: make(map[*smtpConn]struct{})}
+// NewServer returns a server configured by opts, which it copies.
+func NewServer(opts *Options) *Server {
+	s := &Server{opts: *opts, clients: make(map[*clientConn]struct{})}
 	o := &s.opts
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -140,22 +141,22 @@ func NewSMTPServer(opts *SMTPOptions) *SMTPServer {
 	if s.hostname == "" {
 		s.hostname = "localhost"
 	}
-	SetDefault(&o.MaxConnectionsPerMailbox, DefaultSMTPMaxConnectionsPerMailbox)
-	SetDefault(&o.ConnectionWait, DefaultSMTPConnectionWait)
-	SetDefault(&o.PreAuthTimeout, DefaultPreAuthTimeout)
-	SetDefault(&o.ReadTimeout, DefaultSMTPReadTimeout)
-	SetDefault(&o.DialTimeout, DefaultSMTPDialTimeout)
-	SetDefault(&o.LoginTimeout, DefaultSMTPLoginTimeout)
-	SetDefault(&o.CommandTimeout, DefaultSMTPCommandTimeout)
-	SetDefault(&o.DataTimeout, DefaultSMTPDataTimeout)
-	SetDefault(&o.MaxLoginFailures, DefaultSMTPMaxLoginFailures)
-	s.logger = o.Logger.With("proto", string(SMTP))
+	proxy.SetDefault(&o.MaxConnectionsPerMailbox, DefaultMaxConnectionsPerMailbox)
+	proxy.SetDefault(&o.ConnectionWait, DefaultConnectionWait)
+	proxy.SetDefault(&o.PreAuthTimeout, proxy.DefaultPreAuthTimeout)
+	proxy.SetDefault(&o.ReadTimeout, DefaultReadTimeout)
+	proxy.SetDefault(&o.DialTimeout, DefaultDialTimeout)
+	proxy.SetDefault(&o.LoginTimeout, DefaultLoginTimeout)
+	proxy.SetDefault(&o.CommandTimeout, DefaultCommandTimeout)
+	proxy.SetDefault(&o.DataTimeout, DefaultDataTimeout)
+	proxy.SetDefault(&o.MaxLoginFailures, DefaultMaxLoginFailures)
+	s.logger = o.Logger.With("proto", string(proxy.SMTP))
 
-	s.upstreamTLS = UpstreamTLSConfig(o.UpstreamTLS, o.Upstream)
-	s.tls = LocalTLSConfig(o.TLS)
-	s.caps.Store(defaultSMTPCaps)
-	s.pipeline = &LoginPipeline{Auth: o.Auth, Classify: classifySMTPFailure}
-	s.srv = NewServer(&ServerOptions{
+	s.upstreamTLS = proxy.UpstreamTLSConfig(o.UpstreamTLS, o.Upstream)
+	s.tls = proxy.LocalTLSConfig(o.TLS)
+	s.caps.Store(defaultExtensions)
+	s.pipeline = &proxy.LoginPipeline{Auth: o.Auth, Classify: classifyFailure}
+	s.srv = proxy.NewServer(&proxy.ServerOptions{
 		Logger:                   s.logger,
 		Handle:                   s.handle,
 		Limiter:                  o.Limiter,
@@ -168,12 +169,12 @@ func NewSMTPServer(opts *SMTPOptions) *SMTPServer {
 
 // Serve accepts connections on l until Close or Shutdown, then returns
 // ErrServerClosed. Connections that l returns as *tls.Conn are implicit TLS.
-func (s *SMTPServer) Serve(l net.Listener) error {
+func (s *Server) Serve(l net.Listener) error {
 	if s.opts.Upstream == "" || s.opts.Auth == nil {
-		return errors.New("proxy: SMTPOptions.Upstream and Auth are required")
+		return errors.New("proxy: Options.Upstream and Auth are required")
 	}
-	if _, ok := s.opts.Auth.(AccountAuthenticator); s.opts.UnauthenticatedAs != "" && !ok {
-		return errors.New("proxy: SMTPOptions.UnauthenticatedAs needs an Auth that is an AccountAuthenticator")
+	if _, ok := s.opts.Auth.(proxy.AccountAuthenticator); s.opts.UnauthenticatedAs != "" && !ok {
+		return errors.New("proxy: Options.UnauthenticatedAs needs an Auth that is an AccountAuthenticator")
 	}
 	s.probeOnce.Do(func() { go s.probe() })
 	return s.srv.Serve(l)
@@ -181,8 +182,8 @@ func (s *SMTPServer) Serve(l net.Listener) error {
 
 // probe learns upstream's extensions before the first client needs them.
 // It sends no credentials.
-func (s *SMTPServer) probe() {
-	c, _, err := s.dialSMTPUpstream(s.srv.Context(), nil)
+func (s *Server) probe() {
+	c, _, err := s.dialUpstream(s.srv.Context(), nil)
 	if err != nil {
 		if s.srv.Context().Err() == nil {
 			s.logger.Warn("upstream not reachable; advertising default extensions until it is",
@@ -196,12 +197,12 @@ func (s *SMTPServer) probe() {
 }
 
 // Close closes the listeners and every session now.
-func (s *SMTPServer) Close() error { return s.srv.Close() }
+func (s *Server) Close() error { return s.srv.Close() }
 
 // Shutdown stops accepting, lets transactions in progress finish and closes
 // idle sessions; when ctx is done it closes the sessions left and returns
 // ctx's error. A message cut off this way was never acknowledged.
-func (s *SMTPServer) Shutdown(ctx context.Context) error {
+func (s *Server) Shutdown(ctx context.Context) error {
 	return s.srv.Shutdown(ctx, func() {
 		s.mu.Lock()
 		defer s.mu.Unlock()
@@ -213,19 +214,19 @@ func (s *SMTPServer) Shutdown(ctx context.Context) error {
 }
 
 // Sessions returns the number of live client sessions.
-func (s *SMTPServer) Sessions() int { return s.srv.Sessions() }
+func (s *Server) Sessions() int { return s.srv.Sessions() }
 
 // Stats returns the server's counters.
-func (s *SMTPServer) Stats() Stats { return s.srv.Stats() }
+func (s *Server) Stats() proxy.Stats { return s.srv.Stats() }
 
 // UpstreamConnections returns how many upstream connections account holds.
-func (s *SMTPServer) UpstreamConnections(account string) int {
+func (s *Server) UpstreamConnections(account string) int {
 	return s.srv.UpstreamConnections(account)
 }
 
-func (s *SMTPServer) handle(tc *Conn) {
-	cl := &smtpClient{srv: s, tc: tc, log: s.logger.With("session", tc.ID())}
-	conn := &smtpConn{Conn: tc.NetConn(), idle: s.opts.ReadTimeout, preAuthExpired: func() {
+func (s *Server) handle(tc *proxy.Conn) {
+	cl := &client{srv: s, tc: tc, log: s.logger.With("session", tc.ID())}
+	conn := &clientConn{Conn: tc.NetConn(), idle: s.opts.ReadTimeout, preAuthExpired: func() {
 		s.srv.CountPreAuthTimeout()
 		cl.log.Info("not authenticated in time; closing", "limit", s.opts.PreAuthTimeout)
 	}}
@@ -270,11 +271,11 @@ func (s *SMTPServer) handle(tc *Conn) {
 
 // newGoSMTPServer configures go-smtp for one connection, with the
 // extensions upstream had when it was last seen.
-func (s *SMTPServer) newGoSMTPServer(cl *smtpClient, implicitTLS bool) *smtp.Server {
+func (s *Server) newGoSMTPServer(cl *client, implicitTLS bool) *gosmtp.Server {
 	caps := s.caps.Load()
-	srv := smtp.NewServer(smtp.BackendFunc(cl.newSession))
+	srv := gosmtp.NewServer(gosmtp.BackendFunc(cl.newSession))
 	srv.Domain = s.hostname
-	srv.MaxLineLength = smtpMaxLineLength
+	srv.MaxLineLength = maxLineLength
 	srv.MaxMessageBytes = caps.size
 	srv.EnableSMTPUTF8 = caps.smtpUTF8
 	srv.EnableDSN = caps.dsn
@@ -284,20 +285,20 @@ func (s *SMTPServer) newGoSMTPServer(cl *smtpClient, implicitTLS bool) *smtp.Ser
 	if !implicitTLS {
 		srv.TLSConfig = s.tls
 	}
-	// smtpConn applies the read timeouts.
+	// clientConn applies the read timeouts.
 	srv.WriteTimeout = s.opts.ReadTimeout
-	srv.ErrorLog = smtpErrorLog{cl.log}
+	srv.ErrorLog = errorLog{cl.log}
 	return srv
 }
 
-// smtpErrorLog takes go-smtp's own messages: connection errors, which are
+// errorLog takes go-smtp's own messages: connection errors, which are
 // routine, and recovered panics, which are not.
-type smtpErrorLog struct{ log *slog.Logger }
+type errorLog struct{ log *slog.Logger }
 
-func (l smtpErrorLog) Printf(format string, v ...any) { l.print(fmt.Sprintf(format, v...)) }
-func (l smtpErrorLog) Println(v ...any)               { l.print(strings.TrimSuffix(fmt.Sprintln(v...), "\n")) }
+func (l errorLog) Printf(format string, v ...any) { l.print(fmt.Sprintf(format, v...)) }
+func (l errorLog) Println(v ...any)               { l.print(strings.TrimSuffix(fmt.Sprintln(v...), "\n")) }
 
-func (l smtpErrorLog) print(msg string) {
+func (l errorLog) print(msg string) {
 	if strings.Contains(msg, "panic") {
 		l.log.Error("session panic", "detail", msg)
 		return

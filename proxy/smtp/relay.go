@@ -1,28 +1,29 @@
-package proxy
+package smtp
 
 import (
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"github.com/mailbroker/broker/proxy"
 	"net"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/emersion/go-smtp"
+	gosmtp "github.com/emersion/go-smtp"
 	"github.com/mailbroker/broker/proxy/xoauth2"
 )
 
-// smtpQuitTimeout bounds the QUIT sent when a session ends: the message
+// quitTimeout bounds the QUIT sent when a session ends: the message
 // was already accepted, so upstream's goodbye is not worth waiting for.
-const smtpQuitTimeout = 5 * time.Second
+const quitTimeout = 5 * time.Second
 
 // Client-visible reasons of upstream failures. The detail goes to the log.
 const (
-	smtpReasonUnavailable = "Upstream server unavailable, try again later"
-	smtpReasonRefused     = "Mailbox login refused by the mail server, contact your administrator"
+	reasonUnavailable = "Upstream server unavailable, try again later"
+	reasonRefused     = "Mailbox login refused by the mail server, contact your administrator"
 )
 
 var (
@@ -30,27 +31,27 @@ var (
 	errNoXOAUTH2  = errors.New("upstream does not offer AUTH XOAUTH2")
 )
 
-// smtpUpstream is one authenticated upstream connection and the mailbox
+// relayConn is one authenticated upstream connection and the mailbox
 // slot it holds.
-type smtpUpstream struct {
-	c       *smtp.Client
+type relayConn struct {
+	c       *gosmtp.Client
 	conn    net.Conn // the TCP connection, for deadlines and abrupt close
 	release func()
 
 	closeOnce sync.Once
 }
 
-// smtpCaps are the upstream extensions the local side advertises.
-type smtpCaps struct {
+// extensions are the upstream extensions the local side advertises.
+type extensions struct {
 	size     int64
 	smtpUTF8 bool
 	dsn      bool
 }
 
-var defaultSMTPCaps = &smtpCaps{size: DefaultSMTPMaxMessageBytes, smtpUTF8: true, dsn: true}
+var defaultExtensions = &extensions{size: DefaultMaxMessageBytes, smtpUTF8: true, dsn: true}
 
-func capsOf(c *smtp.Client) *smtpCaps {
-	caps := &smtpCaps{}
+func extensionsOf(c *gosmtp.Client) *extensions {
+	caps := &extensions{}
 	if _, v := c.Extension("SIZE"); v != "" {
 		if n, err := strconv.ParseInt(v, 10, 64); err == nil && n > 0 {
 			caps.size = n
@@ -61,10 +62,10 @@ func capsOf(c *smtp.Client) *smtpCaps {
 	return caps
 }
 
-// dialSMTPUpstream connects to upstream and secures the connection: TLS from
+// dialUpstream connects to upstream and secures the connection: TLS from
 // the first byte, or STARTTLS, which is mandatory. It returns with the
 // post-TLS EHLO done. ctx bounds it all.
-func (s *SMTPServer) dialSMTPUpstream(ctx context.Context, tc *Conn) (*smtp.Client, net.Conn, error) {
+func (s *Server) dialUpstream(ctx context.Context, tc *proxy.Conn) (*gosmtp.Client, net.Conn, error) {
 	dctx, cancel := context.WithTimeout(ctx, s.opts.DialTimeout)
 	defer cancel()
 	var d net.Dialer
@@ -86,13 +87,13 @@ func (s *SMTPServer) dialSMTPUpstream(ctx context.Context, tc *Conn) (*smtp.Clie
 		conn.Close()
 		return nil, nil, err
 	}
-	s.caps.Store(capsOf(c))
+	s.caps.Store(extensionsOf(c))
 	return c, conn, nil
 }
 
-func (s *SMTPServer) secureUpstream(conn net.Conn) (*smtp.Client, error) {
+func (s *Server) secureUpstream(conn net.Conn) (*gosmtp.Client, error) {
 	if s.opts.UpstreamImplicitTLS {
-		c := smtp.NewClient(tls.Client(conn, s.upstreamTLS))
+		c := gosmtp.NewClient(tls.Client(conn, s.upstreamTLS))
 		s.setClientTimeouts(c)
 		if err := c.Hello(s.hostname); err != nil {
 			return nil, err
@@ -101,7 +102,7 @@ func (s *SMTPServer) secureUpstream(conn net.Conn) (*smtp.Client, error) {
 	}
 	// NewClientStartTLS checks that STARTTLS is offered before sending it;
 	// its EHLO before TLS says "localhost", which no server minds.
-	c, err := smtp.NewClientStartTLS(conn, s.upstreamTLS)
+	c, err := gosmtp.NewClientStartTLS(conn, s.upstreamTLS)
 	if err != nil {
 		if strings.Contains(err.Error(), "doesn't support STARTTLS") {
 			return nil, errNoSTARTTLS
@@ -118,24 +119,24 @@ func (s *SMTPServer) secureUpstream(conn net.Conn) (*smtp.Client, error) {
 	return c, nil
 }
 
-func (s *SMTPServer) setClientTimeouts(c *smtp.Client) {
+func (s *Server) setClientTimeouts(c *gosmtp.Client) {
 	c.CommandTimeout = s.opts.CommandTimeout
 	c.SubmissionTimeout = s.opts.DataTimeout
 }
 
-// loginSMTPUpstream takes a slot of up.Account, connects and authenticates
+// loginUpstream takes a slot of up.Account, connects and authenticates
 // with up.SASL. The returned connection holds the slot until closed.
-func (s *SMTPServer) loginSMTPUpstream(ctx context.Context, tc *Conn, up *Upstream) (*smtpUpstream, error) {
+func (s *Server) loginUpstream(ctx context.Context, tc *proxy.Conn, up *proxy.Upstream) (*relayConn, error) {
 	release, err := s.srv.TakeSlot(ctx, tc, up.Account)
 	if err != nil {
 		return nil, err
 	}
-	c, conn, err := s.dialSMTPUpstream(ctx, tc)
+	c, conn, err := s.dialUpstream(ctx, tc)
 	if err != nil {
 		release()
 		return nil, err
 	}
-	u := &smtpUpstream{c: c, conn: conn, release: release}
+	u := &relayConn{c: c, conn: conn, release: release}
 	if ok := c.SupportsAuth(xoauth2.Mechanism); !ok {
 		u.close()
 		return nil, errNoXOAUTH2
@@ -147,16 +148,16 @@ func (s *SMTPServer) loginSMTPUpstream(ctx context.Context, tc *Conn, up *Upstre
 	}
 	if err != nil {
 		u.close()
-		var se *smtp.SMTPError
+		var se *gosmtp.SMTPError
 		if errors.As(err, &se) {
-			return nil, &smtpRejection{reply: se, challenge: challengeOf(up)}
+			return nil, &rejection{reply: se, challenge: challengeOf(up)}
 		}
 		return nil, err
 	}
 	return u, nil
 }
 
-func challengeOf(up *Upstream) []byte {
+func challengeOf(up *proxy.Upstream) []byte {
 	if c, ok := up.SASL.(xoauth2.Client); ok {
 		return c.Challenge()
 	}
@@ -164,28 +165,28 @@ func challengeOf(up *Upstream) []byte {
 }
 
 // quit ends the connection politely and frees its slot.
-func (u *smtpUpstream) quit() {
-	u.conn.SetDeadline(time.Now().Add(smtpQuitTimeout))
+func (u *relayConn) quit() {
+	u.conn.SetDeadline(time.Now().Add(quitTimeout))
 	u.c.Quit()
 	u.close()
 }
 
 // close drops the connection at once: upstream discards a message whose
 // DATA was not finished with the final dot.
-func (u *smtpUpstream) close() {
+func (u *relayConn) close() {
 	u.closeOnce.Do(func() {
 		u.conn.Close()
 		u.release()
 	})
 }
 
-// smtpRejection is upstream's refusal of the XOAUTH2 login.
-type smtpRejection struct {
-	reply     *smtp.SMTPError
+// rejection is upstream's refusal of the XOAUTH2 login.
+type rejection struct {
+	reply     *gosmtp.SMTPError
 	challenge []byte // the decoded SASL error challenge, if one was sent
 }
 
-func (e *smtpRejection) Error() string {
+func (e *rejection) Error() string {
 	msg := fmt.Sprintf("upstream refused AUTH XOAUTH2: %d %d.%d.%d %s", e.reply.Code,
 		e.reply.EnhancedCode[0], e.reply.EnhancedCode[1], e.reply.EnhancedCode[2], e.reply.Message)
 	if len(e.challenge) > 0 {
@@ -194,18 +195,18 @@ func (e *smtpRejection) Error() string {
 	return msg
 }
 
-// smtpLoginError classifies a failure to log in upstream: a permanent
+// loginError classifies a failure to log in upstream: a permanent
 // refusal is about the account; anything else is temporary.
-func smtpLoginError(err error) *LoginError {
-	var rej *smtpRejection
+func loginError(err error) *proxy.LoginError {
+	var rej *rejection
 	switch {
 	case errors.As(err, &rej):
-		if e, ok := explainSMTP(rej.reply); !(ok && e.temporary) && rej.reply.Code >= 500 {
-			return &LoginError{Kind: KindAccount, Reason: smtpReasonRefused, Err: err}
+		if e, ok := explain(rej.reply); !(ok && e.temporary) && rej.reply.Code >= 500 {
+			return &proxy.LoginError{Kind: proxy.KindAccount, Reason: reasonRefused, Err: err}
 		}
 	case errors.Is(err, errNoSTARTTLS), errors.Is(err, errNoXOAUTH2):
 		// A configuration matter, but the token is not to blame and the
 		// client should keep its mail: temporary.
 	}
-	return &LoginError{Kind: KindUnavailable, Reason: smtpReasonUnavailable, Err: err}
+	return &proxy.LoginError{Kind: proxy.KindUnavailable, Reason: reasonUnavailable, Err: err}
 }

@@ -1,4 +1,4 @@
-package proxy
+package imap
 
 import (
 	"bufio"
@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"github.com/mailbroker/broker/proxy"
 	"io"
 	"net"
 	"strings"
@@ -16,34 +17,34 @@ import (
 )
 
 const (
-	// DefaultIMAPDialTimeout bounds connecting to upstream: TCP and TLS
+	// DefaultDialTimeout bounds connecting to upstream: TCP and TLS
 	// handshake.
-	DefaultIMAPDialTimeout = 15 * time.Second
-	// DefaultIMAPLoginTimeout bounds a whole login: the Authenticator, the
+	DefaultDialTimeout = 15 * time.Second
+	// DefaultLoginTimeout bounds a whole login: the Authenticator, the
 	// dial and the upstream SASL exchange.
-	DefaultIMAPLoginTimeout = 45 * time.Second
+	DefaultLoginTimeout = 45 * time.Second
 
-	// imapMaxUpstreamLine bounds one upstream response line during login.
-	imapMaxUpstreamLine = 64 << 10
-	// imapUpstreamReadBuffer is the upstream reader's size during login; the
+	// maxUpstreamLine bounds one upstream response line during login.
+	maxUpstreamLine = 64 << 10
+	// upstreamReadBuffer is the upstream reader's size during login; the
 	// reader is dropped once the session is spliced.
-	imapUpstreamReadBuffer = 4 << 10
+	upstreamReadBuffer = 4 << 10
 )
 
 // Client-visible reasons of upstream failures. The detail goes to the log.
 const (
-	imapReasonUnavailable = "Upstream server unavailable, try again later"
-	imapReasonRefused     = "Mailbox login refused by the mail server, contact your administrator"
+	reasonUnavailable = "Upstream server unavailable, try again later"
+	reasonRefused     = "Mailbox login refused by the mail server, contact your administrator"
 )
 
-// imapRejection is upstream's tagged NO or BAD to a login step.
-type imapRejection struct {
+// rejection is upstream's tagged NO or BAD to a login step.
+type rejection struct {
 	Status    string // NO or BAD
 	Text      string // upstream's response text
 	Challenge []byte // the decoded SASL error challenge, if one was sent
 }
 
-func (e *imapRejection) Error() string {
+func (e *rejection) Error() string {
 	msg := "upstream " + e.Status + " " + e.Text
 	if len(e.Challenge) > 0 {
 		msg += " (challenge " + string(e.Challenge) + ")"
@@ -51,16 +52,16 @@ func (e *imapRejection) Error() string {
 	return msg
 }
 
-// imapUpstream is an upstream connection during login.
-type imapUpstream struct {
+// upstreamSession is an upstream connection during login.
+type upstreamSession struct {
 	conn net.Conn
 	br   *bufio.Reader
 	// caps are upstream's capabilities after login.
 	caps []string
 }
 
-// dialIMAPUpstream connects to addr with implicit TLS (RFC 8314).
-func dialIMAPUpstream(ctx context.Context, addr string, cfg *tls.Config, timeout time.Duration) (*tls.Conn, error) {
+// dialUpstream connects to addr with implicit TLS (RFC 8314).
+func dialUpstream(ctx context.Context, addr string, cfg *tls.Config, timeout time.Duration) (*tls.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	d := &tls.Dialer{Config: cfg}
@@ -71,28 +72,28 @@ func dialIMAPUpstream(ctx context.Context, addr string, cfg *tls.Config, timeout
 	return c.(*tls.Conn), nil
 }
 
-func upstreamUnavailable(err error) *LoginError {
-	return &LoginError{Kind: KindUnavailable, Reason: imapReasonUnavailable, Err: err}
+func upstreamUnavailable(err error) *proxy.LoginError {
+	return &proxy.LoginError{Kind: proxy.KindUnavailable, Reason: reasonUnavailable, Err: err}
 }
 
 // loginError classifies an upstream failure: a refusal (unless it says to
 // come back later) is about the account; anything else is temporary.
-func upstreamLoginError(err error) *LoginError {
-	var rej *imapRejection
+func upstreamLoginError(err error) *proxy.LoginError {
+	var rej *rejection
 	if errors.As(err, &rej) {
-		if e, ok := explainIMAP(rej.Text); !ok || !e.temporary {
-			return &LoginError{Kind: KindAccount, Reason: imapReasonRefused, Err: err}
+		if e, ok := explain(rej.Text); !ok || !e.temporary {
+			return &proxy.LoginError{Kind: proxy.KindAccount, Reason: reasonRefused, Err: err}
 		}
 	}
 	return upstreamUnavailable(err)
 }
 
 // loginUpstream connects to upstream and logs in with up.SASL.
-func (s *IMAPServer) loginUpstream(ctx context.Context, tc *Conn, up *Upstream) (*imapUpstream, error) {
+func (s *Server) loginUpstream(ctx context.Context, tc *proxy.Conn, up *proxy.Upstream) (*upstreamSession, error) {
 	// ctx allows for the wait for a mailbox slot too.
 	ctx, cancel := context.WithTimeout(ctx, s.opts.LoginTimeout)
 	defer cancel()
-	conn, err := dialIMAPUpstream(ctx, s.opts.Upstream, s.upstreamTLS, s.opts.DialTimeout)
+	conn, err := dialUpstream(ctx, s.opts.Upstream, s.upstreamTLS, s.opts.DialTimeout)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to %s: %w", s.opts.Upstream, err)
 	}
@@ -102,7 +103,7 @@ func (s *IMAPServer) loginUpstream(ctx context.Context, tc *Conn, up *Upstream) 
 	if dl, ok := ctx.Deadline(); ok {
 		conn.SetDeadline(dl)
 	}
-	u := &imapUpstream{conn: conn, br: bufio.NewReaderSize(conn, imapUpstreamReadBuffer)}
+	u := &upstreamSession{conn: conn, br: bufio.NewReaderSize(conn, upstreamReadBuffer)}
 	if err := u.login(up.SASL); err != nil {
 		conn.Close()
 		return nil, err
@@ -113,7 +114,7 @@ func (s *IMAPServer) loginUpstream(ctx context.Context, tc *Conn, up *Upstream) 
 
 // login reads upstream's greeting and authenticates with c. It leaves
 // upstream's post-login capabilities in u.caps.
-func (u *imapUpstream) login(c sasl.Client) error {
+func (u *upstreamSession) login(c sasl.Client) error {
 	caps, err := u.greeting()
 	if err != nil {
 		return err
@@ -140,12 +141,12 @@ func (u *imapUpstream) login(c sasl.Client) error {
 
 // greeting reads upstream's greeting (RFC 3501 §7.1) and returns the
 // capabilities it carries, or nil.
-func (u *imapUpstream) greeting() ([]string, error) {
+func (u *upstreamSession) greeting() ([]string, error) {
 	line, err := u.readLine()
 	if err != nil {
 		return nil, fmt.Errorf("reading greeting: %w", err)
 	}
-	tag, status, code, _ := parseIMAPResponse(line)
+	tag, status, code, _ := parseResponse(line)
 	if tag != "*" || status != "OK" {
 		return nil, fmt.Errorf("unexpected greeting %q", truncate(line, 200))
 	}
@@ -153,7 +154,7 @@ func (u *imapUpstream) greeting() ([]string, error) {
 }
 
 // capability runs CAPABILITY and returns its result (RFC 3501 §6.1.1).
-func (u *imapUpstream) capability(tag string) ([]string, error) {
+func (u *upstreamSession) capability(tag string) ([]string, error) {
 	if err := u.writeLine(tag + " CAPABILITY"); err != nil {
 		return nil, err
 	}
@@ -163,7 +164,7 @@ func (u *imapUpstream) capability(tag string) ([]string, error) {
 		if err != nil {
 			return nil, fmt.Errorf("reading CAPABILITY response: %w", err)
 		}
-		t, status, code, text := parseIMAPResponse(line)
+		t, status, code, text := parseResponse(line)
 		switch {
 		case t == "*" && status == "CAPABILITY":
 			caps = strings.Fields(text)
@@ -175,14 +176,14 @@ func (u *imapUpstream) capability(tag string) ([]string, error) {
 			}
 			return caps, nil
 		case t == tag:
-			return nil, &imapRejection{Status: status, Text: text}
+			return nil, &rejection{Status: status, Text: text}
 		}
 	}
 }
 
 // authenticate runs AUTHENTICATE (RFC 3501 §6.2.2) with an initial response
 // if upstream offers SASL-IR (RFC 4959).
-func (u *imapUpstream) authenticate(tag string, c sasl.Client, useIR bool) error {
+func (u *upstreamSession) authenticate(tag string, c sasl.Client, useIR bool) error {
 	mech, ir, err := c.Start()
 	if err != nil {
 		return fmt.Errorf("starting SASL: %w", err)
@@ -223,7 +224,7 @@ func (u *imapUpstream) authenticate(tag string, c sasl.Client, useIR bool) error
 			}
 			continue
 		}
-		t, status, code, text := parseIMAPResponse(line)
+		t, status, code, text := parseResponse(line)
 		switch {
 		case t == "*" && status == "CAPABILITY":
 			u.caps = strings.Fields(text)
@@ -235,7 +236,7 @@ func (u *imapUpstream) authenticate(tag string, c sasl.Client, useIR bool) error
 			}
 			return nil
 		case t == tag:
-			return &imapRejection{Status: status, Text: text, Challenge: challenge}
+			return &rejection{Status: status, Text: text, Challenge: challenge}
 		}
 	}
 }
@@ -248,7 +249,7 @@ func encodeSASL(b []byte) string {
 	return base64.StdEncoding.EncodeToString(b)
 }
 
-func (u *imapUpstream) writeLine(s string) error {
+func (u *upstreamSession) writeLine(s string) error {
 	if _, err := io.WriteString(u.conn, s+"\r\n"); err != nil {
 		return fmt.Errorf("writing to upstream: %w", err)
 	}
@@ -257,12 +258,12 @@ func (u *imapUpstream) writeLine(s string) error {
 
 // readLine reads one response line without CRLF. Literals are not expected
 // before login and are refused.
-func (u *imapUpstream) readLine() (string, error) {
+func (u *upstreamSession) readLine() (string, error) {
 	var line []byte
 	for {
 		b, err := u.br.ReadSlice('\n')
 		line = append(line, b...)
-		if len(line) > imapMaxUpstreamLine {
+		if len(line) > maxUpstreamLine {
 			return "", errors.New("upstream line too long")
 		}
 		if err == nil {
@@ -285,9 +286,9 @@ func (u *imapUpstream) readLine() (string, error) {
 	return string(line), nil
 }
 
-// parseIMAPResponse splits a status or data response: tag, an upper-cased
+// parseResponse splits a status or data response: tag, an upper-cased
 // status or data keyword, the response code without brackets, and the rest.
-func parseIMAPResponse(line string) (tag, status, code, text string) {
+func parseResponse(line string) (tag, status, code, text string) {
 	tag, rest, _ := strings.Cut(line, " ")
 	status, rest, _ = strings.Cut(rest, " ")
 	status = strings.ToUpper(status)

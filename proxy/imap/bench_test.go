@@ -1,4 +1,4 @@
-package proxy
+package imap
 
 import (
 	"bufio"
@@ -6,6 +6,8 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"fmt"
+	"github.com/mailbroker/broker/proxy"
+	"github.com/mailbroker/broker/proxy/internal/proxytest"
 	"io"
 	"log/slog"
 	"net"
@@ -35,7 +37,7 @@ func TestMain(m *testing.M) {
 // runStubProcess prints the stub's address and certificate, then serves
 // until stdin closes.
 func runStubProcess() int {
-	cert, err := newTestCert()
+	cert, err := proxytest.NewCert()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -45,7 +47,7 @@ func runStubProcess() int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	fmt.Printf("%s %s\n", s.addr, base64.StdEncoding.EncodeToString(cert.pem))
+	fmt.Printf("%s %s\n", s.addr, base64.StdEncoding.EncodeToString(cert.PEM))
 	io.Copy(io.Discard, os.Stdin)
 	return 0
 }
@@ -164,12 +166,12 @@ func TestIMAPIdleSessionMemory(t *testing.T) {
 	}
 	const n = 500
 	addr, pool := startStubProcess(t)
-	srv, proxyAddr := startProxy(t, IMAPOptions{
-		Auth:        &stubAuth{pass: "pw"},
+	srv, proxyAddr := startProxy(t, Options{
+		Auth:        &proxytest.Auth{Pass: "pw"},
 		Upstream:    addr,
 		UpstreamTLS: &tls.Config{RootCAs: pool},
 		Logger:      slog.New(slog.DiscardHandler),
-		Limiter:     NewConnLimiter(0, 2*n),
+		Limiter:     proxy.NewConnLimiter(0, 2*n),
 	}, nil)
 	warm := openIdleMany(t, proxyAddr, 20)
 	heap0, stack0 := memInUse()
@@ -182,7 +184,7 @@ func TestIMAPIdleSessionMemory(t *testing.T) {
 	stack := (int64(stack1) - int64(stack0)) / n
 	t.Logf("per idle spliced session: heap %d B, stack %d B, total %.1f KiB (%d goroutines)",
 		heap, stack, float64(heap+stack)/1024, runtime.NumGoroutine())
-	if !raceEnabled && heap+stack > 64<<10 {
+	if !proxytest.RaceEnabled && heap+stack > 64<<10 {
 		t.Errorf("got %d bytes per idle session, want at most 64 KiB", heap+stack)
 	}
 	runtime.KeepAlive(conns)
@@ -196,13 +198,13 @@ func TestIMAPIdleSessionMemory(t *testing.T) {
 func BenchmarkIMAPFetch(b *testing.B) {
 	const size = 10 << 20
 	up := startStub(b, defaultStub())
-	_, proxyAddr := startProxy(b, IMAPOptions{Auth: &stubAuth{pass: "pw"}, Logger: slog.New(slog.DiscardHandler)}, up)
-	upTLS := &tls.Config{RootCAs: mustCert(b).pool}
+	_, proxyAddr := startProxy(b, Options{Auth: &proxytest.Auth{Pass: "pw"}, Logger: slog.New(slog.DiscardHandler)}, up)
+	upTLS := &tls.Config{RootCAs: proxytest.MustCert(b).Pool}
 	xoauth2Login := func(c *testClient) {
-		c.expect("* OK")
-		ir := base64.StdEncoding.EncodeToString(xoauth2.Response("alice", stubToken("alice")))
-		c.send("A1 AUTHENTICATE XOAUTH2 " + ir + "\r\n")
-		c.expect("A1 OK")
+		c.Expect("* OK")
+		ir := base64.StdEncoding.EncodeToString(xoauth2.Response("alice", proxytest.Token("alice")))
+		c.Send("A1 AUTHENTICATE XOAUTH2 " + ir + "\r\n")
+		c.Expect("A1 OK")
 	}
 
 	b.Run("direct", func(b *testing.B) {
@@ -257,16 +259,16 @@ func BenchmarkIMAPFetch(b *testing.B) {
 }
 
 func benchFetch(b *testing.B, c *testClient, size int64) {
-	c.c.SetDeadline(time.Time{})
-	c.br = bufio.NewReaderSize(c.c, 32<<10)
+	c.Conn.SetDeadline(time.Time{})
+	c.R = bufio.NewReaderSize(c.Conn, 32<<10)
 	b.SetBytes(size)
 	for b.Loop() {
-		c.send(fmt.Sprintf("f FETCH %d\r\n", size))
-		c.expect("* 1 FETCH")
-		if _, err := io.CopyN(io.Discard, c.br, size); err != nil {
+		c.Send(fmt.Sprintf("f FETCH %d\r\n", size))
+		c.Expect("* 1 FETCH")
+		if _, err := io.CopyN(io.Discard, c.R, size); err != nil {
 			b.Fatal(err)
 		}
-		c.expect(")")
-		c.expect("f OK")
+		c.Expect(")")
+		c.Expect("f OK")
 	}
 }
