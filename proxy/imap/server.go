@@ -109,7 +109,7 @@ func NewServer(opts *Options) *Server {
 // are implicit TLS: no STARTTLS is offered on them.
 func (s *Server) Serve(l net.Listener) error {
 	if s.opts.Upstream == "" || s.opts.Auth == nil {
-		return errors.New("proxy: Options.Upstream and Auth are required")
+		return errors.New("imap: Options.Upstream and Auth are required")
 	}
 	return s.srv.Serve(l)
 }

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	gosmtp "github.com/emersion/go-smtp"
@@ -31,12 +32,31 @@ var (
 	errNoXOAUTH2  = errors.New("upstream does not offer AUTH XOAUTH2")
 )
 
-// relayConn is one authenticated upstream connection and the mailbox
-// slot it holds.
+// relay is the Dialer of the SMTP relay, the default upstream: a
+// submission server over STARTTLS (mandatory: no STARTTLS, no token) or
+// implicit TLS (RFC 8314), logged in to with AUTH XOAUTH2 (RFC 4954).
+type relay struct {
+	addr           string
+	implicitTLS    bool
+	tls            *tls.Config
+	hostname       string
+	dialTimeout    time.Duration
+	commandTimeout time.Duration
+	dataTimeout    time.Duration
+	// seen keeps upstream's extensions as each connection found them.
+	seen *atomic.Pointer[extensions]
+}
+
+var (
+	_ Dialer   = (*relay)(nil)
+	_ Upstream = (*relayConn)(nil)
+)
+
+// relayConn is one authenticated connection of the SMTP relay.
 type relayConn struct {
 	c       *gosmtp.Client
 	conn    net.Conn // the TCP connection, for deadlines and abrupt close
-	release func()
+	timeout time.Duration
 
 	closeOnce sync.Once
 }
@@ -62,16 +82,17 @@ func extensionsOf(c *gosmtp.Client) *extensions {
 	return caps
 }
 
-// dialUpstream connects to upstream and secures the connection: TLS from
-// the first byte, or STARTTLS, which is mandatory. It returns with the
-// post-TLS EHLO done. ctx bounds it all.
-func (s *Server) dialUpstream(ctx context.Context, tc *proxy.Conn) (*gosmtp.Client, net.Conn, error) {
-	dctx, cancel := context.WithTimeout(ctx, s.opts.DialTimeout)
+// dial connects to upstream and secures the connection: TLS from the
+// first byte, or STARTTLS, which is mandatory. It returns with the
+// post-TLS EHLO done. ctx bounds it all. tc, if not nil, closes the
+// connection when the session ends.
+func (r *relay) dial(ctx context.Context, tc *proxy.Conn) (*gosmtp.Client, net.Conn, error) {
+	dctx, cancel := context.WithTimeout(ctx, r.dialTimeout)
 	defer cancel()
 	var d net.Dialer
-	conn, err := d.DialContext(dctx, "tcp", s.opts.Upstream)
+	conn, err := d.DialContext(dctx, "tcp", r.addr)
 	if err != nil {
-		return nil, nil, fmt.Errorf("connecting to %s: %w", s.opts.Upstream, err)
+		return nil, nil, fmt.Errorf("connecting to %s: %w", r.addr, err)
 	}
 	if tc != nil && !tc.Attach(conn) {
 		return nil, nil, net.ErrClosed
@@ -79,38 +100,38 @@ func (s *Server) dialUpstream(ctx context.Context, tc *proxy.Conn) (*gosmtp.Clie
 	// go-smtp's client sets its own deadlines per command; closing the
 	// connection is what bounds the whole exchange.
 	stop := context.AfterFunc(dctx, func() { conn.Close() })
-	c, err := s.secureUpstream(conn)
+	c, err := r.secure(conn)
 	if !stop() {
-		err = fmt.Errorf("connecting to %s: %w", s.opts.Upstream, context.Cause(dctx))
+		err = fmt.Errorf("connecting to %s: %w", r.addr, context.Cause(dctx))
 	}
 	if err != nil {
 		conn.Close()
 		return nil, nil, err
 	}
-	s.caps.Store(extensionsOf(c))
+	r.seen.Store(extensionsOf(c))
 	return c, conn, nil
 }
 
-func (s *Server) secureUpstream(conn net.Conn) (*gosmtp.Client, error) {
-	if s.opts.UpstreamImplicitTLS {
-		c := gosmtp.NewClient(tls.Client(conn, s.upstreamTLS))
-		s.setClientTimeouts(c)
-		if err := c.Hello(s.hostname); err != nil {
+func (r *relay) secure(conn net.Conn) (*gosmtp.Client, error) {
+	if r.implicitTLS {
+		c := gosmtp.NewClient(tls.Client(conn, r.tls))
+		r.setClientTimeouts(c)
+		if err := c.Hello(r.hostname); err != nil {
 			return nil, err
 		}
 		return c, nil
 	}
 	// NewClientStartTLS checks that STARTTLS is offered before sending it;
 	// its EHLO before TLS says "localhost", which no server minds.
-	c, err := gosmtp.NewClientStartTLS(conn, s.upstreamTLS)
+	c, err := gosmtp.NewClientStartTLS(conn, r.tls)
 	if err != nil {
 		if strings.Contains(err.Error(), "doesn't support STARTTLS") {
 			return nil, errNoSTARTTLS
 		}
 		return nil, err
 	}
-	s.setClientTimeouts(c)
-	if err := c.Hello(s.hostname); err != nil {
+	r.setClientTimeouts(c)
+	if err := c.Hello(r.hostname); err != nil {
 		return nil, err
 	}
 	if _, ok := c.TLSConnectionState(); !ok {
@@ -119,26 +140,21 @@ func (s *Server) secureUpstream(conn net.Conn) (*gosmtp.Client, error) {
 	return c, nil
 }
 
-func (s *Server) setClientTimeouts(c *gosmtp.Client) {
-	c.CommandTimeout = s.opts.CommandTimeout
-	c.SubmissionTimeout = s.opts.DataTimeout
+func (r *relay) setClientTimeouts(c *gosmtp.Client) {
+	c.CommandTimeout = r.commandTimeout
+	c.SubmissionTimeout = r.dataTimeout
 }
 
-// loginUpstream takes a slot of up.Account, connects and authenticates
-// with up.SASL. The returned connection holds the slot until closed.
-func (s *Server) loginUpstream(ctx context.Context, tc *proxy.Conn, up *proxy.Upstream) (*relayConn, error) {
-	release, err := s.srv.TakeSlot(ctx, tc, up.Account)
+// Dial connects and authenticates with AUTH XOAUTH2. A refusal is a
+// *rejection.
+func (r *relay) Dial(ctx context.Context, tc *proxy.Conn, up *proxy.Upstream) (Upstream, error) {
+	c, conn, err := r.dial(ctx, tc)
 	if err != nil {
 		return nil, err
 	}
-	c, conn, err := s.dialUpstream(ctx, tc)
-	if err != nil {
-		release()
-		return nil, err
-	}
-	u := &relayConn{c: c, conn: conn, release: release}
+	u := &relayConn{c: c, conn: conn, timeout: r.commandTimeout}
 	if ok := c.SupportsAuth(xoauth2.Mechanism); !ok {
-		u.close()
+		u.Close()
 		return nil, errNoXOAUTH2
 	}
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
@@ -147,7 +163,7 @@ func (s *Server) loginUpstream(ctx context.Context, tc *proxy.Conn, up *proxy.Up
 		err = context.Cause(ctx)
 	}
 	if err != nil {
-		u.close()
+		u.Close()
 		var se *gosmtp.SMTPError
 		if errors.As(err, &se) {
 			return nil, &rejection{reply: se, challenge: challengeOf(up)}
@@ -164,20 +180,50 @@ func challengeOf(up *proxy.Upstream) []byte {
 	return nil
 }
 
-// quit ends the connection politely and frees its slot.
-func (u *relayConn) quit() {
-	u.conn.SetDeadline(time.Now().Add(quitTimeout))
-	u.c.Quit()
-	u.close()
+func (u *relayConn) Mail(from string, opts *gosmtp.MailOptions) error { return u.c.Mail(from, opts) }
+func (u *relayConn) Rcpt(to string, opts *gosmtp.RcptOptions) error   { return u.c.Rcpt(to, opts) }
+func (u *relayConn) Reset() error                                     { return u.c.Reset() }
+
+func (u *relayConn) Data() (MessageWriter, error) {
+	w, err := u.c.Data()
+	if err != nil {
+		return nil, err
+	}
+	return &relayData{w: w, conn: u.conn, timeout: u.timeout}, nil
 }
 
-// close drops the connection at once: upstream discards a message whose
+// Quit ends the connection politely.
+func (u *relayConn) Quit() {
+	u.conn.SetDeadline(time.Now().Add(quitTimeout))
+	u.c.Quit()
+	u.Close()
+}
+
+// Close drops the connection at once: upstream discards a message whose
 // DATA was not finished with the final dot.
-func (u *relayConn) close() {
-	u.closeOnce.Do(func() {
-		u.conn.Close()
-		u.release()
-	})
+func (u *relayConn) Close() {
+	u.closeOnce.Do(func() { u.conn.Close() })
+}
+
+// relayData streams a message to upstream's DATA.
+type relayData struct {
+	w       *gosmtp.DataCommand
+	conn    net.Conn
+	timeout time.Duration
+}
+
+// Write gives each write to upstream its own deadline.
+func (m *relayData) Write(p []byte) (int, error) {
+	m.conn.SetWriteDeadline(time.Now().Add(m.timeout))
+	return m.w.Write(p)
+}
+
+func (m *relayData) Close() (string, error) {
+	resp, err := m.w.CloseWithResponse()
+	if err != nil {
+		return "", err
+	}
+	return resp.StatusText, nil
 }
 
 // rejection is upstream's refusal of the XOAUTH2 login.

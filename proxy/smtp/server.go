@@ -76,6 +76,11 @@ type Options struct {
 	// Hostname is the name in the greeting and in EHLO to upstream.
 	// Default "localhost".
 	Hostname string
+	// Dialer opens each login's upstream connection, and may choose its
+	// kind per account from the Authenticator's proxy.Upstream. Nil: the
+	// SMTP relay to Upstream, configured by the Upstream* and *Timeout
+	// options, which also learns the extensions advertised to clients.
+	Dialer Dialer
 
 	// UnauthenticatedAs lets loopback clients submit without AUTH, as this
 	// account. "" (the default) requires AUTH from everyone; clients off
@@ -121,6 +126,9 @@ type Server struct {
 	logger      *slog.Logger
 	srv         *proxy.Server
 	pipeline    *proxy.LoginPipeline
+	dialer      Dialer
+	// relay is the default Dialer; nil when Options.Dialer is set.
+	relay *relay
 	// caps are upstream's extensions as last seen, advertised to clients.
 	caps      atomic.Pointer[extensions]
 	probeOnce sync.Once
@@ -155,6 +163,20 @@ func NewServer(opts *Options) *Server {
 	s.upstreamTLS = proxy.UpstreamTLSConfig(o.UpstreamTLS, o.Upstream)
 	s.tls = proxy.LocalTLSConfig(o.TLS)
 	s.caps.Store(defaultExtensions)
+	s.dialer = o.Dialer
+	if s.dialer == nil {
+		s.relay = &relay{
+			addr:           o.Upstream,
+			implicitTLS:    o.UpstreamImplicitTLS,
+			tls:            s.upstreamTLS,
+			hostname:       s.hostname,
+			dialTimeout:    o.DialTimeout,
+			commandTimeout: o.CommandTimeout,
+			dataTimeout:    o.DataTimeout,
+			seen:           &s.caps,
+		}
+		s.dialer = s.relay
+	}
 	s.pipeline = &proxy.LoginPipeline{Auth: o.Auth, Classify: classifyFailure}
 	s.srv = proxy.NewServer(&proxy.ServerOptions{
 		Logger:                   s.logger,
@@ -170,20 +192,22 @@ func NewServer(opts *Options) *Server {
 // Serve accepts connections on l until Close or Shutdown, then returns
 // ErrServerClosed. Connections that l returns as *tls.Conn are implicit TLS.
 func (s *Server) Serve(l net.Listener) error {
-	if s.opts.Upstream == "" || s.opts.Auth == nil {
-		return errors.New("proxy: Options.Upstream and Auth are required")
+	if (s.opts.Upstream == "" && s.opts.Dialer == nil) || s.opts.Auth == nil {
+		return errors.New("smtp: Options.Upstream and Auth are required")
 	}
 	if _, ok := s.opts.Auth.(proxy.AccountAuthenticator); s.opts.UnauthenticatedAs != "" && !ok {
-		return errors.New("proxy: Options.UnauthenticatedAs needs an Auth that is an AccountAuthenticator")
+		return errors.New("smtp: Options.UnauthenticatedAs needs an Auth that is an AccountAuthenticator")
 	}
-	s.probeOnce.Do(func() { go s.probe() })
+	if s.relay != nil {
+		s.probeOnce.Do(func() { go s.probe() })
+	}
 	return s.srv.Serve(l)
 }
 
 // probe learns upstream's extensions before the first client needs them.
 // It sends no credentials.
 func (s *Server) probe() {
-	c, _, err := s.dialUpstream(s.srv.Context(), nil)
+	c, _, err := s.relay.dial(s.srv.Context(), nil)
 	if err != nil {
 		if s.srv.Context().Err() == nil {
 			s.logger.Warn("upstream not reachable; advertising default extensions until it is",
@@ -198,6 +222,21 @@ func (s *Server) probe() {
 
 // Close closes the listeners and every session now.
 func (s *Server) Close() error { return s.srv.Close() }
+
+// loginUpstream takes a slot of up.Account and opens an upstream connection
+// with up's credentials, which holds the slot until it ends.
+func (s *Server) loginUpstream(ctx context.Context, tc *proxy.Conn, up *proxy.Upstream) (Upstream, error) {
+	release, err := s.srv.TakeSlot(ctx, tc, up.Account)
+	if err != nil {
+		return nil, err
+	}
+	u, err := s.dialer.Dial(ctx, tc, up)
+	if err != nil {
+		release()
+		return nil, err
+	}
+	return &slotted{Upstream: u, release: release}, nil
+}
 
 // Shutdown stops accepting, lets transactions in progress finish and closes
 // idle sessions; when ctx is done it closes the sessions left and returns

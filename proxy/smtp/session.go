@@ -6,7 +6,6 @@ import (
 	"github.com/mailbroker/broker/proxy"
 	"io"
 	"log/slog"
-	"net"
 	"strings"
 	"sync"
 	"time"
@@ -66,7 +65,7 @@ type session struct {
 	// upstream dropped an idle connection. Nil before AUTH.
 	authorize func(context.Context) (*proxy.Upstream, error)
 	account   string
-	up        *relayConn   // nil when not connected
+	up        Upstream     // nil when not connected
 	tx        *transaction // the open transaction, if any
 	inData    bool
 	ended     bool
@@ -147,7 +146,7 @@ func unavailableCode(le *proxy.LoginError) gosmtp.EnhancedCode {
 // connect asks authorize for credentials and logs in upstream. Its errors
 // are *LoginError, or an SMTP reply if the session ended meanwhile.
 func (s *session) connect(ctx context.Context, authorize func(context.Context) (*proxy.Upstream, error), user string) error {
-	login := func(ctx context.Context, up *proxy.Upstream) (*relayConn, error) {
+	login := func(ctx context.Context, up *proxy.Upstream) (Upstream, error) {
 		return s.cl.srv.loginUpstream(ctx, s.cl.tc, up)
 	}
 	u, up, le := proxy.LoginUpstream(ctx, s.cl.srv.pipeline, s.log, user, authorize, login)
@@ -157,7 +156,7 @@ func (s *session) connect(ctx context.Context, authorize func(context.Context) (
 	s.mu.Lock()
 	if s.ended {
 		s.mu.Unlock()
-		u.close()
+		u.Close()
 		return errNoUpstream
 	}
 	s.authorize, s.account, s.up = authorize, up.Account, u
@@ -187,7 +186,7 @@ func classifyFailure(err error) (le *proxy.LoginError, advice string, refusal er
 
 // upstream returns the session's upstream connection, connecting anew if
 // it has none; fresh tells which.
-func (s *session) upstream() (u *relayConn, fresh bool, err error) {
+func (s *session) upstream() (u Upstream, fresh bool, err error) {
 	s.mu.Lock()
 	u, authorize, account := s.up, s.authorize, s.account
 	s.mu.Unlock()
@@ -258,7 +257,7 @@ func (s *session) Mail(from string, opts *gosmtp.MailOptions) (err error) {
 	if err != nil {
 		return err
 	}
-	err = u.c.Mail(from, opts)
+	err = u.Mail(from, opts)
 	if err != nil && !fresh && connectionLost(err) {
 		// Upstream closes idle connections; MAIL has no effect yet, so
 		// it is safe to say it again on a new one.
@@ -267,7 +266,7 @@ func (s *session) Mail(from string, opts *gosmtp.MailOptions) (err error) {
 		if u, _, err = s.upstream(); err != nil {
 			return err
 		}
-		err = u.c.Mail(from, opts)
+		err = u.Mail(from, opts)
 	}
 	if err != nil {
 		return s.relayError(u, "MAIL", err)
@@ -288,7 +287,7 @@ func (s *session) Rcpt(to string, opts *gosmtp.RcptOptions) error {
 	if u == nil || tx == nil {
 		return errNoUpstream
 	}
-	if err := u.c.Rcpt(to, opts); err != nil {
+	if err := u.Rcpt(to, opts); err != nil {
 		s.log.Info("recipient refused", "account", s.account, "rcpt", to, "err", err.Error())
 		return s.relayError(u, "RCPT", err)
 	}
@@ -320,11 +319,11 @@ func (s *session) Data(r io.Reader) error {
 	if u == nil || tx == nil {
 		return errNoUpstream
 	}
-	w, err := u.c.Data()
+	w, err := u.Data()
 	if err != nil {
 		return s.relayError(u, "DATA", err)
 	}
-	n, rerr, werr := copyMessage(w, r, u.conn, s.cl.srv.opts.CommandTimeout)
+	n, rerr, werr := copyMessage(w, r)
 	attrs := []any{"account", s.account, "from", tx.from, "rcpts", len(tx.rcpts), "bytes", n}
 	switch {
 	case rerr != nil:
@@ -345,17 +344,17 @@ func (s *session) Data(r io.Reader) error {
 		s.log.Warn("message not relayed: upstream failed during DATA", append(attrs, "err", werr.Error())...)
 		return lostReply(werr)
 	}
-	resp, err := w.CloseWithResponse()
+	reply, err := w.Close()
 	if err != nil {
 		s.log.Warn("message not relayed", append(attrs, "err", err.Error())...)
 		return s.relayError(u, "DATA", err)
 	}
 	s.cl.messages++
 	s.cl.bytes += n
-	s.log.Info("message relayed", append(attrs, "queue_id", queueID(resp.StatusText), "reply", resp.StatusText,
+	s.log.Info("message relayed", append(attrs, "queue_id", queueID(reply), "reply", reply,
 		"duration", time.Since(tx.start).Round(time.Millisecond))...)
 	s.log.Debug("message recipients", "rcpt", tx.rcpts)
-	return acceptedReply(resp.StatusText)
+	return acceptedReply(reply)
 }
 
 // Reset ends a transaction; go-smtp calls it after RSET, a new EHLO and
@@ -367,7 +366,7 @@ func (s *session) Reset() {
 	s.mu.Unlock()
 	// During BDAT, Data notices the reset on its reader and aborts itself.
 	if u != nil && tx != nil && !inData {
-		if err := u.c.Reset(); err != nil {
+		if err := u.Reset(); err != nil {
 			s.log.Debug("upstream RSET failed; dropping the connection", "err", err)
 			s.drop(u)
 		}
@@ -383,9 +382,9 @@ func (s *session) Logout() error {
 	s.mu.Unlock()
 	if u != nil {
 		if inData {
-			u.close()
+			u.Close()
 		} else {
-			u.quit()
+			u.Quit()
 		}
 	}
 	s.cl.conn.setBusy(false)
@@ -393,18 +392,18 @@ func (s *session) Logout() error {
 }
 
 // drop forgets u and closes it, freeing its slot.
-func (s *session) drop(u *relayConn) {
+func (s *session) drop(u Upstream) {
 	s.mu.Lock()
 	if s.up == u {
 		s.up = nil
 	}
 	s.mu.Unlock()
-	u.close()
+	u.Close()
 }
 
 // relayError passes upstream's refusal to the client unchanged; a failed
 // connection becomes a 4xx, so that the client keeps the message.
-func (s *session) relayError(u *relayConn, cmd string, err error) error {
+func (s *session) relayError(u Upstream, cmd string, err error) error {
 	var se *gosmtp.SMTPError
 	if errors.As(err, &se) && se.Code >= 400 && se.Code < 600 {
 		if se.Code == 421 {
@@ -504,14 +503,13 @@ func relayText(s string) string {
 // copyBuffer is the size of the buffer a message is streamed through.
 const copyBuffer = 32 << 10
 
-// copyMessage streams r to w, giving each write to upstream its own
-// deadline. rerr is the client's failure, werr upstream's.
-func copyMessage(w io.Writer, r io.Reader, upstream net.Conn, timeout time.Duration) (n int64, rerr, werr error) {
+// copyMessage streams r to w. rerr is the client's failure, werr
+// upstream's.
+func copyMessage(w io.Writer, r io.Reader) (n int64, rerr, werr error) {
 	buf := make([]byte, copyBuffer)
 	for {
 		nr, err := r.Read(buf)
 		if nr > 0 {
-			upstream.SetWriteDeadline(time.Now().Add(timeout))
 			nw, werr := w.Write(buf[:nr])
 			n += int64(nw)
 			if werr != nil {
