@@ -34,6 +34,7 @@ var (
 		ids: []string{"https://graph.microsoft.com", "00000003-0000-0000-c000-000000000000"},
 		scopes: []string{
 			"User.Read", "User.ReadBasic.All", "Mail.Read", "Mail.ReadWrite", "Mail.Send",
+			"Mail.ReadBasic", "Mail.Read.Shared", "Mail.ReadWrite.Shared", "Mail.Send.Shared",
 			"Presence.Read", "Presence.Read.All", "Presence.ReadWrite",
 			"Calendars.Read", "Calendars.ReadWrite", "Contacts.Read",
 			"IMAP.AccessAsUser.All", "POP.AccessAsUser.All", "SMTP.Send",
