@@ -1,0 +1,5 @@
+//go:build !race
+
+package m365sim
+
+const graphRace = false
