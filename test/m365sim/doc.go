@@ -1,6 +1,7 @@
 // Package m365sim simulates the parts of Microsoft 365 broker talks to: the
-// identity platform's v2.0 endpoints (Entra) and Exchange Online's IMAP
-// and SMTP submission services. Tests use it, and so does `broker serve -dev`.
+// identity platform's v2.0 endpoints (Entra), Exchange Online's IMAP and
+// SMTP submission services, and Microsoft Graph's mail API. Tests use it,
+// and so does `broker serve -dev`.
 //
 // Entra serves plain HTTP on a loopback port: the token endpoint with the
 // client credentials, refresh token, authorization code, device code and
@@ -54,6 +55,34 @@
 // messages are recorded with their SHA-256 and queue ID, and delivered to
 // an IMAP simulator's mailboxes. DropNextData and HoldNextData make
 // failures in the middle of DATA deterministic.
+//
+// Graph is Microsoft Graph's mail API over HTTPS (URL, CACertPEM), for
+// tenants that keep SMTP AUTH off. Under /v1.0/users/{id} (or /me):
+// sendMail (base64 MIME with Content-Type text/plain, or JSON; 202),
+// messages (a draft from MIME or JSON; 201), PATCH, GET and DELETE of a
+// message, attachments (a fileAttachment within the 4 MB request limit),
+// attachments/createUploadSession (2 MiB to 150 MB) with its pre-
+// authenticated uploadUrl taking PUTs of at most 4 MB in order (200, then
+// 201 with Location), send (202), and mailFolders/sentitems/messages with
+// $filter=internetMessageId eq '…'. Tokens are checked as Graph does:
+// audience, Mail.Send (sending) or Mail.ReadWrite (drafts) as role or
+// scope (.Shared scopes for another mailbox), an application access policy
+// (SetAccessPolicy, by default the app's App.Mailboxes), send-as (From
+// must be the mailbox, or one it or the user has SendAs on via
+// AddDelegate). Errors carry Graph's JSON (error.code, message,
+// innerError): InvalidAuthenticationToken, ErrorAccessDenied,
+// ErrorSendAsDenied, ErrorInvalidUser, MailboxNotEnabledForRESTAPI
+// (DisableREST), ErrorItemNotFound, ErrorMessageSizeExceeded, 413 above
+// 4 MB, ErrorAttachmentSizeShouldNotBeLessThanMinimumSize, and 429
+// ApplicationThrottled beyond 4 concurrent requests or 10,000 per ten
+// minutes per app and mailbox. A MIME message goes to the To, Cc and Bcc
+// of its header, as with Graph: an SMTP envelope is honoured only by
+// setting a draft's recipients. Sent messages are recorded (Sent, with
+// each attachment's SHA-256), delivered to an IMAP simulator's mailboxes
+// (and the sender's Sent Items), and saved in Sent Items unless told
+// otherwise. FailNext (429, 503, 504 with Retry-After), Hold and
+// DropAfterAccept (the send happens, the response is lost) make failures
+// deterministic; Requests and MaxConcurrent count.
 //
 // POP3 is outlook.office365.com:995 over an IMAP simulator's INBOXes:
 // implicit TLS, Exchange's greeting and CAPA (TOP, UIDL, SASL PLAIN
