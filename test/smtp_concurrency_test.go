@@ -157,8 +157,8 @@ func TestSMTPConnectionWaitExpires(t *testing.T) {
 	c.cmd("EHLO client.test", "250 ")
 	auth := "AUTH PLAIN " + b64("\x00"+mailbox+"\x00"+env.Password)
 	c.cmd(auth, "454 4.3.2 ")
-	if line := env.Daemon.waitLog("msg=\"upstream login failed\""); !strings.Contains(line, "free upstream connection") {
-		t.Fatalf("log line %q does not say it waited for a connection", line)
+	if line := env.Daemon.waitLog("reason=max_connections_per_mailbox"); !strings.Contains(line, `msg="connection refused"`) || !strings.Contains(line, "account="+mailbox) {
+		t.Fatalf("log line %q does not say the mailbox's connections were all taken", line)
 	}
 	if err := holder.Quit(); err != nil {
 		t.Fatalf("QUIT: %v", err)

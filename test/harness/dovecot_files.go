@@ -119,12 +119,12 @@ func mailboxFiles(dir string, uid, gid int, mailboxes []string, delegates map[st
 	for _, m := range slices.Sorted(maps.Keys(delegates)) {
 		mailbox := strings.ToLower(m)
 		if !slices.ContainsFunc(mailboxes, func(b string) bool { return strings.EqualFold(b, mailbox) }) {
-			return nil, nil, fmt.Errorf("Delegates: %q is not one of Mailboxes", m)
+			return nil, nil, fmt.Errorf("delegate mailbox %q is not one of DovecotOptions.Mailboxes", m)
 		}
 		for _, upn := range delegates[m] {
 			upn = strings.ToLower(upn)
 			if _, _, err := splitAddress(upn); err != nil {
-				return nil, nil, fmt.Errorf("Delegates[%q]: %w", m, err)
+				return nil, nil, fmt.Errorf("delegate of %q: %w", m, err)
 			}
 			fmt.Fprintf(&a, "/%s/%s:\nuser/%s/%s:\n", upn, mailbox, upn, mailbox)
 		}
