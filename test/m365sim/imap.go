@@ -47,6 +47,7 @@ type IMAP struct {
 	changed   chan struct{} // closed and replaced when sessions changes
 	lastErr   error
 	mailboxes map[string]*imapmemserver.User // by lower-case address
+	disabled  map[string]bool                // IMAP off (SetIMAPEnabled), lower case
 }
 
 // NewIMAP starts a simulated IMAP service that trusts tokens of e.

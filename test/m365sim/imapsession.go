@@ -76,6 +76,9 @@ func (x *session) authenticate(mailbox, token string) error {
 	if err := e.MayAccess(c, mailbox, role); err != nil {
 		return x.fail(err)
 	}
+	if err := x.imap.checkEnabled(mailbox); err != nil {
+		return x.fail(err)
+	}
 	u := x.imap.user(mailbox)
 	if u == nil {
 		return x.fail(ErrUnknownMailbox)
