@@ -214,6 +214,8 @@ func (s *controlServer) dispatch(ctx context.Context, req *controlRequest, p pee
 		if err = backupPeerAllowed(p, s.uid); err == nil {
 			err = s.backupTo(&resp)
 		}
+	case "retry":
+		err = retryAccount(admin, req.Mailbox)
 	default:
 		err = fmt.Errorf("unknown operation %q", req.Op)
 	}

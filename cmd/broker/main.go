@@ -26,6 +26,7 @@ commands:
   status        show each account's tokens and credentials; exit 3 on a credential
                 expiring within 30 days, 4 when an account cannot serve logins
   token         print a current access token for local tools (root or broker's user)
+  doctor        check config, network, TLS, token, IMAP and SMTP logins; print fixes
   backup        write a consistent copy of the database to FILE (mode 0600), while
                 the daemon runs or not
   version       print the version
@@ -82,6 +83,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = statusCmd(rest, stdout, stderr)
 	case "token":
 		err = tokenCmd(rest, stdout, stderr)
+	case "doctor":
+		err = doctorCmd(rest, stdout, stderr)
 	case "backup":
 		err = backupCmd(rest, stdout, stderr)
 	case "version", "-version", "--version":
