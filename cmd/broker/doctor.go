@@ -537,10 +537,11 @@ func explainTokenFailure(acct *config.Account, err error) (detail, fix string) {
 		return detail, "Run broker login " + acct.Mailbox + "."
 	case explanation != "":
 		// The explanation says what is wrong, then (after "; ") the fix.
+		app := acct.App.Name
 		if _, f, ok := strings.Cut(explanation, "; "); ok {
-			return detail, upperFirst(f)
+			return strings.Replace(detail, "; "+f, "", 1), upperFirst(strings.ReplaceAll(f, "<app>", app))
 		}
-		return detail, explanation
+		return detail, strings.ReplaceAll(explanation, "<app>", app)
 	case errors.Is(err, context.DeadlineExceeded) || strings.Contains(msg, "deadline exceeded") || strings.Contains(msg, "timeout"):
 		return detail, "The identity platform did not answer in time: check the connection to " + acct.App.Authority + " (a proxy or firewall) and try again."
 	}
