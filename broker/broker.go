@@ -152,7 +152,7 @@ func (b *Broker) Authenticate(ctx context.Context, login *proxy.Login) (*proxy.U
 	if a := b.accounts.Load().byLogin[normalize(login.Username)]; a != nil {
 		mailbox = normalize(a.Mailbox)
 	}
-	if _, err := b.pw.verify(ctx, mailbox, login.Password); err != nil {
+	if _, err := b.pw.verify(ctx, login, mailbox); err != nil {
 		return nil, err
 	}
 	return b.upstream(ctx, mailbox)

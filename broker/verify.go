@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,10 +25,20 @@ type passwords struct {
 	store store.Store
 	now   func() time.Time
 	log   *slog.Logger
-	// sem bounds concurrent argon2 runs: each takes 19 MiB and a core.
-	sem     chan struct{}
-	cache   *successCache
-	flights singleflight.Group
+	// sem bounds concurrent argon2 runs: each takes 19 MiB and a core
+	// (see argonbound.go). A login waits at most maxWait for a slot.
+	sem      chan struct{}
+	maxWait  time.Duration
+	collect  func() // after each run: runtime.GC
+	mem      *memReturner
+	cache    *successCache
+	flights  singleflight.Group
+	throttle *throttle
+	// sleep waits out a throttle delay; tests replace it.
+	sleep func(ctx context.Context, d time.Duration) error
+	// lastArgon is how long the last argon2 run took: a refusal without
+	// argon2 waits as long, so that it looks like a check.
+	lastArgon atomic.Int64
 	// params are for new hashes. dummy, with the same params, is hashed
 	// against when the user or ID is unknown, so that those cost the same
 	// as a wrong password.
@@ -41,15 +52,34 @@ type passwords struct {
 	onHash func()       // test hook, called holding the semaphore
 }
 
-func newPasswords(life *lifecycle, st store.Store, now func() time.Time, log *slog.Logger, concurrency int) *passwords {
+// newPasswords makes the app password checker of a machine with cores
+// cores (GOMAXPROCS); argon2 runs on at most argonSlots(cores) of them.
+func newPasswords(life *lifecycle, st store.Store, now func() time.Time, log *slog.Logger, cores int) *passwords {
 	p := &passwords{
 		life: life, store: st, now: now, log: log,
-		sem:     make(chan struct{}, max(1, concurrency)),
-		cache:   newSuccessCache(),
-		touched: make(map[string]time.Time),
+		sem:      make(chan struct{}, argonSlots(cores)),
+		maxWait:  argonMaxWait,
+		collect:  runtime.GC,
+		cache:    newSuccessCache(),
+		throttle: newThrottle(throttleMaxKeys),
+		sleep:    throttleSleep,
+		touched:  make(map[string]time.Time),
 	}
+	p.mem = newMemReturner(func() bool { return len(p.sem) > 0 })
 	p.setParams(defaultArgon)
 	return p
+}
+
+// throttleSleep waits d or until ctx ends.
+func throttleSleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 func (p *passwords) setParams(params argonParams) {
@@ -65,10 +95,49 @@ func errBusy(err error) error {
 	return &proxy.LoginError{Kind: proxy.KindUnavailable, Reason: "server busy, try again later", Err: err}
 }
 
-// verify checks password for mailbox ("" when the login name is unknown)
-// and returns the app password's ID. Every failure of the credentials gives
-// the same error to the client.
-func (p *passwords) verify(ctx context.Context, mailbox, password string) (string, error) {
+// verify checks login's password for mailbox ("" when the login name is
+// unknown) and returns the app password's ID. Every failure of the
+// credentials, throttled ones included, gives the same error to the client;
+// its detail, for the log, says why.
+//
+// A password proven in this process gets in at once. Any other attempt is
+// first judged by the throttle (see throttle.go): delayed, or refused
+// without argon2.
+func (p *passwords) verify(ctx context.Context, login *proxy.Login, mailbox string) (string, error) {
+	password := login.Password
+	if mailbox != "" && wellFormed(password) {
+		if id, ok := p.cache.get(p.cache.keyOf(mailbox, password), p.now()); ok {
+			p.touch(mailbox, id)
+			return id, nil
+		}
+	}
+	name := normalize(login.Username)
+	src, hasSrc := sourceOf(login.Remote)
+	a := p.throttle.admit(name, src, hasSrc, mailbox != "", p.cache.keyOf(name, password), p.now())
+	if a.refuse {
+		a.delay += time.Duration(p.lastArgon.Load())
+	}
+	if a.delay > 0 {
+		if err := p.sleep(ctx, a.delay); err != nil {
+			p.throttle.settle(a, false, p.now())
+			return "", errBusy(err)
+		}
+	}
+	if a.refuse {
+		return "", errCredentials(a.reason)
+	}
+	id, err := p.verifyAdmitted(ctx, mailbox, password)
+	p.throttle.settle(a, isCredentialsErr(err), p.now())
+	return id, err
+}
+
+func isCredentialsErr(err error) bool {
+	var le *proxy.LoginError
+	return errors.As(err, &le) && le.Kind == proxy.KindCredentials
+}
+
+// verifyAdmitted checks an attempt the throttle let through.
+func (p *passwords) verifyAdmitted(ctx context.Context, mailbox, password string) (string, error) {
 	if !wellFormed(password) {
 		return "", errCredentials("not an app password")
 	}
@@ -79,6 +148,7 @@ func (p *passwords) verify(ctx context.Context, mailbox, password string) (strin
 		return "", errCredentials("unknown user")
 	}
 	k := p.cache.keyOf(mailbox, password)
+	// Proven by another login while this one waited?
 	if id, ok := p.cache.get(k, p.now()); ok {
 		p.touch(mailbox, id)
 		return id, nil
@@ -144,7 +214,10 @@ func (p *passwords) compute(ctx context.Context, h phcHash, password string) (bo
 		return false, err
 	}
 	defer p.release()
-	return h.matches(password), nil
+	start := time.Now()
+	ok := h.matches(password)
+	p.lastArgon.Store(int64(time.Since(start)))
+	return ok, nil
 }
 
 // hash makes a new hash under the semaphore.
@@ -156,14 +229,23 @@ func (p *passwords) hash(ctx context.Context, password string) (phcHash, error) 
 	return newPHC(password, p.params), nil
 }
 
+// acquire takes an argon2 slot, waiting at most maxWait.
 func (p *passwords) acquire(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return errBusy(err)
 	}
 	select {
 	case p.sem <- struct{}{}:
-	case <-ctx.Done():
-		return errBusy(ctx.Err())
+	default:
+		t := time.NewTimer(p.maxWait)
+		defer t.Stop()
+		select {
+		case p.sem <- struct{}{}:
+		case <-t.C:
+			return errBusy(errArgonQueue)
+		case <-ctx.Done():
+			return errBusy(ctx.Err())
+		}
 	}
 	p.hashes.Add(1)
 	if p.onHash != nil {
@@ -172,7 +254,17 @@ func (p *passwords) acquire(ctx context.Context) error {
 	return nil
 }
 
-func (p *passwords) release() { <-p.sem }
+// release gives back an argon2 slot, once the run's buffer is collected
+// (see argonbound.go).
+func (p *passwords) release() {
+	if p.collect != nil {
+		p.collect()
+	}
+	<-p.sem
+	if len(p.sem) == 0 {
+		p.mem.idle()
+	}
+}
 
 // touch records a use in the store, in the background and at most once a
 // minute per password.
