@@ -50,7 +50,8 @@ func TestLoginProbesDuringBackoff(t *testing.T) {
 func TestLoginNeverWaitsWhileTokenValid(t *testing.T) {
 	e := newEnv(t)
 	e.entra.setExpiresIn(600)
-	b := e.broker(t)
+	var fetched signal
+	b := e.broker(t, func(b *Broker) { b.tokens.onFetch = fetched.notify })
 	pw := e.addPassword(t, b, mailboxA)
 	first := mustLogin(t, b, "alice", pw)
 	e.entra.block()
@@ -66,7 +67,7 @@ func TestLoginNeverWaitsWhileTokenValid(t *testing.T) {
 	}
 	waitUntil(t, &e.entra.changed, "a background refresh", func() bool { return e.entra.count() == 2 })
 	e.entra.release()
-	waitUntil(t, &e.store.changed, "the new token", func() bool {
+	waitUntil(t, &fetched, "the new token", func() bool {
 		tok, err := login(t, b, "alice", pw)
 		return err == nil && tok != first
 	})

@@ -310,6 +310,7 @@ func TestRevokedSignInNeedsLoginThenRecovers(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.clock.Advance(61 * time.Minute) // the access token has expired
+	b.tokens.kick()                   // the refresher's timer runs on real time
 	waitUntil(t, &passed, "needs-login", func() bool { return b.AccountStatus(queue).State == StateNeedsLogin })
 	st := b.AccountStatus(agent)
 	if !strings.Contains(st.Explanation, "AADSTS50173") || !strings.Contains(st.Explanation, "broker login") {
@@ -350,6 +351,7 @@ func TestPasswordFlowSignsInAgainWithSealedPassword(t *testing.T) {
 	}
 	signedIn := b.AccountStatus(agent).SignedIn
 	e.clock.Advance(61 * time.Minute)
+	b.tokens.kick() // the refresher's timer runs on real time
 	waitUntil(t, &passed, "a new sign-in with the sealed password", func() bool {
 		s := b.AccountStatus(agent)
 		return s.State == StateOK && s.SignedIn.After(signedIn)

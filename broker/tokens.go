@@ -109,8 +109,9 @@ type tokens struct {
 	expiryChecked time.Time // the refresher's
 
 	// Test hooks.
-	onWait func() // a caller starts waiting for a request
-	onPass func() // the refresher finished a pass
+	onWait  func() // a caller starts waiting for a request
+	onPass  func() // the refresher finished a pass
+	onFetch func() // a request's result is in use
 }
 
 // signInKey is the store key of a delegated sign-in; it cannot be a
@@ -315,6 +316,9 @@ func (m *tokens) fetch(a *signIn, done chan struct{}) {
 	a.done = nil
 	close(done)
 	a.mu.Unlock()
+	if m.onFetch != nil {
+		m.onFetch()
+	}
 	m.kick()
 }
 
