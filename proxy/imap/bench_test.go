@@ -6,8 +6,6 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"fmt"
-	"github.com/mailbroker/broker/proxy"
-	"github.com/mailbroker/broker/proxy/internal/proxytest"
 	"io"
 	"log/slog"
 	"net"
@@ -20,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mailbroker/broker/proxy"
+	"github.com/mailbroker/broker/proxy/internal/proxytest"
 	"github.com/mailbroker/broker/proxy/xoauth2"
 )
 

@@ -1,10 +1,11 @@
 package imap
 
 import (
-	"github.com/mailbroker/broker/proxy"
 	"io"
 	"strings"
 	"testing"
+
+	"github.com/mailbroker/broker/proxy"
 )
 
 func TestExplainIMAP(t *testing.T) {

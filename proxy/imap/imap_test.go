@@ -9,14 +9,14 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/mailbroker/broker/proxy"
-	"github.com/mailbroker/broker/proxy/internal/proxytest"
 	"io"
 	"net"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/mailbroker/broker/proxy"
+	"github.com/mailbroker/broker/proxy/internal/proxytest"
 	"github.com/mailbroker/broker/proxy/xoauth2"
 )
 

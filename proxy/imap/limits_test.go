@@ -1,10 +1,11 @@
 package imap
 
 import (
-	"github.com/mailbroker/broker/proxy/internal/proxytest"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mailbroker/broker/proxy/internal/proxytest"
 )
 
 // TestIMAPMailboxCap: upstream sessions per mailbox are capped; a login

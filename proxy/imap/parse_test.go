@@ -4,14 +4,15 @@ import (
 	"bytes"
 	"crypto/tls"
 	"errors"
-	"github.com/mailbroker/broker/proxy"
-	"github.com/mailbroker/broker/proxy/internal/proxytest"
 	"io"
 	"log/slog"
 	"net"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mailbroker/broker/proxy"
+	"github.com/mailbroker/broker/proxy/internal/proxytest"
 )
 
 func TestReadCommand(t *testing.T) {

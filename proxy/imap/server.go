@@ -1,13 +1,21 @@
+// Package imap is the IMAP proxy: it speaks the pre-login part of IMAP4rev1
+// (RFC 3501) with local clients itself (CAPABILITY, ID, STARTTLS, LOGIN,
+// AUTHENTICATE PLAIN and LOGIN), logs in upstream with XOAUTH2 through the
+// login pipeline of package proxy, then splices the two connections.
+//
+// The package is named after the protocol, as proxy/smtp and proxy/pop3
+// are; it does not import go-imap.
 package imap
 
 import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"github.com/mailbroker/broker/proxy"
 	"log/slog"
 	"net"
 	"time"
+
+	"github.com/mailbroker/broker/proxy"
 )
 
 const (

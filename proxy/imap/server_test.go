@@ -2,12 +2,13 @@ package imap
 
 import (
 	"errors"
-	"github.com/mailbroker/broker/proxy/internal/proxytest"
 	"net"
 	"runtime"
 	"sync/atomic"
 	"syscall"
 	"testing"
+
+	"github.com/mailbroker/broker/proxy/internal/proxytest"
 )
 
 // flakyListener fails its first Accepts with err.

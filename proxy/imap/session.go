@@ -6,12 +6,13 @@ import (
 	"crypto/tls"
 	"encoding/base64"
 	"errors"
-	"github.com/mailbroker/broker/proxy"
 	"io"
 	"log/slog"
 	"net"
 	"strings"
 	"time"
+
+	"github.com/mailbroker/broker/proxy"
 )
 
 const (

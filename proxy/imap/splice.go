@@ -2,13 +2,14 @@ package imap
 
 import (
 	"fmt"
-	"github.com/mailbroker/broker/proxy"
 	"io"
 	"log/slog"
 	"net"
 	"runtime/debug"
 	"sync"
 	"time"
+
+	"github.com/mailbroker/broker/proxy"
 )
 
 // A spliced session relays bytes both ways untouched. Thousands of them sit

@@ -2,7 +2,6 @@ package imap
 
 import (
 	"bytes"
-	"github.com/mailbroker/broker/proxy/internal/proxytest"
 	"io"
 	"net"
 	"os"
@@ -10,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mailbroker/broker/proxy/internal/proxytest"
 )
 
 // scriptConn is a connection whose reads return scripted sizes.

@@ -8,7 +8,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/mailbroker/broker/proxy/internal/proxytest"
 	"io"
 	"net"
 	"strconv"
@@ -17,6 +16,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/mailbroker/broker/proxy/internal/proxytest"
 	"github.com/mailbroker/broker/proxy/xoauth2"
 )
 

@@ -7,13 +7,13 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"github.com/mailbroker/broker/proxy"
 	"io"
 	"net"
 	"strings"
 	"time"
 
 	"github.com/emersion/go-sasl"
+	"github.com/mailbroker/broker/proxy"
 )
 
 const (

@@ -4,12 +4,12 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"crypto/tls"
-	"github.com/mailbroker/broker/proxy/internal/proxytest"
 	"io"
 	"runtime"
 	"testing"
 
 	gosmtp "github.com/emersion/go-smtp"
+	"github.com/mailbroker/broker/proxy/internal/proxytest"
 	"github.com/mailbroker/broker/proxy/xoauth2"
 )
 

@@ -1,12 +1,13 @@
 package smtp
 
 import (
-	"github.com/mailbroker/broker/proxy"
 	"io"
 	"net"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/mailbroker/broker/proxy"
 )
 
 // clientConn is the client connection as go-smtp reads it. It bounds each

@@ -1,18 +1,17 @@
 package smtp
 
 import (
-	"crypto/tls"
-
-	"github.com/mailbroker/broker/proxy/imap"
-
 	"bufio"
-	"github.com/mailbroker/broker/proxy"
-	"github.com/mailbroker/broker/proxy/internal/proxytest"
+	"crypto/tls"
 	"io"
 	"net"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mailbroker/broker/proxy"
+	"github.com/mailbroker/broker/proxy/imap"
+	"github.com/mailbroker/broker/proxy/internal/proxytest"
 )
 
 // trickle writes s one byte per tick until s runs out, stop is closed or a

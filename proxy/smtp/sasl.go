@@ -1,11 +1,11 @@
 package smtp
 
 import (
-	"github.com/mailbroker/broker/proxy"
 	"log/slog"
 
 	"github.com/emersion/go-sasl"
 	gosmtp "github.com/emersion/go-smtp"
+	"github.com/mailbroker/broker/proxy"
 )
 
 // Replies to a refused SMTP AUTH exchange (RFC 4954 §6).

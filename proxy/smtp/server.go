@@ -1,3 +1,12 @@
+// Package smtp is the SMTP submission proxy: go-smtp speaks SMTP with local
+// clients (AUTH PLAIN and LOGIN with the SASL servers of package proxy), and
+// each session relays its transactions command by command to an Upstream,
+// opened after AUTH through the login pipeline of package proxy. The
+// Upstream of today is the SMTP relay (relay.go), authenticated with
+// XOAUTH2; Options.Dialer may choose another kind per account.
+//
+// go-smtp is imported as gosmtp here, as the package has its protocol's
+// name.
 package smtp
 
 import (
@@ -5,7 +14,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"github.com/mailbroker/broker/proxy"
 	"log/slog"
 	"net"
 	"strings"
@@ -14,6 +22,7 @@ import (
 	"time"
 
 	gosmtp "github.com/emersion/go-smtp"
+	"github.com/mailbroker/broker/proxy"
 )
 
 const (

@@ -3,7 +3,6 @@ package smtp
 import (
 	"context"
 	"errors"
-	"github.com/mailbroker/broker/proxy"
 	"io"
 	"log/slog"
 	"strings"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/emersion/go-sasl"
 	gosmtp "github.com/emersion/go-smtp"
+	"github.com/mailbroker/broker/proxy"
 )
 
 // maxRelayText bounds the text of a reply relayed from upstream.

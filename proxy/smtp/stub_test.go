@@ -6,8 +6,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"github.com/mailbroker/broker/proxy"
-	"github.com/mailbroker/broker/proxy/internal/proxytest"
 	"io"
 	"log"
 	"net"
@@ -19,6 +17,8 @@ import (
 
 	"github.com/emersion/go-sasl"
 	gosmtp "github.com/emersion/go-smtp"
+	"github.com/mailbroker/broker/proxy"
+	"github.com/mailbroker/broker/proxy/internal/proxytest"
 	"github.com/mailbroker/broker/proxy/xoauth2"
 )
 

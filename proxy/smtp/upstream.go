@@ -5,7 +5,6 @@ import (
 	"io"
 
 	gosmtp "github.com/emersion/go-smtp"
-
 	"github.com/mailbroker/broker/proxy"
 )
 
