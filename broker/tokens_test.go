@@ -250,7 +250,8 @@ func TestLoginGivesUpRequestContinues(t *testing.T) {
 func TestLoginStartsRefresh(t *testing.T) {
 	e := newEnv(t)
 	e.entra.setExpiresIn(4500) // not 3600: expires_in is honoured
-	b := e.broker(t)
+	var fetched signal
+	b := e.broker(t, func(b *Broker) { b.tokens.onFetch = fetched.notify })
 	pw := e.addPassword(t, b, mailboxA)
 	old := mustLogin(t, b, "alice", pw)
 	if got, want := b.AccountStatus(mailboxA).AccessTokenExpires, e.clock.Now().Add(4500*time.Second); !got.Equal(want) {
@@ -270,7 +271,7 @@ func TestLoginStartsRefresh(t *testing.T) {
 	}
 	waitUntil(t, &e.entra.changed, "the refresh", func() bool { return e.entra.count() == 2 })
 	e.entra.release()
-	waitUntil(t, &e.store.changed, "the new token", func() bool {
+	waitUntil(t, &fetched, "the new token", func() bool {
 		var fresh bool
 		state(b, mailboxA, func(a *signIn) { fresh = a.tok.AccessToken != old })
 		return fresh
