@@ -70,9 +70,10 @@ uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/broker $(DESTDIR)$(UNITDIR)/broker.service
 	@echo "kept $(DESTDIR)$(SYSCONFDIR)/broker and the state directory (/var/lib/broker)"
 
-# bin/broker_$(DEB_VERSION)_amd64.deb, with nfpm (a tool dependency in go.mod).
+# bin/broker_$(DEB_VERSION)_amd64.deb, with nfpm (a tool dependency in go.mod);
+# the only .deb in bin/, so that bin/broker_*_amd64.deb names it.
 deb: build
-	rm -rf bin/pkg && mkdir -p bin/pkg
+	rm -rf bin/pkg bin/broker_*.deb && mkdir -p bin/pkg
 	cp bin/broker bin/pkg/broker
 	sed 's|/usr/local/bin/broker|/usr/bin/broker|' docs/broker.service > bin/pkg/broker.service
 	DEB_VERSION='$(DEB_VERSION)' SOURCE_DATE_EPOCH='$(SOURCE_DATE_EPOCH)' \
