@@ -43,7 +43,7 @@ func LoginUpstream[T any](ctx context.Context, p *LoginPipeline, log *slog.Logge
 	var zero T
 	for retried := false; ; retried = true {
 		up, err := authorize(ctx)
-		if err == nil && (up == nil || up.SASL == nil) {
+		if err == nil && (up == nil || (up.SASL == nil && up.Bearer == nil)) {
 			err = errors.New("authenticator returned no upstream")
 		}
 		if err != nil {

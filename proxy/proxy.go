@@ -39,9 +39,29 @@ type Login struct {
 type Upstream struct {
 	// Account names the mailbox in logs.
 	Account string
+	// Via names the upstream service: ViaProtocol (the protocol's own
+	// server) or ViaGraph.
+	Via Via
 	// SASL authenticates the upstream session (XOAUTH2). It is used once.
+	// Set unless Via is ViaGraph.
 	SASL sasl.Client
+	// Bearer returns a current access token for Via's HTTP API; set when
+	// Via is ViaGraph. It may wait for the token; its errors are
+	// *LoginError as Authenticate's.
+	Bearer func(ctx context.Context) (string, error)
 }
+
+// Via is the kind of upstream an account's session goes to.
+type Via string
+
+const (
+	// ViaProtocol: the protocol's own upstream server, logged in to with
+	// SASL (Exchange Online's IMAP, POP3 or SMTP AUTH).
+	ViaProtocol Via = ""
+	// ViaGraph: Microsoft Graph's mail API, for SMTP submission where the
+	// tenant keeps SMTP AUTH disabled.
+	ViaGraph Via = "graph"
+)
 
 // Authenticator checks a local login and returns how to log in upstream.
 //

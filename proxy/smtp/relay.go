@@ -244,6 +244,10 @@ func (e *rejection) Error() string {
 // loginError classifies a failure to log in upstream: a permanent
 // refusal is about the account; anything else is temporary.
 func loginError(err error) *proxy.LoginError {
+	var le *proxy.LoginError
+	if errors.As(err, &le) {
+		return le // already classified, e.g. by a Graph upstream
+	}
 	var rej *rejection
 	switch {
 	case errors.As(err, &rej):

@@ -90,6 +90,11 @@ type Options struct {
 	// SMTP relay to Upstream, configured by the Upstream* and *Timeout
 	// options, which also learns the extensions advertised to clients.
 	Dialer Dialer
+	// GraphDialer opens the upstream of accounts whose proxy.Upstream.Via
+	// is proxy.ViaGraph. Nil: such logins fail, telling the administrator
+	// that no Graph upstream is configured. Graph logins take no mailbox
+	// slot here: the Graph upstream bounds its own requests.
+	GraphDialer Dialer
 
 	// UnauthenticatedAs lets loopback clients submit without AUTH, as this
 	// account. "" (the default) requires AUTH from everyone; clients off
@@ -229,12 +234,23 @@ func (s *Server) probe() {
 	c.Quit()
 }
 
+// errNoGraphUpstream refuses an account set to send through Graph when no
+// Graph upstream is configured: the administrator must act.
+var errNoGraphUpstream = &proxy.LoginError{Kind: proxy.KindAccount, Reason: reasonRefused,
+	Err: errors.New("the account sends through Microsoft Graph, but no Graph upstream is configured")}
+
 // Close closes the listeners and every session now.
 func (s *Server) Close() error { return s.srv.Close() }
 
 // loginUpstream takes a slot of up.Account and opens an upstream connection
 // with up's credentials, which holds the slot until it ends.
 func (s *Server) loginUpstream(ctx context.Context, tc *proxy.Conn, up *proxy.Upstream) (Upstream, error) {
+	if up.Via == proxy.ViaGraph {
+		if s.opts.GraphDialer == nil {
+			return nil, errNoGraphUpstream
+		}
+		return s.opts.GraphDialer.Dial(ctx, tc, up)
+	}
 	release, err := s.srv.TakeSlot(ctx, tc, up.Account)
 	if err != nil {
 		return nil, err
