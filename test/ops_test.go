@@ -515,3 +515,34 @@ func assertOwned(t *testing.T, path, owner, group string, mode os.FileMode) {
 		t.Errorf("%s: mode %v, want %v", path, got, mode)
 	}
 }
+
+// TestDebVersion: the package's version, from git describe, is one that
+// dpkg accepts and orders as the commits are.
+func TestDebVersion(t *testing.T) {
+	for describe, want := range map[string]string{
+		"v1.2.3":                  "1.2.3",
+		"1.2.3":                   "1.2.3",
+		"v1.2.3-dirty":            "1.2.3+dirty",
+		"v1.2.3-4-gabc1234":       "1.2.3+4.gabc1234",
+		"v1.2.3-4-gabc1234-dirty": "1.2.3+4.gabc1234.dirty",
+		"abc1234":                 `0~git\d{14}.abc1234`,
+		"3047184-dirty":           `0~git\d{14}.3047184.dirty`, // a hash of digits is no tag
+	} {
+		out, err := exec.Command("sh", "../docs/packaging/debversion", describe).Output()
+		if err != nil {
+			t.Fatalf("debversion %s: %v", describe, err)
+		}
+		if got := strings.TrimSpace(string(out)); !regexp.MustCompile(`^` + strings.ReplaceAll(want, "+", `\+`) + `$`).MatchString(got) {
+			t.Errorf("debversion %s: %s, want %s", describe, got, want)
+		}
+	}
+	if _, err := exec.LookPath("dpkg"); err != nil {
+		return
+	}
+	// Ordering: untagged < the first tag < commits after it.
+	for _, pair := range [][2]string{{"0~git20260101000000.abc1234", "0.1.0"}, {"1.2.3", "1.2.3+4.gabc1234"}, {"1.2.3+4.gabc1234", "1.2.4"}} {
+		if err := exec.Command("dpkg", "--compare-versions", pair[0], "lt", pair[1]).Run(); err != nil {
+			t.Errorf("dpkg does not order %s before %s", pair[0], pair[1])
+		}
+	}
+}
