@@ -63,7 +63,7 @@ type session struct {
 	linger bool
 
 	account string
-	stats   spliceStats
+	stats   proxy.SpliceStats
 	reason  string // why the session ended
 }
 
@@ -120,8 +120,8 @@ func (s *session) logEnd() {
 	s.log.Info("session end",
 		"remote", s.tc.NetConn().RemoteAddr().String(),
 		"account", s.account,
-		"bytes_up", s.stats.up,
-		"bytes_down", s.stats.down,
+		"bytes_up", s.stats.Up,
+		"bytes_down", s.stats.Down,
 		"duration", time.Since(s.tc.Accepted()).Round(time.Millisecond),
 		"reason", reason)
 }
@@ -450,8 +450,8 @@ func (s *session) splice(u *upstreamSession) {
 	client, upstream := s.conn, u.conn
 	s.r, u.br = nil, nil
 	client.SetDeadline(time.Time{})
-	s.stats = splice(client, clientPending, upstream, upstreamPending, s.tc.Close, s.log)
-	s.reason = s.stats.reason
+	s.stats = proxy.Splice(client, clientPending, upstream, upstreamPending, s.tc.Close, s.log)
+	s.reason = s.stats.Reason
 }
 
 func buffered(br *bufio.Reader) []byte {

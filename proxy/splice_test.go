@@ -1,16 +1,15 @@
-package imap
+package proxy
 
 import (
 	"bytes"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/mailbroker/broker/proxy/internal/proxytest"
 )
 
 // scriptConn is a connection whose reads return scripted sizes.
@@ -91,15 +90,16 @@ func TestSplicePanicRecovered(t *testing.T) {
 		client.Close()
 		upstream.Close()
 	}
-	log, logs := proxytest.NewLogger(t)
-	done := make(chan spliceStats)
+	var logs bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	done := make(chan SpliceStats)
 	go func() {
-		done <- splice(panicConn{client}, nil, upstream, []byte("* OK\r\n"), closeAll, log)
+		done <- Splice(panicConn{client}, nil, upstream, []byte("* OK\r\n"), closeAll, log)
 	}()
 	st := <-done
 	clientPeer.Close()
 	upstreamPeer.Close()
-	if !strings.HasPrefix(st.reason, "panic: write panic") || !strings.Contains(logs.String(), "session panic") {
-		t.Fatalf("got reason %q and log %q, want the panic", st.reason, logs)
+	if !strings.HasPrefix(st.Reason, "panic: write panic") || !strings.Contains(logs.String(), "session panic") {
+		t.Fatalf("got reason %q and log %q, want the panic", st.Reason, logs.String())
 	}
 }

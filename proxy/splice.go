@@ -1,4 +1,4 @@
-package imap
+package proxy
 
 import (
 	"fmt"
@@ -8,14 +8,13 @@ import (
 	"runtime/debug"
 	"sync"
 	"time"
-
-	"github.com/mailbroker/broker/proxy"
 )
 
-// A spliced session relays bytes both ways untouched. Thousands of them sit
-// in IDLE all day, so an idle direction must hold little memory: it reads
-// into a small buffer, and borrows a large pooled one only while reads keep
-// filling the small one.
+// A spliced session relays bytes both ways untouched once logged in, IMAP
+// and POP3 alike. Thousands of IMAP sessions sit in IDLE all day, so an
+// idle direction must hold little memory: it reads into a small buffer,
+// and borrows a large pooled one only while reads keep filling the small
+// one.
 const (
 	spliceSmallBuffer = 2 << 10
 	spliceLargeBuffer = 32 << 10
@@ -29,17 +28,19 @@ const (
 
 var spliceBuffers = sync.Pool{New: func() any { return new([spliceLargeBuffer]byte) }}
 
-// spliceStats describes a finished splice.
-type spliceStats struct {
-	up, down int64 // bytes client→upstream and upstream→client
-	reason   string
+// SpliceStats describes a finished splice.
+type SpliceStats struct {
+	// Up and Down count the bytes client→upstream and upstream→client.
+	Up, Down int64
+	// Reason says why the splice ended, for the log.
+	Reason string
 }
 
-// splice relays client and upstream until either ends, after first sending
+// Splice relays client and upstream until either ends, after first sending
 // the bytes each side's pre-login reader had already buffered. closeAll
 // closes both connections. A panic in the goroutine splice starts is logged
 // to log and ends the session.
-func splice(client net.Conn, clientPending []byte, upstream net.Conn, upstreamPending []byte, closeAll func(), log *slog.Logger) spliceStats {
+func Splice(client net.Conn, clientPending []byte, upstream net.Conn, upstreamPending []byte, closeAll func(), log *slog.Logger) SpliceStats {
 	var (
 		once   sync.Once
 		reason string
@@ -88,11 +89,11 @@ func splice(client net.Conn, clientPending []byte, upstream net.Conn, upstreamPe
 			closeAll()
 		}
 	}
-	return spliceStats{up: up, down: <-down, reason: reason}
+	return SpliceStats{Up: up, Down: <-down, Reason: reason}
 }
 
 // relay writes pending, then copies src to dst until src ends (rerr nil) or
-// either fails. Every read is written at once: IMAP responses must not wait.
+// either fails. Every read is written at once: responses must not wait.
 func relay(dst io.Writer, src net.Conn, pending []byte) (n int64, rerr, werr error) {
 	if len(pending) > 0 {
 		w, err := dst.Write(pending)
@@ -127,7 +128,7 @@ func relay(dst io.Writer, src net.Conn, pending []byte) (n int64, rerr, werr err
 			}
 		}
 		if err != nil {
-			if large != nil && proxy.IsTimeout(err) {
+			if large != nil && IsTimeout(err) {
 				// The hold deadline: traffic stopped.
 				release()
 				continue
