@@ -43,7 +43,7 @@ func (b *Broker) SignedIn(ctx context.Context, mailbox string, c *Credentials) (
 	if err := b.tokens.signedIn(a, t); err != nil {
 		return nil, err
 	}
-	return append([]string(nil), a.mailboxes...), nil
+	return append([]string(nil), a.mailboxes()...), nil
 }
 
 // Logout forgets the tokens (and a sealed password) of mailbox's sign-in,
@@ -57,7 +57,7 @@ func (b *Broker) Logout(ctx context.Context, mailbox string) ([]string, error) {
 	if err := b.tokens.logout(ctx, a); err != nil {
 		return nil, err
 	}
-	return append([]string(nil), a.mailboxes...), nil
+	return append([]string(nil), a.mailboxes()...), nil
 }
 
 func (b *Broker) delegatedSignIn(mailbox string) (*signIn, error) {
@@ -156,7 +156,7 @@ func (b *Broker) AccountStatus(mailbox string) Status {
 		passwordExpires = a.tok.PasswordExpires
 	}
 	a.mu.Unlock()
-	cc := a.cred.get()
+	cc := a.sp().cred.get()
 	s.Credentials = credentials(cc.secret != "", acct.App.ClientSecretExpires, cc.cert, hasPassword, passwordExpires, now)
 	return s
 }

@@ -124,7 +124,7 @@ func (m *tokens) watchCredentials() {
 		}
 		for _, c := range m.credentials() {
 			if c.reload(m.log) {
-				m.retryNow(func(a *signIn) bool { return a.cred == c })
+				m.retryNow(func(a *signIn) bool { return a.sp().cred == c })
 			}
 		}
 	}

@@ -19,10 +19,11 @@ func (m *tokens) warnExpiries(now time.Time) {
 			passwordExpires = a.tok.PasswordExpires
 		}
 		a.mu.Unlock()
-		cc := a.cred.get()
-		for _, c := range credentials(cc.secret != "", a.app.ClientSecretExpires, cc.cert, password, passwordExpires, now) {
+		sp := a.sp()
+		cc := sp.cred.get()
+		for _, c := range credentials(cc.secret != "", sp.app.ClientSecretExpires, cc.cert, password, passwordExpires, now) {
 			if c.Warning != "" {
-				m.log.Warn("credential expiring", "accounts", a.mailboxes, "app", a.app.Name, "credential", c.Kind, "expires", c.Expires.Format(time.DateOnly), "advice", c.Warning)
+				m.log.Warn("credential expiring", "accounts", sp.mailboxes, "app", sp.app.Name, "credential", c.Kind, "expires", c.Expires.Format(time.DateOnly), "advice", c.Warning)
 			}
 		}
 	}
@@ -44,6 +45,8 @@ func (m *tokens) refresh() {
 			return
 		case <-m.wake:
 		case <-timer.C:
+		case reply := <-m.ping:
+			close(reply)
 		}
 	}
 }

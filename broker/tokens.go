@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mailbroker/broker/config"
@@ -52,16 +53,15 @@ const (
 // the same app and login user shares (a delegate and its shared
 // mailboxes).
 type signIn struct {
-	cred *appCredential
 	// key is the store record's key: the mailbox of an app-only account,
 	// "signin:<app>:<user>" for a delegated sign-in.
-	key       string
-	app       *config.App
-	flow      config.Flow
-	user      string // "" for app-only
-	scope     string
-	mailboxes []string
-	grant     grant
+	key   string
+	flow  config.Flow
+	user  string // "" for app-only
+	scope string
+	// spec is what a reload may change without making it another sign-in:
+	// its accounts and its app's settings other than who the app is.
+	spec atomic.Pointer[signInSpec]
 
 	// redeem serialises requests that redeem or replace the refresh token,
 	// so that no refresh token is redeemed twice and the store always holds
@@ -84,9 +84,22 @@ type signIn struct {
 	others map[string]*token
 }
 
+// signInSpec is the part of a sign-in that Reload replaces whole.
+type signInSpec struct {
+	cred      *appCredential
+	app       *config.App
+	mailboxes []string
+	grant     grant
+}
+
+func (a *signIn) sp() *signInSpec { return a.spec.Load() }
+
+// mailboxes are the accounts the sign-in serves, sorted.
+func (a *signIn) mailboxes() []string { return a.sp().mailboxes }
+
 func (a *signIn) account() string {
-	if len(a.mailboxes) == 1 {
-		return a.mailboxes[0]
+	if mb := a.mailboxes(); len(mb) == 1 {
+		return mb[0]
 	}
 	return a.user
 }
@@ -100,6 +113,10 @@ type tokens struct {
 	store  store.Store
 	sealer *Sealer
 	wake   chan struct{}
+	// ping asks the refresher to answer: Broker.Alive.
+	ping chan chan struct{}
+	// reloadMu serialises Reloads.
+	reloadMu sync.Mutex
 
 	mu        sync.Mutex
 	byMailbox map[string]*signIn
@@ -120,8 +137,19 @@ func signInKey(app, user string) string { return "signin:" + normalize(app) + ":
 
 // newTokens groups the accounts into sign-ins.
 func newTokens(idx *accountIndex) *tokens {
-	m := &tokens{wake: make(chan struct{}, 1), byMailbox: make(map[string]*signIn), creds: make(map[*config.App]*appCredential)}
+	m := &tokens{wake: make(chan struct{}, 1), ping: make(chan chan struct{})}
+	m.signIns, m.byMailbox, m.creds = groupSignIns(idx)
+	return m
+}
+
+// groupSignIns groups the accounts into new sign-ins, without tokens, and
+// makes each app's credential from the configuration.
+func groupSignIns(idx *accountIndex) ([]*signIn, map[string]*signIn, map[*config.App]*appCredential) {
+	byMailbox := make(map[string]*signIn)
+	creds := make(map[*config.App]*appCredential)
+	var list []*signIn
 	shared := map[string]*signIn{}
+	specs := map[*signIn]*signInSpec{}
 	for mailbox, acct := range idx.byMailbox {
 		key := mailbox
 		if acct.Delegated() {
@@ -133,30 +161,34 @@ func newTokens(idx *accountIndex) *tokens {
 			if len(scopes) == 0 {
 				scopes = config.DefaultScopes(acct.Flow, acct.App.Cloud)
 			}
-			cred := m.creds[acct.App]
+			cred := creds[acct.App]
 			if cred == nil {
 				cred = newAppCredential(acct.App)
-				m.creds[acct.App] = cred
+				creds[acct.App] = cred
 			}
-			a = &signIn{cred: cred, key: key, app: acct.App, flow: acct.Flow, user: acct.LoginUser, scope: scopeString(scopes)}
+			a = &signIn{key: key, flow: acct.Flow, user: acct.LoginUser, scope: scopeString(scopes)}
+			sp := &signInSpec{cred: cred, app: acct.App}
 			ep := newEndpoint(acct.App, cred)
 			if acct.Delegated() {
-				a.grant = delegated{ep: ep, acct: acct}
+				sp.grant = delegated{ep: ep, acct: acct}
 			} else {
-				a.grant = clientCredentials{ep: ep}
+				sp.grant = clientCredentials{ep: ep}
 			}
+			specs[a] = sp
 			shared[key] = a
-			m.signIns = append(m.signIns, a)
+			list = append(list, a)
 		}
-		a.mailboxes = append(a.mailboxes, mailbox)
-		m.byMailbox[mailbox] = a
+		specs[a].mailboxes = append(specs[a].mailboxes, mailbox)
+		byMailbox[mailbox] = a
 	}
 	// Stable order for messages and the CLI.
-	slices.SortFunc(m.signIns, func(a, b *signIn) int { return strings.Compare(a.key, b.key) })
-	for _, a := range m.signIns {
-		slices.Sort(a.mailboxes)
+	slices.SortFunc(list, func(a, b *signIn) int { return strings.Compare(a.key, b.key) })
+	for _, a := range list {
+		sp := specs[a]
+		slices.Sort(sp.mailboxes)
+		a.spec.Store(sp)
 	}
-	return m
+	return list, byMailbox, creds
 }
 
 // get returns a token for mailbox, from memory whenever one is valid.
@@ -290,7 +322,7 @@ func (m *tokens) fetch(a *signIn, done chan struct{}) {
 	a.mu.Lock()
 	cur := a.tok
 	a.mu.Unlock()
-	t, err := a.grant.token(ctx, m.now(), cur, a.scope)
+	t, err := a.sp().grant.token(ctx, m.now(), cur, a.scope)
 	if err == nil {
 		// Stored before it is used: the refresh token just redeemed may be
 		// the last one a crash would leave.
@@ -330,7 +362,7 @@ func (m *tokens) failLocked(a *signIn, te *TokenError) {
 	case te.NeedsLogin:
 		a.failures, a.retryAt = 0, time.Time{}
 		if !te.same(prev) {
-			m.log.Error("account needs sign-in: run `broker login "+a.mailboxes[0]+"`", "account", a.account(), "accounts", a.mailboxes, "err", te.Error())
+			m.log.Error("account needs sign-in: run `broker login "+a.mailboxes()[0]+"`", "account", a.account(), "accounts", a.mailboxes(), "err", te.Error())
 		}
 	case te.Permanent:
 		a.failures = 0
@@ -416,7 +448,7 @@ func (m *tokens) signedIn(a *signIn, t *token) error {
 	a.tok, a.err, a.failures, a.retryAt, a.others = t, nil, 0, time.Time{}, nil
 	a.lastRefresh, a.lastOK = m.now(), true
 	a.mu.Unlock()
-	m.log.Info("signed in", "accounts", a.mailboxes, "user", t.User, "flow", string(a.flow))
+	m.log.Info("signed in", "accounts", a.mailboxes(), "user", t.User, "flow", string(a.flow))
 	m.kick()
 	return nil
 }
@@ -435,7 +467,7 @@ func (m *tokens) logout(ctx context.Context, a *signIn) error {
 		a.err = errLoggedOut
 	}
 	a.mu.Unlock()
-	m.log.Info("logged out", "accounts", a.mailboxes)
+	m.log.Info("logged out", "accounts", a.mailboxes())
 	m.kick()
 	return nil
 }
@@ -458,7 +490,7 @@ func (m *tokens) other(ctx context.Context, a *signIn, scope string) (*token, er
 	a.mu.Lock()
 	cur := a.tok
 	a.mu.Unlock()
-	t, err := a.grant.token(ctx, m.now(), cur, scope)
+	t, err := a.sp().grant.token(ctx, m.now(), cur, scope)
 	if err != nil {
 		return nil, classify(err)
 	}

@@ -40,6 +40,14 @@ func (m *tokens) persist(a *signIn, t *token) error {
 // for): it was sealed with another key, or for another record. A delegated
 // sign-in without a record waits for `broker login`.
 func (m *tokens) load(ctx context.Context) error {
+	return m.loadInto(ctx, m.snapshot())
+}
+
+// loadInto reads the persisted tokens of the sign-ins in list, as load.
+func (m *tokens) loadInto(ctx context.Context, list []*signIn) error {
+	if len(list) == 0 {
+		return nil
+	}
 	recs, err := m.store.Accounts(ctx)
 	if err != nil {
 		return err
@@ -48,7 +56,7 @@ func (m *tokens) load(ctx context.Context) error {
 	for _, rec := range recs {
 		byKey[rec.Mailbox] = rec
 	}
-	for _, a := range m.snapshot() {
+	for _, a := range list {
 		rec := byKey[a.key]
 		var t *token
 		if rec != nil && rec.Token != nil {

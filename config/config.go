@@ -81,6 +81,10 @@ type Listener struct {
 //	# AUTHENTICATE, SMTP AUTH or, with allow_unauthenticated_as, its first
 //	# MAIL), however slowly it sends. 1s to 10m.
 //	pre_auth_timeout = "60s"
+//	# How long a stopping broker (SIGTERM) lets sessions end by
+//	# themselves: SMTP transactions finish, IMAP clients get a BYE between
+//	# commands. 1s to 1h.
+//	drain_timeout = "30s"
 //
 // A connection over a cap gets one line (IMAP "* BYE Too many
 // connections", SMTP "421 4.7.0 Too many connections") and is closed.
@@ -88,6 +92,7 @@ type Limits struct {
 	MaxConnections          int
 	MaxConnectionsPerSource int
 	PreAuthTimeout          time.Duration
+	DrainTimeout            time.Duration
 }
 
 // IMAP is the [imap] section.
@@ -236,4 +241,7 @@ const (
 	DefaultMaxConnections          = 1000
 	DefaultMaxConnectionsPerSource = 100
 	DefaultPreAuthTimeout          = 60 * time.Second
+	// DefaultDrainTimeout bounds a stop's drain: below the unit's
+	// TimeoutStopSec, so that systemd never has to kill broker.
+	DefaultDrainTimeout = 30 * time.Second
 )

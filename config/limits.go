@@ -11,6 +11,9 @@ const (
 	keyMaxConnections = limitsSection + ".max_connections"
 	keyMaxPerSource   = limitsSection + ".max_connections_per_source"
 	keyPreAuthTimeout = limitsSection + ".pre_auth_timeout"
+	keyDrainTimeout   = limitsSection + ".drain_timeout"
+	minDrainTimeout   = time.Second
+	maxDrainTimeout   = time.Hour
 )
 
 // limits validates [limits]; raw is nil when the section is absent.
@@ -19,6 +22,7 @@ func (v *validator) limits(raw *rawLimits) Limits {
 		MaxConnections:          DefaultMaxConnections,
 		MaxConnectionsPerSource: DefaultMaxConnectionsPerSource,
 		PreAuthTimeout:          DefaultPreAuthTimeout,
+		DrainTimeout:            DefaultDrainTimeout,
 	}
 	if raw == nil {
 		return l
@@ -52,6 +56,13 @@ func (v *validator) limits(raw *rawLimits) Limits {
 			v.errorf(keyPreAuthTimeout, "%s is out of range: %s to %s", d, minPreAuthTimeout, maxPreAuthTimeout)
 		} else {
 			l.PreAuthTimeout = d
+		}
+	}
+	if d, ok := v.duration(keyDrainTimeout, raw.DrainTimeout); ok {
+		if d < minDrainTimeout || d > maxDrainTimeout {
+			v.errorf(keyDrainTimeout, "%s is out of range: %s to %s", d, minDrainTimeout, maxDrainTimeout)
+		} else {
+			l.DrainTimeout = d
 		}
 	}
 	return l

@@ -7,7 +7,7 @@ import (
 
 func TestLimitsDefaults(t *testing.T) {
 	cfg := mustParse(t, t.TempDir(), "[imap]\n")
-	want := Limits{MaxConnections: 1000, MaxConnectionsPerSource: 100, PreAuthTimeout: 60 * time.Second}
+	want := Limits{MaxConnections: 1000, MaxConnectionsPerSource: 100, PreAuthTimeout: 60 * time.Second, DrainTimeout: 30 * time.Second}
 	if cfg.Limits != want {
 		t.Fatalf("got %+v, want %+v", cfg.Limits, want)
 	}
@@ -22,10 +22,10 @@ func TestLimitsSettings(t *testing.T) {
 		src  string
 		want Limits
 	}{
-		{"empty section", "[limits]\n", Limits{1000, 100, time.Minute}},
-		{"all set", "[limits]\nmax_connections = 50\nmax_connections_per_source = 50\npre_auth_timeout = \"1s\"\n", Limits{50, 50, time.Second}},
-		{"per source follows a lower total", "[limits]\nmax_connections = 10\n", Limits{10, 10, time.Minute}},
-		{"longest pre-auth", "[limits]\npre_auth_timeout = \"10m\"\n", Limits{1000, 100, 10 * time.Minute}},
+		{"empty section", "[limits]\n", Limits{1000, 100, time.Minute, 30 * time.Second}},
+		{"all set", "[limits]\nmax_connections = 50\nmax_connections_per_source = 50\npre_auth_timeout = \"1s\"\ndrain_timeout = \"2m\"\n", Limits{50, 50, time.Second, 2 * time.Minute}},
+		{"per source follows a lower total", "[limits]\nmax_connections = 10\n", Limits{10, 10, time.Minute, 30 * time.Second}},
+		{"longest pre-auth", "[limits]\npre_auth_timeout = \"10m\"\n", Limits{1000, 100, 10 * time.Minute, 30 * time.Second}},
 	}
 	dir := t.TempDir()
 	for _, tt := range tests {

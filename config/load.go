@@ -74,6 +74,7 @@ type rawLimits struct {
 	MaxConnections          number `toml:"max_connections"`
 	MaxConnectionsPerSource number `toml:"max_connections_per_source"`
 	PreAuthTimeout          text   `toml:"pre_auth_timeout"`
+	DrainTimeout            text   `toml:"drain_timeout"`
 }
 
 type rawIMAP struct {

@@ -98,6 +98,7 @@ func TestParseErrors(t *testing.T) {
 		{"pre-auth too short", "[limits]\npre_auth_timeout = \"500ms\" #<\n", "limits.pre_auth_timeout", "500ms is out of range: 1s to 10m0s"},
 		{"pre-auth too long", "[limits]\npre_auth_timeout = \"1h\" #<\n", "limits.pre_auth_timeout", "1h0m0s is out of range"},
 		{"pre-auth integer", "[limits]\npre_auth_timeout = 60 #<\n", "limits.pre_auth_timeout", `must be a duration such as "30s", not integer`},
+		{"drain too short", "[limits]\ndrain_timeout = \"10ms\" #<\n", "limits.drain_timeout", "10ms is out of range: 1s to 1h0m0s"},
 		{"limits unknown key", "[limits]\nmax_sessions = 3 #<\n", "limits.max_sessions", "unknown key"},
 		{"limits wrong type", "limits = 3 #<\n", "limits", ""},
 
