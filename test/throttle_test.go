@@ -301,7 +301,9 @@ func TestWrongPasswordFlood(t *testing.T) {
 	}
 
 	// Every wrong password is logged once, as throttled unless checked;
-	// no password appears in the log.
+	// no password appears in the log. The last lines may still be on
+	// their way through the daemon's stderr pipe.
+	d.waitLogCount(`msg="login failed"`, throttleWrong)
 	log := d.Log()
 	var failed, throttled int
 	for line := range strings.SplitSeq(log, "\n") {
