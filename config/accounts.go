@@ -71,7 +71,7 @@ func (v *validator) accounts(raws []rawAccount, apps []*App) []*Account {
 			v.checkScopes(key+".scopes", acct.Flow, scopes)
 			acct.Scopes = scopes
 		} else if acct.App != nil && acct.App.Cloud != nil {
-			acct.Scopes = DefaultScopes(acct.Flow, acct.App.Cloud)
+			acct.Scopes = AccountScopes(acct.Flow, acct.App.Cloud, v.hasPOP3)
 		}
 		if acct.App != nil && acct.Flow == FlowClientCredentials && !secretChecked[acct.App] {
 			secretChecked[acct.App] = true

@@ -43,6 +43,8 @@ type Config struct {
 	IMAP *IMAP
 	// SMTP is nil when the file has no [smtp] section.
 	SMTP *SMTP
+	// POP3 is nil when the file has no [pop3] section.
+	POP3 *POP3
 
 	Apps     []*App
 	Accounts []*Account
@@ -131,6 +133,7 @@ type Cloud struct {
 	Authority string // https://login.microsoftonline.com
 	IMAPHost  string // outlook.office365.com:993
 	SMTPHost  string // smtp.office365.com:587
+	POPHost   string // outlook.office365.com:995
 	// Resource prefixes delegated scopes and forms the app-only scope
 	// Resource + "/.default" (global: https://outlook.office365.com for
 	// .default, https://outlook.office.com for delegated scopes).

@@ -57,6 +57,7 @@ type rawConfig struct {
 	Limits        *rawLimits   `toml:"limits"`
 	IMAP          *rawIMAP     `toml:"imap"`
 	SMTP          *rawSMTP     `toml:"smtp"`
+	POP3          *rawPOP3     `toml:"pop3"`
 	Apps          []rawApp     `toml:"app"`
 	Accounts      []rawAccount `toml:"account"`
 }

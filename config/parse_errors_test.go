@@ -19,7 +19,7 @@ func TestParseErrors(t *testing.T) {
 		{"unknown key in second account", contosoApp + supportAccount +
 			"[[account]]\nmailbox = \"b@contoso.com\"\ncolour = 1 #<\napp = \"contoso\"\nflow = \"client_credentials\"\n",
 			"account[2].colour", "unknown key"},
-		{"unknown table", "[pop3] #<\nlisten = [\"127.0.0.1:110\"]\n", "pop3", "unknown key"},
+		{"unknown table", "[nntp] #<\nlisten = [\"127.0.0.1:119\"]\n", "nntp", "unknown key"},
 		{"upper-case key", "State_Dir = \"/x\" #<\n", "State_Dir", "keys are lower case: state_dir"},
 		{"string of wrong type", "state_dir = 5 #<\n", "state_dir", "must be a string, not integer"},
 		{"empty string", "state_dir = \"\" #<\n", "state_dir", "must not be empty"},
@@ -218,7 +218,7 @@ listen = ["nowhere"]
 }
 
 func TestUnknownTableReportedOnce(t *testing.T) {
-	_, err := parseIn(t, t.TempDir(), "[pop3]\nlisten = [\"a:1\"]\nupstream = \"b:2\"\n")
+	_, err := parseIn(t, t.TempDir(), "[nntp]\nlisten = [\"a:1\"]\nupstream = \"b:2\"\n")
 	if err == nil {
 		t.Fatal("got no error")
 	}

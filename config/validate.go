@@ -22,6 +22,9 @@ type validator struct {
 	secretFileSet map[*App]bool
 	// listenKeys maps each listen address of every section to its key.
 	listenKeys map[string]string
+	// hasPOP3: the file has a [pop3] section, for which delegated
+	// accounts' default scopes include POP.AccessAsUser.All.
+	hasPOP3 bool
 }
 
 func newValidator(path string, data []byte, md *toml.MetaData) *validator {
@@ -171,12 +174,16 @@ func (v *validator) config(raw *rawConfig) *Config {
 	cfg.LogLevel = v.logLevel(raw.LogLevel)
 	cfg.Limits = v.limits(raw.Limits)
 	cfg.Apps = v.apps(raw.Apps)
+	v.hasPOP3 = raw.POP3 != nil
 	cfg.Accounts = v.accounts(raw.Accounts, cfg.Apps)
 	if raw.IMAP != nil {
 		cfg.IMAP = v.imap(raw.IMAP, cfg.Apps)
 	}
 	if raw.SMTP != nil {
 		cfg.SMTP = v.smtp(raw.SMTP, cfg.Apps, cfg.Accounts)
+	}
+	if raw.POP3 != nil {
+		cfg.POP3 = v.pop3(raw.POP3, cfg.Apps)
 	}
 	sortByLine(v.warnings)
 	for _, w := range v.warnings {
