@@ -20,6 +20,7 @@ import (
 	"github.com/mailbroker/broker/config"
 	"github.com/mailbroker/broker/proxy"
 	"github.com/mailbroker/broker/proxy/imap"
+	"github.com/mailbroker/broker/proxy/pop3"
 	"github.com/mailbroker/broker/proxy/smtp"
 	"github.com/mailbroker/broker/store"
 )
@@ -36,6 +37,7 @@ type daemon struct {
 	broker *broker.Broker
 	imap   *imap.Server
 	smtp   *smtp.Server
+	pop3   *pop3.Server
 	// limiter caps client connections of every protocol together.
 	limiter *proxy.ConnLimiter
 
@@ -99,6 +101,11 @@ func newDaemon(cfg *config.Config, log *slog.Logger, opts broker.Options) (_ *da
 	}
 	if cfg.SMTP != nil {
 		if err := d.setupSMTP(cfg.SMTP); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.POP3 != nil {
+		if err := d.setupPOP3(cfg.POP3); err != nil {
 			return nil, err
 		}
 	}
@@ -175,6 +182,9 @@ func (d *daemon) servers() []protoServer {
 	}
 	if d.smtp != nil {
 		ss = append(ss, protoServer{"smtp", d.smtp})
+	}
+	if d.pop3 != nil {
+		ss = append(ss, protoServer{"pop3", d.pop3})
 	}
 	return ss
 }

@@ -66,7 +66,7 @@ flow = "device_code"
 // serveDev runs the real daemon against an in-process simulated Microsoft
 // 365, with a temporary state directory, a configuration written the same
 // way an administrator would, and one demo mailbox with an app password.
-func serveDev(ctx context.Context, imapListen, smtpListen string, stdout io.Writer, log *slog.Logger) error {
+func serveDev(ctx context.Context, imapListen, smtpListen, pop3Listen string, stdout io.Writer, log *slog.Logger) error {
 	dir, err := os.MkdirTemp("", "broker-dev-")
 	if err != nil {
 		return err
@@ -84,7 +84,7 @@ func serveDev(ctx context.Context, imapListen, smtpListen string, stdout io.Writ
 		Tenant:    devTenant,
 		ClientID:  devClientID,
 		Secret:    secret,
-		Roles:     []string{"IMAP.AccessAsApp", "SMTP.SendAsApp"},
+		Roles:     []string{"IMAP.AccessAsApp", "SMTP.SendAsApp", "POP.AccessAsApp"},
 		Mailboxes: []string{devMailbox},
 	})
 	agentPassword := rand.Text()[:16]
@@ -111,6 +111,12 @@ func serveDev(ctx context.Context, imapListen, smtpListen string, stdout io.Writ
 		return err
 	}
 	defer smtpUpstream.Close()
+	// POP3 over the same mailboxes.
+	pop3Section, stopPOP3, err := startDevPOP3(entra, upstream, dir, pop3Listen, log)
+	if err != nil {
+		return err
+	}
+	defer stopPOP3()
 
 	imapListen = devListenAddr(imapListen, "imap", log)
 	smtpListen = devListenAddr(smtpListen, "smtp", log)
@@ -131,6 +137,7 @@ func serveDev(ctx context.Context, imapListen, smtpListen string, stdout io.Writ
 		devTenant, devClientID,
 		filepath.Join(dir, "client.secret"), entra.URL(), devMailbox,
 		devTenant, devPublicClientID, entra.URL(), devAgent)
+	cfgText += pop3Section
 	if err := os.WriteFile(cfgPath, []byte(cfgText), 0o600); err != nil {
 		return err
 	}
@@ -164,6 +171,7 @@ broker is running against a simulated Microsoft 365; nothing leaves this machine
 
   IMAP proxy     %[1]s  (LOGIN or AUTHENTICATE PLAIN, plain text on loopback)
   SMTP proxy     %[2]s  (AUTH PLAIN or LOGIN, plain text on loopback)
+  POP3 proxy     %[10]s  (USER and PASS, or AUTH PLAIN or LOGIN, plain text on loopback)
   mailbox        %[3]s
   app password   %[4]s
   config         %[5]s
@@ -175,6 +183,10 @@ List the inbox through the proxy:
 Send a message through the proxy; it arrives in the inbox above:
 
   printf 'From: %[3]s\r\nTo: %[3]s\r\nSubject: Hello through broker\r\n\r\nIt works.\r\n' | curl -s -u '%[3]s:%[4]s' 'smtp://%[2]s' --mail-from '%[3]s' --mail-rcpt '%[3]s' -T -
+
+Retrieve the first message of the inbox with POP3:
+
+  curl -s -u '%[3]s:%[4]s' 'pop3://%[10]s/1'
 
 A delegated account: %[6]s, whose user signs in (device code). Until
 then its logins fail with "needs login". In another terminal, run
@@ -194,7 +206,7 @@ Then the same commands work for it, with its own app password:
 
 Press Ctrl-C to stop; the temporary state is deleted.
 
-`, imapAddr, smtpAddr, devMailbox, password, cfgPath, devAgent, entra.URL(), agentPassword, agentAppPassword)
+`, imapAddr, smtpAddr, devMailbox, password, cfgPath, devAgent, entra.URL(), agentPassword, agentAppPassword, addrs["pop3"])
 	return d.run(ctx)
 }
 

@@ -23,6 +23,7 @@ func serveCmd(args []string, stdout, stderr io.Writer) error {
 	dev := fs.Bool("dev", false, "run against an in-process simulated Microsoft 365 with a temporary state directory")
 	devListen := fs.String("dev-listen", "127.0.0.1:1143", "IMAP listen `address` for -dev")
 	devSMTPListen := fs.String("dev-smtp-listen", "127.0.0.1:1587", "SMTP listen `address` for -dev")
+	devPOP3Listen := fs.String("dev-pop3-listen", "127.0.0.1:1110", "POP3 listen `address` for -dev")
 	logLevel := fs.String("log-level", "", "log from `level` up: debug, info, warn or error (default: the config's log_level, else info)")
 	debug := fs.Bool("debug", false, "same as -log-level debug")
 	if pos, err := parseFlags(fs, args); err != nil {
@@ -50,7 +51,7 @@ func serveCmd(args []string, stdout, stderr io.Writer) error {
 		if flagLevel != nil {
 			level = *flagLevel
 		}
-		return serveDev(ctx, *devListen, *devSMTPListen, stdout, newLogger(stderr, level))
+		return serveDev(ctx, *devListen, *devSMTPListen, *devPOP3Listen, stdout, newLogger(stderr, level))
 	}
 	cfg, err := config.Load(*configPath)
 	if err != nil {
