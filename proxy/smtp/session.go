@@ -345,6 +345,11 @@ func (s *session) Data(r io.Reader) error {
 		return lostReply(werr)
 	}
 	reply, err := w.Close()
+	if la, ok := w.(interface{ LogAttrs() []any }); ok {
+		// The upstream's own part of the line: a Graph upstream's
+		// request-id and the administrator's fix.
+		attrs = append(attrs, la.LogAttrs()...)
+	}
 	if err != nil {
 		s.log.Warn("message not relayed", append(attrs, "err", err.Error())...)
 		return s.relayError(u, "DATA", err)

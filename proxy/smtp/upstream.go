@@ -48,6 +48,10 @@ type MessageWriter interface {
 	Close() (reply string, err error)
 }
 
+// A MessageWriter may also have a method LogAttrs() []any, called after
+// Close: attributes that the session's log line about the message
+// carries, such as the upstream's own id of the message.
+
 // Dialer opens the upstream connection of a login: it connects and
 // authenticates with up.SASL. It may choose the kind of upstream per login
 // from up, the Authenticator's answer (an account whose mail goes through
