@@ -74,6 +74,10 @@ func (g clientCredentials) token(ctx context.Context, now time.Time, cur *token,
 	return tr.toToken(now)
 }
 
+// consentRequired is AADSTS65001: the user or an admin has not consented
+// to a permission asked for.
+const consentRequired = 65001
+
 // delegated renews a user's sign-in with its refresh token; for the
 // password flow, a dead refresh token is replaced by signing in again with
 // the sealed password.
@@ -91,6 +95,14 @@ func (g delegated) token(ctx context.Context, now time.Time, cur *token, scope s
 	}
 	form := url.Values{"grant_type": {"refresh_token"}, "refresh_token": {cur.RefreshToken}, "scope": {scope}}
 	tr, err := g.ep.post(ctx, g.ep.app.TokenURL(), form, !g.ep.cred.public())
+	if err != nil && classify(err).Code == consentRequired && cur.Scope != "" && cur.Scope != scope {
+		// The configuration asks for more than the user consented to (say
+		// POP after [pop3] was added): keep serving what was granted; the
+		// missing permission shows where it is used, and broker login asks
+		// for it.
+		form.Set("scope", cur.Scope)
+		tr, err = g.ep.post(ctx, g.ep.app.TokenURL(), form, !g.ep.cred.public())
+	}
 	if err != nil {
 		if te := classify(err); te.NeedsLogin && cur.Password != "" {
 			return g.password(ctx, now, cur, scope)
