@@ -119,7 +119,7 @@ func (b *Broker) AccountStatus(mailbox string) Status {
 	if acct == nil || a == nil {
 		return Status{Mailbox: mailbox, State: StateUnknown, Explanation: errNotConfigured(mailbox).Error()}
 	}
-	s := Status{Mailbox: mailbox, Flow: acct.Flow, App: acct.App.Name, Identity: a.user}
+	s := Status{Mailbox: mailbox, Flow: acct.Flow, App: acct.App.Name, Identity: a.user, SMTPVia: config.SMTPViaOf(acct)}
 	if a.user == "" {
 		s.Identity = "app:" + acct.App.ClientID
 	}

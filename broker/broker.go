@@ -155,6 +155,9 @@ func (b *Broker) Authenticate(ctx context.Context, login *proxy.Login) (*proxy.U
 	if _, err := b.pw.verify(ctx, login, mailbox); err != nil {
 		return nil, err
 	}
+	if up := b.graphUpstream(login.Protocol, mailbox); up != nil {
+		return up, nil
+	}
 	return b.upstream(ctx, mailbox)
 }
 
@@ -172,6 +175,9 @@ func (b *Broker) AuthenticateAccount(ctx context.Context, protocol proxy.Protoco
 	}
 	if a == nil {
 		return nil, errCredentials(fmt.Sprintf("%s login without password as %q: not a configured account", protocol, name))
+	}
+	if up := b.graphUpstream(protocol, normalize(a.Mailbox)); up != nil {
+		return up, nil
 	}
 	return b.upstream(ctx, normalize(a.Mailbox))
 }

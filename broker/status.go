@@ -77,6 +77,9 @@ type Status struct {
 	Credentials        []Credential `json:"credentials,omitempty"`
 	// UpstreamRejection is upstream's last refusal of a token.
 	UpstreamRejection string `json:"upstream_rejection,omitempty"`
+	// SMTPVia is where the account's SMTP submissions go: "smtp" or
+	// "graph" (Microsoft Graph).
+	SMTPVia string `json:"smtp_via,omitempty"`
 }
 
 // Attention reports whether the account cannot serve logins or will soon

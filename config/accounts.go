@@ -77,6 +77,7 @@ func (v *validator) accounts(raws []rawAccount, apps []*App) []*Account {
 			secretChecked[acct.App] = true
 			v.requireSecret(apps, acct.App, fmt.Sprintf("%s (%s)", key, acct.Mailbox))
 		}
+		acct.SMTPVia = v.smtpVia(key+".smtp_via", raw.SMTPVia)
 		v.sameSignIn(key, acct, signIns)
 		accounts = append(accounts, acct)
 	}

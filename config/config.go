@@ -125,6 +125,9 @@ type SMTP struct {
 	// ConnectionWait is how long a session waits for a free connection
 	// before the client is told to retry. Default 30s.
 	ConnectionWait time.Duration
+	// Graph is the upstream of accounts sending through Microsoft Graph
+	// (smtp_via = "graph"; config/graph.go).
+	Graph Graph
 }
 
 // Cloud is a Microsoft national cloud.
@@ -204,6 +207,13 @@ type Account struct {
 	// Scopes are requested for the account's upstream token; default
 	// DefaultScopes.
 	Scopes []string
+	// SMTPVia is where the account's SMTP submissions go: SMTPViaSMTP
+	// (Exchange's SMTP AUTH) or SMTPViaGraph (Microsoft Graph's mail
+	// API). Default [smtp] smtp_via, else SMTPViaSMTP.
+	SMTPVia SMTPVia
+	// GraphURL is Microsoft Graph's service root for the account: [smtp]
+	// graph_url, else its cloud's Graph host. Set when SMTPVia is graph.
+	GraphURL string
 }
 
 // Delegated reports whether a user signs in for the account.

@@ -89,6 +89,7 @@ type rawSMTP struct {
 	AllowUnauthenticatedAs   text   `toml:"allow_unauthenticated_as"`
 	MaxConnectionsPerMailbox number `toml:"max_connections_per_mailbox"`
 	ConnectionWait           text   `toml:"connection_wait"`
+	rawGraph
 }
 
 type rawApp struct {
@@ -111,6 +112,7 @@ type rawAccount struct {
 	App       text  `toml:"app"`
 	Flow      text  `toml:"flow"`
 	Scopes    texts `toml:"scopes"`
+	SMTPVia   text  `toml:"smtp_via"`
 }
 
 // text is a string setting. wrongType is the TOML type found instead of a

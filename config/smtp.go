@@ -33,6 +33,7 @@ func (v *validator) smtp(raw *rawSMTP, apps []*App, accounts []*Account) *SMTP {
 
 	s.MaxConnectionsPerMailbox, s.ConnectionWait = v.mailboxConnections(section, raw.MaxConnectionsPerMailbox, raw.ConnectionWait,
 		DefaultSMTPMaxConnectionsPerMailbox, DefaultSMTPConnectionWait)
+	s.Graph = v.graph(section, &raw.rawGraph, accounts)
 	return s
 }
 

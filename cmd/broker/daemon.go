@@ -149,7 +149,12 @@ func (d *daemon) setupSMTP(sc *config.SMTP) error {
 	if err != nil {
 		return err
 	}
+	graphDialer, err := d.graphDialer(sc)
+	if err != nil {
+		return err
+	}
 	d.smtp = smtp.NewServer(&smtp.Options{
+		GraphDialer:              graphDialer,
 		Upstream:                 sc.Upstream,
 		UpstreamImplicitTLS:      sc.UpstreamImplicitTLS,
 		UpstreamTLS:              upstreamTLS,

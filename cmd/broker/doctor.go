@@ -416,10 +416,18 @@ func (d *doctor) checkAccounts(ctx context.Context, accounts []*config.Account) 
 }
 
 // checkAccount runs checks 5 to 8 for one account.
-func (d *doctor) checkAccount(ctx context.Context, acct *config.Account) []doctorResult {
+func (d *doctor) checkAccount(ctx context.Context, acct *config.Account) (rs []doctorResult) {
 	wantIMAP, wantSMTP := d.cfg.IMAP != nil, d.cfg.SMTP != nil
+	if wantSMTP && acct.ViaGraph() {
+		// No SMTP AUTH: its Graph token and mailbox instead.
+		wantSMTP = false
+		defer func() {
+			rs = append(rs, skip(checkSMTP, "the account sends through Microsoft Graph (smtp_via = \"graph\")"))
+			rs = append(rs, d.checkGraphAccount(ctx, acct)...)
+		}()
+	}
 	tok, tokResult := d.checkToken(ctx, acct)
-	rs := []doctorResult{tokResult}
+	rs = []doctorResult{tokResult}
 	if tok == "" {
 		why := "no token"
 		rs = append(rs, skip(checkPermissions, why))

@@ -146,6 +146,9 @@ func printStatus(w io.Writer, s *broker.Status, now time.Time) {
 	if s.Identity != "" {
 		line("identity", "%s", s.Identity)
 	}
+	if s.SMTPVia == "graph" {
+		line("smtp via", "Microsoft Graph (smtp_via = \"graph\")")
+	}
 	if s.AccessTokenExpires.IsZero() {
 		line("access token", "none valid")
 	} else {
