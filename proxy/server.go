@@ -48,6 +48,10 @@ type ServerOptions struct {
 	// ConnectionWait bounds TakeSlot's wait for a free upstream connection
 	// of a mailbox.
 	ConnectionWait time.Duration
+	// Slots are the per-mailbox slots TakeSlot takes, shared with another
+	// server (the one a reload replaces), with their own cap:
+	// MaxConnectionsPerMailbox is then ignored. Nil: the server's own.
+	Slots *Slots
 }
 
 // Server is the protocol-independent part of a protocol server: the accept
@@ -92,7 +96,7 @@ func NewServer(opts *ServerOptions) *Server {
 		handle:    opts.Handle,
 		limiter:   limiter,
 		refusal:   opts.Refusal,
-		slots:     newMailboxSlots(opts.MaxConnectionsPerMailbox),
+		slots:     slotsOf(opts),
 		wait:      opts.ConnectionWait,
 		ctx:       ctx,
 		cancel:    cancel,
@@ -100,6 +104,13 @@ func NewServer(opts *ServerOptions) *Server {
 		conns:     make(map[*Conn]struct{}),
 		drained:   make(chan struct{}),
 	}
+}
+
+func slotsOf(opts *ServerOptions) *mailboxSlots {
+	if opts.Slots != nil {
+		return opts.Slots.s
+	}
+	return newMailboxSlots(opts.MaxConnectionsPerMailbox)
 }
 
 // Context is cancelled by Close, and by Shutdown when it gives up waiting:

@@ -95,13 +95,13 @@ func (m *mailboxSlots) releaser(account string) func() {
 // releaseLocked hands account's slot to the first waiter or frees it.
 func (m *mailboxSlots) releaseLocked(account string) {
 	g := m.groups[account]
-	if len(g.waiters) > 0 {
+	if len(g.waiters) > 0 && g.used <= m.max {
 		close(g.waiters[0])
 		g.waiters = g.waiters[1:]
 		return
 	}
 	g.used--
-	if g.used == 0 {
+	if g.used == 0 && len(g.waiters) == 0 {
 		delete(m.groups, account)
 	}
 }

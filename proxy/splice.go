@@ -1,12 +1,15 @@
 package proxy
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -34,6 +37,42 @@ type SpliceStats struct {
 	Up, Down int64
 	// Reason says why the splice ended, for the log.
 	Reason string
+	// Drained is set when the splice ended on SpliceOptions.Drain, with
+	// the Bye written to the client at a quiet point.
+	Drained bool
+}
+
+// Tracker follows a spliced protocol's two streams, so that a drain can
+// end the session where the client loses nothing. The splice calls it
+// under one lock, with every byte of each direction in order, before the
+// bytes are relayed.
+type Tracker interface {
+	// Client sees bytes from the client, Upstream bytes from upstream.
+	Client(p []byte)
+	Upstream(p []byte)
+	// Quiet reports whether a goodbye written now, after the upstream
+	// bytes seen so far, cuts nothing: upstream is between responses and
+	// the client waits for no answer it needs.
+	Quiet() bool
+}
+
+// SpliceOptions are Splice's arguments, with an optional drain.
+type SpliceOptions struct {
+	Client          net.Conn
+	ClientPending   []byte
+	Upstream        net.Conn
+	UpstreamPending []byte
+	// CloseAll closes both connections.
+	CloseAll func()
+	Log      *slog.Logger
+	// Drain, once done, asks the session to end as soon as Tracker is
+	// Quiet: then Bye (a line without CRLF) is written to the client,
+	// upstream is closed, and the client's last bytes are read and
+	// dropped for a moment so that its kernel does not reset the goodbye
+	// away. Nil: no drain. Tracker is required with Drain.
+	Drain   context.Context
+	Tracker Tracker
+	Bye     string
 }
 
 // Splice relays client and upstream until either ends, after first sending
@@ -41,17 +80,46 @@ type SpliceStats struct {
 // closes both connections. A panic in the goroutine splice starts is logged
 // to log and ends the session.
 func Splice(client net.Conn, clientPending []byte, upstream net.Conn, upstreamPending []byte, closeAll func(), log *slog.Logger) SpliceStats {
+	return SpliceWith(&SpliceOptions{Client: client, ClientPending: clientPending, Upstream: upstream,
+		UpstreamPending: upstreamPending, CloseAll: closeAll, Log: log})
+}
+
+// SpliceWith is Splice with options: see SpliceOptions.
+func SpliceWith(o *SpliceOptions) SpliceStats {
+	client, upstream, closeAll, log := o.Client, o.Upstream, o.CloseAll, o.Log
 	var (
 		once   sync.Once
 		reason string
 	)
 	end := func(r string) { once.Do(func() { reason = r }) }
 
+	var dr *drain
+	var upHooks, downHooks *relayHooks
+	if o.Drain != nil && o.Tracker != nil {
+		dr = &drain{tracker: o.Tracker, client: client, upstream: upstream, bye: o.Bye}
+		upHooks, downHooks = dr.hooks()
+		stop := context.AfterFunc(o.Drain, func() {
+			dr.requested.Store(true)
+			// Wakes the upstream read, which then looks for a quiet point.
+			upstream.SetReadDeadline(time.Now())
+		})
+		defer stop()
+	}
+
 	down := make(chan int64, 1)
 	go func() {
 		var n int64
+		drained := false
 		defer func() { down <- n }()
-		defer closeAll()
+		defer func() {
+			if drained {
+				// The goodbye is out: the client reads it and closes
+				// first, within the linger.
+				time.AfterFunc(lingerAfterBye, closeAll)
+				return
+			}
+			closeAll()
+		}()
 		defer func() {
 			if r := recover(); r != nil {
 				end(fmt.Sprintf("panic: %v", r))
@@ -59,8 +127,11 @@ func Splice(client net.Conn, clientPending []byte, upstream net.Conn, upstreamPe
 			}
 		}()
 		var rerr, werr error
-		n, rerr, werr = relay(client, upstream, upstreamPending)
+		n, rerr, werr = relayWith(client, upstream, o.UpstreamPending, downHooks)
 		switch {
+		case errors.Is(rerr, errDrained):
+			drained = true
+			end("drained: goodbye sent at a quiet point")
 		case werr != nil:
 			end("client write: " + werr.Error())
 		case rerr != nil:
@@ -70,7 +141,7 @@ func Splice(client net.Conn, clientPending []byte, upstream net.Conn, upstreamPe
 		}
 	}()
 
-	up, rerr, werr := relay(upstream, client, clientPending)
+	up, rerr, werr := relayWith(upstream, client, o.ClientPending, upHooks)
 	switch {
 	case werr != nil:
 		end("upstream write: " + werr.Error())
@@ -89,16 +160,115 @@ func Splice(client net.Conn, clientPending []byte, upstream net.Conn, upstreamPe
 			closeAll()
 		}
 	}
-	return SpliceStats{Up: up, Down: <-down, Reason: reason}
+	st := SpliceStats{Up: up, Down: <-down, Reason: reason}
+	if dr != nil && dr.ended.Load() {
+		closeAll()
+		st.Drained = true
+	}
+	return st
+}
+
+// lingerAfterBye bounds how long a drained session waits for the client to
+// close after the goodbye.
+const lingerAfterBye = 2 * time.Second
+
+// errDrained ends the upstream→client relay once the goodbye is written.
+var errDrained = errors.New("drained")
+
+// drain is a spliced session's drain: requested by SpliceOptions.Drain,
+// ended once the goodbye is written.
+type drain struct {
+	tracker          Tracker
+	client, upstream net.Conn
+	bye              string
+
+	requested atomic.Bool
+	ended     atomic.Bool
+	// mu orders the tracker's calls, and the decision to end against the
+	// client's bytes: a command the tracker has seen is never cut, and
+	// none is relayed after the decision.
+	mu sync.Mutex
+}
+
+func (d *drain) hooks() (up, down *relayHooks) {
+	up = &relayHooks{data: func(p []byte) bool {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		if d.ended.Load() {
+			return false // the session is over: nothing more goes upstream
+		}
+		d.tracker.Client(p)
+		return true
+	}}
+	down = &relayHooks{
+		data: func(p []byte) bool {
+			d.mu.Lock()
+			d.tracker.Upstream(p)
+			d.mu.Unlock()
+			return true
+		},
+		stop:     d.stopAtQuiet,
+		draining: d.requested.Load,
+	}
+	return up, down
+}
+
+// stopAtQuiet ends the session with the goodbye if a drain is requested
+// and the tracker is quiet. It runs in the upstream→client relay, the only
+// writer to the client.
+func (d *drain) stopAtQuiet() bool {
+	if !d.requested.Load() {
+		return false
+	}
+	d.mu.Lock()
+	quiet := d.tracker.Quiet()
+	if quiet {
+		d.ended.Store(true)
+	}
+	d.mu.Unlock()
+	if !quiet {
+		return false
+	}
+	d.client.SetWriteDeadline(time.Now().Add(lingerAfterBye))
+	io.WriteString(d.client, d.bye+"\r\n")
+	if cw, ok := d.client.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+	rawConn(d.upstream).Close()
+	return true
+}
+
+// relayHooks let a drain watch one direction of a splice; nil fields do
+// nothing.
+type relayHooks struct {
+	// data sees each chunk read before it is written; false drops it.
+	data func(p []byte) bool
+	// stop is asked before each read whether to end the relay (errDrained).
+	stop func() bool
+	// draining reports whether a read deadline may be the drain's wake-up.
+	draining func() bool
 }
 
 // relay writes pending, then copies src to dst until src ends (rerr nil) or
 // either fails. Every read is written at once: responses must not wait.
 func relay(dst io.Writer, src net.Conn, pending []byte) (n int64, rerr, werr error) {
-	if len(pending) > 0 {
-		w, err := dst.Write(pending)
+	return relayWith(dst, src, pending, nil)
+}
+
+func relayWith(dst io.Writer, src net.Conn, pending []byte, h *relayHooks) (n int64, rerr, werr error) {
+	if h == nil {
+		h = &relayHooks{}
+	}
+	write := func(p []byte) error {
+		if h.data != nil && !h.data(p) {
+			return nil
+		}
+		w, err := dst.Write(p)
 		n += int64(w)
-		if err != nil {
+		return err
+	}
+	if len(pending) > 0 {
+		if err := write(pending); err != nil {
 			return n, nil, err
 		}
 	}
@@ -114,23 +284,36 @@ func relay(dst io.Writer, src net.Conn, pending []byte) (n int64, rerr, werr err
 			spliceBuffers.Put(large)
 		}
 	}()
+	woken := false
 	for {
+		if h.stop != nil && h.stop() {
+			return n, errDrained, nil
+		}
+		if woken {
+			// The drain's wake-up found no quiet point: read on, without
+			// its deadline, until the next response ends.
+			woken = false
+			if large == nil {
+				src.SetReadDeadline(time.Time{})
+			}
+		}
 		buf := small
 		if large != nil {
 			buf = large[:]
 		}
 		m, err := src.Read(buf)
 		if m > 0 {
-			w, err := dst.Write(buf[:m])
-			n += int64(w)
-			if err != nil {
+			if err := write(buf[:m]); err != nil {
 				return n, nil, err
 			}
 		}
 		if err != nil {
-			if large != nil && IsTimeout(err) {
-				// The hold deadline: traffic stopped.
-				release()
+			if IsTimeout(err) && (large != nil || h.draining != nil && h.draining()) {
+				// The hold deadline (traffic stopped), or a drain's wake-up.
+				if large != nil {
+					release()
+				}
+				woken = h.draining != nil && h.draining()
 				continue
 			}
 			if err == io.EOF {

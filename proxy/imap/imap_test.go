@@ -676,14 +676,45 @@ func TestIMAPShutdown(t *testing.T) {
 		srv, addr := startProxy(t, Options{Auth: &proxytest.Auth{Pass: "pw"}}, up)
 		c := dialClient(t, addr)
 		c.login("alice", "pw")
-		done := make(chan error, 1)
-		go func() { done <- srv.Shutdown(context.Background()) }()
-		// The session goes on during the drain.
 		c.Send("b NOOP\r\n")
 		c.Expect("b OK NOOP done by stub")
-		c.Send("c LOGOUT\r\n")
-		c.Expect("* BYE")
-		c.Expect("c OK LOGOUT")
+		idle := dialClient(t, addr)
+		idle.login("alice", "pw")
+		idle.Send("b IDLE\r\n")
+		idle.Expect("+ idling")
+		idle.Expect("* 1 EXISTS")
+		preauth := dialClient(t, addr)
+		preauth.greet()
+		done := make(chan error, 1)
+		go func() { done <- srv.Shutdown(context.Background()) }()
+		// Between commands, in IDLE, before login: a BYE at once.
+		for _, cl := range []*testClient{c, idle, preauth} {
+			cl.Expect("* BYE Server shutting down")
+			cl.ExpectClosed()
+			cl.Conn.Close()
+		}
+		if err := <-done; err != nil {
+			t.Fatalf("Shutdown: got %v, want nil", err)
+		}
+	})
+	t.Run("a command in flight finishes first", func(t *testing.T) {
+		srv, addr := startProxy(t, Options{Auth: &proxytest.Auth{Pass: "pw"}}, up)
+		c := dialClient(t, addr)
+		c.login("alice", "pw")
+		c.Send("b APPEND INBOX {5}\r\n")
+		c.Expect("+ Ready")
+		done := make(chan error, 1)
+		go func() { done <- srv.Shutdown(context.Background()) }()
+		c.Conn.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		if line, err := c.R.ReadString('\n'); err == nil {
+			t.Fatalf("got %q while the APPEND was in flight, want nothing", line)
+		}
+		c.Conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+		c.Send("hello\r\n")
+		c.Expect("b OK APPEND 5")
+		c.Expect("* BYE Server shutting down")
+		c.ExpectClosed()
+		c.Conn.Close()
 		if err := <-done; err != nil {
 			t.Fatalf("Shutdown: got %v, want nil", err)
 		}
@@ -692,6 +723,9 @@ func TestIMAPShutdown(t *testing.T) {
 		srv, addr := startProxy(t, Options{Auth: &proxytest.Auth{Pass: "pw"}}, up)
 		c := dialClient(t, addr)
 		c.login("alice", "pw")
+		// A literal the client never sends: in flight until the deadline.
+		c.Send("b APPEND INBOX {5}\r\n")
+		c.Expect("+ Ready")
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 		defer cancel()
 		if err := srv.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {

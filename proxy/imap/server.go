@@ -71,6 +71,10 @@ type Options struct {
 	LoginTimeout time.Duration
 	// MaxLoginFailures: DefaultMaxLoginFailures.
 	MaxLoginFailures int
+	// Slots are the per-mailbox upstream session slots, shared with the
+	// server this one replaces (a reload); their cap is theirs, and
+	// MaxConnectionsPerMailbox is then ignored. Nil: the server's own.
+	Slots *proxy.Slots
 }
 
 // Server accepts local IMAP clients, logs them in upstream and relays
@@ -82,11 +86,16 @@ type Server struct {
 	logger      *slog.Logger
 	srv         *proxy.Server
 	pipeline    *proxy.LoginPipeline
+	// drain is cancelled by Shutdown: sessions then end with a BYE at the
+	// first point where the client loses nothing.
+	drain       context.Context
+	cancelDrain context.CancelFunc
 }
 
 // NewServer returns a server configured by opts, which it copies.
 func NewServer(opts *Options) *Server {
 	s := &Server{opts: *opts}
+	s.drain, s.cancelDrain = context.WithCancel(context.Background())
 	o := &s.opts
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -108,6 +117,7 @@ func NewServer(opts *Options) *Server {
 		Refusal:                  "* BYE Too many connections",
 		MaxConnectionsPerMailbox: o.MaxConnectionsPerMailbox,
 		ConnectionWait:           o.ConnectionWait,
+		Slots:                    o.Slots,
 	})
 	return s
 }
@@ -125,9 +135,13 @@ func (s *Server) Serve(l net.Listener) error {
 // Close closes the listeners and every session now.
 func (s *Server) Close() error { return s.srv.Close() }
 
-// Shutdown stops accepting and waits for the sessions to end until ctx is
-// done; then it closes the sessions left and returns ctx's error.
-func (s *Server) Shutdown(ctx context.Context) error { return s.srv.Shutdown(ctx, nil) }
+// Shutdown stops accepting and ends the sessions where their clients lose
+// nothing: a logged-in client gets "* BYE" once upstream is between
+// responses and no command of the client's waits for its answer (one in
+// IDLE included); a client not logged in gets it before its next command.
+// It waits for the sessions to end until ctx is done; then it closes the
+// sessions left and returns ctx's error.
+func (s *Server) Shutdown(ctx context.Context) error { return s.srv.Shutdown(ctx, s.cancelDrain) }
 
 // Sessions returns the number of live sessions, logged in or not.
 func (s *Server) Sessions() int { return s.srv.Sessions() }

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/mailbroker/broker/proxy"
@@ -62,6 +63,10 @@ type session struct {
 	// client may still be sending.
 	linger bool
 
+	// spliced is set, under drainMu, when the splice takes the client over.
+	drainMu sync.Mutex
+	spliced bool
+
 	account string
 	stats   proxy.SpliceStats
 	reason  string // why the session ended
@@ -97,10 +102,26 @@ func (s *session) run() {
 	if !s.write("* OK [CAPABILITY " + s.capabilities() + "] broker ready") {
 		return
 	}
+	// A drain wakes the read below, until the splice takes over the
+	// client; the loop then says goodbye.
+	stop := context.AfterFunc(s.srv.drain, func() {
+		s.drainMu.Lock()
+		defer s.drainMu.Unlock()
+		if !s.spliced {
+			s.tc.NetConn().SetReadDeadline(time.Now())
+		}
+	})
+	defer stop()
 	for {
 		s.conn.SetReadDeadline(s.deadline)
+		if s.drained() {
+			return
+		}
 		cmd, err := s.r.readCommand()
 		if err != nil {
+			if proxy.IsTimeout(err) && s.drained() {
+				return
+			}
 			if s.readFailed(err) {
 				return
 			}
@@ -110,6 +131,21 @@ func (s *session) run() {
 			return
 		}
 	}
+}
+
+// byeDrain is the goodbye of a stopping server.
+const byeDrain = "* BYE Server shutting down, reconnect in a moment"
+
+// drained ends a session not logged in when the server drains; it reports
+// whether it did.
+func (s *session) drained() bool {
+	if s.srv.drain.Err() == nil {
+		return false
+	}
+	s.reason = "server shutting down"
+	s.write(byeDrain)
+	s.linger = true
+	return true
 }
 
 func (s *session) logEnd() {
@@ -449,8 +485,15 @@ func (s *session) splice(u *upstreamSession) {
 	clientPending, upstreamPending := buffered(s.r.br), buffered(u.br)
 	client, upstream := s.conn, u.conn
 	s.r, u.br = nil, nil
+	s.drainMu.Lock()
+	s.spliced = true
+	s.drainMu.Unlock()
 	client.SetDeadline(time.Time{})
-	s.stats = proxy.Splice(client, clientPending, upstream, upstreamPending, s.tc.Close, s.log)
+	s.stats = proxy.SpliceWith(&proxy.SpliceOptions{
+		Client: client, ClientPending: clientPending, Upstream: upstream, UpstreamPending: upstreamPending,
+		CloseAll: s.tc.Close, Log: s.log,
+		Drain: s.srv.drain, Tracker: &tracker{}, Bye: byeDrain,
+	})
 	s.reason = s.stats.Reason
 }
 

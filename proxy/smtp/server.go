@@ -105,6 +105,10 @@ type Options struct {
 	MaxConnectionsPerMailbox int
 	// ConnectionWait: DefaultConnectionWait.
 	ConnectionWait time.Duration
+	// Slots are the per-mailbox upstream slots, shared with the server
+	// this one replaces (a reload); their cap is theirs, and
+	// MaxConnectionsPerMailbox is then ignored. Nil: the server's own.
+	Slots *proxy.Slots
 
 	// Limiter caps client connections, shared with the other servers
 	// given the same one. Nil: a limiter of this server's own with the
@@ -199,6 +203,7 @@ func NewServer(opts *Options) *Server {
 		Refusal:                  "421 4.7.0 Too many connections",
 		MaxConnectionsPerMailbox: o.MaxConnectionsPerMailbox,
 		ConnectionWait:           o.ConnectionWait,
+		Slots:                    o.Slots,
 	})
 	return s
 }
