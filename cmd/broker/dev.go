@@ -84,8 +84,8 @@ func serveDev(ctx context.Context, imapListen, smtpListen, pop3Listen string, st
 		Tenant:    devTenant,
 		ClientID:  devClientID,
 		Secret:    secret,
-		Roles:     []string{"IMAP.AccessAsApp", "SMTP.SendAsApp", "POP.AccessAsApp"},
-		Mailboxes: []string{devMailbox},
+		Roles:     append([]string{"IMAP.AccessAsApp", "SMTP.SendAsApp", "POP.AccessAsApp"}, devGraphRoles...),
+		Mailboxes: []string{devMailbox, devGraphMailbox},
 	})
 	agentPassword := rand.Text()[:16]
 	entra.AddUser(devTenant, devAgent, agentPassword)
@@ -117,6 +117,12 @@ func serveDev(ctx context.Context, imapListen, smtpListen, pop3Listen string, st
 		return err
 	}
 	defer stopPOP3()
+	// Microsoft Graph for the account that sends through it.
+	graphKeys, graphAccount, stopGraph, err := startDevGraph(entra, upstream, dir)
+	if err != nil {
+		return err
+	}
+	defer stopGraph()
 
 	imapListen = devListenAddr(imapListen, "imap", log)
 	smtpListen = devListenAddr(smtpListen, "smtp", log)
@@ -138,6 +144,7 @@ func serveDev(ctx context.Context, imapListen, smtpListen, pop3Listen string, st
 		filepath.Join(dir, "client.secret"), entra.URL(), devMailbox,
 		devTenant, devPublicClientID, entra.URL(), devAgent)
 	cfgText += pop3Section
+	cfgText = withDevGraph(cfgText, graphKeys, graphAccount)
 	if err := os.WriteFile(cfgPath, []byte(cfgText), 0o600); err != nil {
 		return err
 	}
@@ -207,6 +214,10 @@ Then the same commands work for it, with its own app password:
 Press Ctrl-C to stop; the temporary state is deleted.
 
 `, imapAddr, smtpAddr, devMailbox, password, cfgPath, devAgent, entra.URL(), agentPassword, agentAppPassword, addrs["pop3"])
+	if err := printDevGraph(ctx, stdout, d.broker, smtpAddr); err != nil {
+		d.close()
+		return err
+	}
 	return d.run(ctx)
 }
 
