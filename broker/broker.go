@@ -32,6 +32,9 @@ type Options struct {
 	HTTPClient *http.Client
 	// Now is the clock for every validity decision; nil means time.Now.
 	Now func() time.Time
+	// Observer is told of token requests' outcomes, for metrics. Nil:
+	// none.
+	Observer Observer
 }
 
 // Broker is the proxy's Authenticator.
@@ -90,6 +93,7 @@ func New(cfg *config.Config, st store.Store, opts Options) (*Broker, error) {
 	}
 	b.tokens = newTokens(idx)
 	b.tokens.life, b.tokens.now, b.tokens.log, b.tokens.client, b.tokens.store, b.tokens.sealer = b.life, b.now, b.log, client, st, sealer
+	b.tokens.obs = opts.Observer
 	b.pw = newPasswords(b.life, st, b.now, b.log, runtime.GOMAXPROCS(0))
 
 	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)

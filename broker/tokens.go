@@ -113,6 +113,7 @@ type tokens struct {
 	store  store.Store
 	sealer *Sealer
 	wake   chan struct{}
+	obs    Observer // nil: none
 	// ping asks the refresher to answer: Broker.Alive.
 	ping chan chan struct{}
 	// reloadMu serialises Reloads.
@@ -340,10 +341,13 @@ func (m *tokens) fetch(a *signIn, done chan struct{}) {
 			m.log.Info("token request succeeded again", "account", a.account())
 		}
 		a.tok, a.err, a.failures, a.retryAt, a.lastOK = t, nil, 0, time.Time{}, true
+		m.observe(nil)
 		m.log.Info("token refreshed", "account", a.account(), "flow", string(a.flow), "expires", t.Expiry.Round(time.Second))
 	default:
 		a.lastOK = false
-		m.failLocked(a, classify(err))
+		te := classify(err)
+		m.observe(te)
+		m.failLocked(a, te)
 	}
 	a.done = nil
 	close(done)

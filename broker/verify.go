@@ -124,7 +124,7 @@ func (p *passwords) verify(ctx context.Context, login *proxy.Login, mailbox stri
 		}
 	}
 	if a.refuse {
-		return "", errCredentials(a.reason)
+		return "", &proxy.LoginError{Kind: proxy.KindCredentials, Reason: reasonCredentials, Err: throttledError(a.reason)}
 	}
 	id, err := p.verifyAdmitted(ctx, mailbox, password)
 	p.throttle.settle(a, isCredentialsErr(err), p.now())

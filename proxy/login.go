@@ -22,6 +22,10 @@ type LoginPipeline struct {
 	// upstream did not refuse them, e.g. unreachable): only a refusal is
 	// reported to the Authenticator. Required.
 	Classify func(err error) (le *LoginError, advice string, refusal error)
+	// Protocol names the protocol to Observer.
+	Protocol Protocol
+	// Observer is told of each login's outcome. Nil: none.
+	Observer Observer
 }
 
 // LoginUpstream runs one client login through the pipeline: authorize asks
@@ -36,8 +40,17 @@ type LoginPipeline struct {
 // nor reported.
 //
 // user names the client's login in the log. On success it returns login's
-// result and the credentials it used; every failure is a *LoginError.
+// result and the credentials it used; every failure is a *LoginError. The
+// outcome is told to p.Observer.
 func LoginUpstream[T any](ctx context.Context, p *LoginPipeline, log *slog.Logger, user string,
+	authorize func(context.Context) (*Upstream, error),
+	login func(context.Context, *Upstream) (T, error)) (T, *Upstream, *LoginError) {
+	u, up, le := loginUpstream(ctx, p, log, user, authorize, login)
+	ObserverOr(p.Observer).LoginOutcome(p.Protocol, LoginOutcomeOf(le))
+	return u, up, le
+}
+
+func loginUpstream[T any](ctx context.Context, p *LoginPipeline, log *slog.Logger, user string,
 	authorize func(context.Context) (*Upstream, error),
 	login func(context.Context, *Upstream) (T, error)) (T, *Upstream, *LoginError) {
 	var zero T

@@ -52,6 +52,10 @@ type ServerOptions struct {
 	// server (the one a reload replaces), with their own cap:
 	// MaxConnectionsPerMailbox is then ignored. Nil: the server's own.
 	Slots *Slots
+	// Protocol names the server's protocol to Observer.
+	Protocol Protocol
+	// Observer is told of sessions, refusals and slot waits. Nil: none.
+	Observer Observer
 }
 
 // Server is the protocol-independent part of a protocol server: the accept
@@ -69,6 +73,8 @@ type Server struct {
 	slots   *mailboxSlots
 	wait    time.Duration
 	stats   serverStats
+	proto   Protocol
+	obs     Observer
 	// refusing counts refusals being written.
 	refusing atomic.Int32
 
@@ -98,6 +104,8 @@ func NewServer(opts *ServerOptions) *Server {
 		refusal:   opts.Refusal,
 		slots:     slotsOf(opts),
 		wait:      opts.ConnectionWait,
+		proto:     opts.Protocol,
+		obs:       ObserverOr(opts.Observer),
 		ctx:       ctx,
 		cancel:    cancel,
 		listeners: make(map[net.Listener]struct{}),
@@ -105,6 +113,10 @@ func NewServer(opts *ServerOptions) *Server {
 		drained:   make(chan struct{}),
 	}
 }
+
+// Observer returns ServerOptions.Observer, or NopObserver: the protocol
+// server tells it of its own events.
+func (s *Server) Observer() Observer { return s.obs }
 
 func slotsOf(opts *ServerOptions) *mailboxSlots {
 	if opts.Slots != nil {
@@ -178,6 +190,7 @@ func (s *Server) Serve(l net.Listener) error {
 func (s *Server) refuse(c net.Conn, reason string) {
 	s.logger.Warn("connection refused", "reason", reason, "remote", c.RemoteAddr().String())
 	s.stats.refused(reason)
+	s.obs.ConnRefused(s.proto, reason)
 	if s.refusing.Add(1) > maxRefusalsInFlight {
 		s.refusing.Add(-1)
 		rawConn(c).Close()
@@ -197,11 +210,14 @@ func (s *Server) refuse(c net.Conn, reason string) {
 // is ErrSlotWait. The release function frees the slot; it may be called
 // more than once.
 func (s *Server) TakeSlot(ctx context.Context, c *Conn, account string) (release func(), err error) {
+	start := time.Now()
 	release, err = s.slots.acquireWithin(ctx, account, s.wait)
+	s.obs.SlotWait(s.proto, time.Since(start))
 	if errors.Is(err, ErrSlotWait) {
 		s.logger.Warn("connection refused", "reason", refusedPerMailbox, "remote", c.conn.RemoteAddr().String(),
 			"session", c.id, "account", account)
 		s.stats.refused(refusedPerMailbox)
+		s.obs.ConnRefused(s.proto, refusedPerMailbox)
 	}
 	return release, err
 }
@@ -214,6 +230,8 @@ func (s *Server) UpstreamConnections(account string) int { return s.slots.inUse(
 func (s *Server) CountPreAuthTimeout() { s.stats.preAuthTimeouts.Add(1) }
 
 func (s *Server) run(tc *Conn) {
+	s.obs.SessionStarted(s.proto)
+	defer func() { s.obs.SessionEnded(s.proto, time.Since(tc.start)) }()
 	defer s.untrack(tc)
 	defer tc.Close()
 	defer func() {

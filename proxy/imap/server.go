@@ -75,6 +75,9 @@ type Options struct {
 	// server this one replaces (a reload); their cap is theirs, and
 	// MaxConnectionsPerMailbox is then ignored. Nil: the server's own.
 	Slots *proxy.Slots
+	// Observer is told of sessions, logins, upstream connections and
+	// relayed bytes, for metrics. Nil: none.
+	Observer proxy.Observer
 }
 
 // Server accepts local IMAP clients, logs them in upstream and relays
@@ -109,7 +112,7 @@ func NewServer(opts *Options) *Server {
 	s.logger = o.Logger.With("proto", string(proxy.IMAP))
 	s.upstreamTLS = proxy.UpstreamTLSConfig(o.UpstreamTLS, o.Upstream)
 	s.tls = proxy.LocalTLSConfig(o.TLS)
-	s.pipeline = &proxy.LoginPipeline{Auth: o.Auth, Classify: classifyFailure}
+	s.pipeline = &proxy.LoginPipeline{Auth: o.Auth, Classify: classifyFailure, Protocol: proxy.IMAP, Observer: o.Observer}
 	s.srv = proxy.NewServer(&proxy.ServerOptions{
 		Logger:                   s.logger,
 		Handle:                   s.handle,
@@ -118,6 +121,8 @@ func NewServer(opts *Options) *Server {
 		MaxConnectionsPerMailbox: o.MaxConnectionsPerMailbox,
 		ConnectionWait:           o.ConnectionWait,
 		Slots:                    o.Slots,
+		Protocol:                 proxy.IMAP,
+		Observer:                 o.Observer,
 	})
 	return s
 }

@@ -149,6 +149,9 @@ func (s *session) drained() bool {
 }
 
 func (s *session) logEnd() {
+	obs := s.srv.srv.Observer()
+	obs.BytesRelayed(proxy.IMAP, proxy.Up, s.stats.Up)
+	obs.BytesRelayed(proxy.IMAP, proxy.Down, s.stats.Down)
 	reason := s.reason
 	if s.tc.ClosedByServer() {
 		reason = "server closed"

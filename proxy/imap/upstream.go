@@ -93,7 +93,9 @@ func (s *Server) loginUpstream(ctx context.Context, tc *proxy.Conn, up *proxy.Up
 	// ctx allows for the wait for a mailbox slot too.
 	ctx, cancel := context.WithTimeout(ctx, s.opts.LoginTimeout)
 	defer cancel()
+	start := time.Now()
 	conn, err := dialUpstream(ctx, s.opts.Upstream, s.upstreamTLS, s.opts.DialTimeout)
+	s.srv.Observer().UpstreamConnect(proxy.IMAP, time.Since(start), err)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to %s: %w", s.opts.Upstream, err)
 	}
@@ -104,7 +106,10 @@ func (s *Server) loginUpstream(ctx context.Context, tc *proxy.Conn, up *proxy.Up
 		conn.SetDeadline(dl)
 	}
 	u := &upstreamSession{conn: conn, br: bufio.NewReaderSize(conn, upstreamReadBuffer)}
-	if err := u.login(up.SASL); err != nil {
+	start = time.Now()
+	err = u.login(up.SASL)
+	s.srv.Observer().UpstreamAuth(proxy.IMAP, time.Since(start), err)
+	if err != nil {
 		conn.Close()
 		return nil, err
 	}

@@ -77,6 +77,9 @@ type Options struct {
 	LoginTimeout time.Duration
 	// MaxLoginFailures: DefaultMaxLoginFailures.
 	MaxLoginFailures int
+	// Observer is told of sessions, logins, upstream connections and
+	// relayed bytes, for metrics. Nil: none.
+	Observer proxy.Observer
 }
 
 // Server accepts local POP3 clients, logs them in upstream and relays
@@ -123,7 +126,7 @@ func NewServer(opts *Options) *Server {
 	s.tls = proxy.LocalTLSConfig(o.TLS)
 	caps := defaultCaps
 	s.caps.Store(&caps)
-	s.pipeline = &proxy.LoginPipeline{Auth: o.Auth, Classify: classifyFailure}
+	s.pipeline = &proxy.LoginPipeline{Auth: o.Auth, Classify: classifyFailure, Protocol: proxy.POP3, Observer: o.Observer}
 	s.srv = proxy.NewServer(&proxy.ServerOptions{
 		Logger:                   s.logger,
 		Handle:                   s.handle,
@@ -131,6 +134,8 @@ func NewServer(opts *Options) *Server {
 		Refusal:                  "-ERR [SYS/TEMP] Too many connections",
 		MaxConnectionsPerMailbox: o.MaxConnectionsPerMailbox,
 		ConnectionWait:           o.ConnectionWait,
+		Protocol:                 proxy.POP3,
+		Observer:                 o.Observer,
 	})
 	return s
 }

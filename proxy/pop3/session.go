@@ -135,6 +135,9 @@ func hasKeyword(line []byte, kw string) bool {
 }
 
 func (s *session) logEnd() {
+	obs := s.srv.srv.Observer()
+	obs.BytesRelayed(proxy.POP3, proxy.Up, s.stats.Up)
+	obs.BytesRelayed(proxy.POP3, proxy.Down, s.stats.Down)
 	reason := s.reason
 	if s.tc.ClosedByServer() {
 		reason = "server closed"

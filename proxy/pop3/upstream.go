@@ -285,14 +285,19 @@ func (s *Server) loginUpstream(ctx context.Context, tc *proxy.Conn, up *proxy.Up
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.opts.LoginTimeout)
 	defer cancel()
+	start := time.Now()
 	u, err := s.dial(ctx)
+	s.srv.Observer().UpstreamConnect(proxy.POP3, time.Since(start), err)
 	if err != nil {
 		return nil, err
 	}
 	if !tc.Attach(u.conn) {
 		return nil, net.ErrClosed
 	}
-	if err := u.authenticate(up.SASL); err != nil {
+	start = time.Now()
+	err = u.authenticate(up.SASL)
+	s.srv.Observer().UpstreamAuth(proxy.POP3, time.Since(start), err)
+	if err != nil {
 		u.conn.Close()
 		return nil, err
 	}

@@ -45,6 +45,8 @@ type relay struct {
 	dataTimeout    time.Duration
 	// seen keeps upstream's extensions as each connection found them.
 	seen *atomic.Pointer[extensions]
+	// obs times the logins' connections and AUTH.
+	obs proxy.Observer
 }
 
 var (
@@ -148,7 +150,9 @@ func (r *relay) setClientTimeouts(c *gosmtp.Client) {
 // Dial connects and authenticates with AUTH XOAUTH2. A refusal is a
 // *rejection.
 func (r *relay) Dial(ctx context.Context, tc *proxy.Conn, up *proxy.Upstream) (Upstream, error) {
+	start := time.Now()
 	c, conn, err := r.dial(ctx, tc)
+	r.obs.UpstreamConnect(proxy.SMTP, time.Since(start), err)
 	if err != nil {
 		return nil, err
 	}
@@ -158,10 +162,12 @@ func (r *relay) Dial(ctx context.Context, tc *proxy.Conn, up *proxy.Upstream) (U
 		return nil, errNoXOAUTH2
 	}
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	start = time.Now()
 	err = c.Auth(up.SASL)
 	if !stop() {
 		err = context.Cause(ctx)
 	}
+	r.obs.UpstreamAuth(proxy.SMTP, time.Since(start), err)
 	if err != nil {
 		u.Close()
 		var se *gosmtp.SMTPError

@@ -132,6 +132,9 @@ type Options struct {
 	DataTimeout time.Duration
 	// MaxLoginFailures: DefaultMaxLoginFailures.
 	MaxLoginFailures int
+	// Observer is told of sessions, logins, upstream connections and
+	// messages, for metrics. Nil: none.
+	Observer proxy.Observer
 }
 
 // Server accepts local SMTP clients and relays their messages upstream,
@@ -192,10 +195,11 @@ func NewServer(opts *Options) *Server {
 			commandTimeout: o.CommandTimeout,
 			dataTimeout:    o.DataTimeout,
 			seen:           &s.caps,
+			obs:            proxy.ObserverOr(o.Observer),
 		}
 		s.dialer = s.relay
 	}
-	s.pipeline = &proxy.LoginPipeline{Auth: o.Auth, Classify: classifyFailure}
+	s.pipeline = &proxy.LoginPipeline{Auth: o.Auth, Classify: classifyFailure, Protocol: proxy.SMTP, Observer: o.Observer}
 	s.srv = proxy.NewServer(&proxy.ServerOptions{
 		Logger:                   s.logger,
 		Handle:                   s.handle,
@@ -204,6 +208,8 @@ func NewServer(opts *Options) *Server {
 		MaxConnectionsPerMailbox: o.MaxConnectionsPerMailbox,
 		ConnectionWait:           o.ConnectionWait,
 		Slots:                    o.Slots,
+		Protocol:                 proxy.SMTP,
+		Observer:                 o.Observer,
 	})
 	return s
 }

@@ -299,7 +299,7 @@ func (s *session) Rcpt(to string, opts *gosmtp.RcptOptions) error {
 
 // Data streams the message upstream and answers with upstream's own final
 // reply: nothing is acknowledged that upstream did not accept.
-func (s *session) Data(r io.Reader) error {
+func (s *session) Data(r io.Reader) (err error) {
 	if s.cl.conn.expired() {
 		return errTimeout
 	}
@@ -319,11 +319,13 @@ func (s *session) Data(r io.Reader) error {
 	if u == nil || tx == nil {
 		return errNoUpstream
 	}
+	defer func() { s.cl.srv.srv.Observer().MessageRelayed(messageOutcome(err)) }()
 	w, err := u.Data()
 	if err != nil {
 		return s.relayError(u, "DATA", err)
 	}
 	n, rerr, werr := copyMessage(w, r)
+	s.cl.srv.srv.Observer().BytesRelayed(proxy.SMTP, proxy.Up, n)
 	attrs := []any{"account", s.account, "from", tx.from, "rcpts", len(tx.rcpts), "bytes", n}
 	switch {
 	case rerr != nil:
@@ -422,6 +424,22 @@ func (s *session) relayError(u Upstream, cmd string, err error) error {
 	s.drop(u)
 	s.log.Warn("upstream failed", "account", s.account, "command", cmd, "err", err.Error())
 	return lostReply(err)
+}
+
+// messageOutcome is the outcome of a DATA that Data answered with err:
+// upstream's 250 relayed, a 5xx rejected, anything else a temporary
+// failure.
+func messageOutcome(err error) string {
+	var se *gosmtp.SMTPError
+	if errors.As(err, &se) {
+		switch se.Code / 100 {
+		case 2:
+			return proxy.MessageRelayed
+		case 5:
+			return proxy.MessageRejected
+		}
+	}
+	return proxy.MessageFailedTemporary
 }
 
 func lostReply(err error) *gosmtp.SMTPError {
