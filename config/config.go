@@ -45,6 +45,9 @@ type Config struct {
 	SMTP *SMTP
 	// POP3 is nil when the file has no [pop3] section.
 	POP3 *POP3
+	// Metrics is the [metrics] section; its Listen is "" when metrics
+	// are off.
+	Metrics Metrics
 
 	Apps     []*App
 	Accounts []*Account

@@ -58,6 +58,7 @@ type rawConfig struct {
 	IMAP          *rawIMAP     `toml:"imap"`
 	SMTP          *rawSMTP     `toml:"smtp"`
 	POP3          *rawPOP3     `toml:"pop3"`
+	Metrics       *rawMetrics  `toml:"metrics"`
 	Apps          []rawApp     `toml:"app"`
 	Accounts      []rawAccount `toml:"account"`
 }

@@ -185,6 +185,7 @@ func (v *validator) config(raw *rawConfig) *Config {
 	if raw.POP3 != nil {
 		cfg.POP3 = v.pop3(raw.POP3, cfg.Apps)
 	}
+	cfg.Metrics = v.metrics(raw.Metrics)
 	sortByLine(v.warnings)
 	for _, w := range v.warnings {
 		cfg.Warnings = append(cfg.Warnings, w.Error())
