@@ -128,7 +128,7 @@ func TestSIGHUPDoesNotStopDaemon(t *testing.T) {
 	if err := env.Daemon.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	env.Daemon.waitLog("reload is not supported yet")
+	env.Daemon.waitLog("msg=\"configuration reloaded\"")
 	c := dialProxy(t, env.Daemon.IMAPAddr)
 	if err := c.Login(mailbox, env.Password).Wait(); err != nil {
 		t.Fatalf("LOGIN after SIGHUP: %v", err)

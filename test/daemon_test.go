@@ -53,12 +53,22 @@ func startDaemon(t testing.TB, dir, config string) *daemon {
 // startDaemonBin is startDaemon with another build of broker.
 func startDaemonBin(t testing.TB, bin, dir, config string) *daemon {
 	t.Helper()
+	return startDaemonCmd(t, bin, dir, config, nil)
+}
+
+// startDaemonCmd is startDaemonBin with prepare, if not nil, called on the
+// command before it starts: to set its environment or pass it files.
+func startDaemonCmd(t testing.TB, bin, dir, config string, prepare func(*exec.Cmd)) *daemon {
+	t.Helper()
 	path := filepath.Join(dir, "broker.toml")
 	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	d := &daemon{t: t, config: path, exited: make(chan struct{}), logged: make(chan struct{})}
 	d.cmd = exec.Command(bin, "serve", "-config", path)
+	if prepare != nil {
+		prepare(d.cmd)
+	}
 	pr, pw := io.Pipe()
 	d.cmd.Stderr = pw
 	if err := d.cmd.Start(); err != nil {

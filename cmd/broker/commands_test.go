@@ -140,7 +140,7 @@ func TestAccountCommands(t *testing.T) {
 			cancel()
 			select {
 			case <-done:
-			case <-time.After(drainTimeout + 5*time.Second):
+			case <-time.After(config.DefaultDrainTimeout + 5*time.Second):
 				t.Error("the daemon did not stop")
 			}
 		}()

@@ -53,6 +53,9 @@ type controlResponse struct {
 	// follows the response's line on the connection.
 	BackupBytes int64 `json:"backup_bytes,omitempty"`
 
+	// Reload summarises what a reload changed (op "reload").
+	Reload string `json:"reload,omitempty"`
+
 	// payload is written raw after the JSON line: the backup.
 	payload []byte
 }
@@ -131,6 +134,8 @@ type controlServer struct {
 	stats func() *daemonStats
 	// backup writes a consistent copy of the database (store.DB.Backup).
 	backup func(io.Writer) (int64, error)
+	// reload re-reads the configuration (op "reload"); nil: unsupported.
+	reload func() (string, error)
 	log    *slog.Logger
 	// uid is the daemon's own user, which may ask for tokens besides root.
 	uid int
@@ -216,6 +221,12 @@ func (s *controlServer) dispatch(ctx context.Context, req *controlRequest, p pee
 		}
 	case "retry":
 		err = retryAccount(admin, req.Mailbox)
+	case "reload":
+		if s.reload == nil {
+			err = errors.New("this daemon cannot reload its configuration")
+		} else {
+			resp.Reload, err = s.reload()
+		}
 	default:
 		err = fmt.Errorf("unknown operation %q", req.Op)
 	}

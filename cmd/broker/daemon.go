@@ -25,9 +25,6 @@ import (
 	"github.com/mailbroker/broker/store"
 )
 
-// drainTimeout bounds how long a stopping daemon waits for sessions.
-const drainTimeout = 10 * time.Second
-
 // daemon is one assembled broker: store, token broker, proxies and control
 // socket. The goroutine that calls run owns it.
 type daemon struct {
@@ -41,8 +38,41 @@ type daemon struct {
 	// limiter caps client connections of every protocol together.
 	limiter *proxy.ConnLimiter
 
+	// listeners are served by run: the protocol listeners bound at
+	// start-up (d.live.bound is the current set of those) and other
+	// endpoints.
 	listeners []servedListener
 	control   net.Listener
+
+	// live is what reloads change while the daemon runs; a daemon a
+	// reload builds shares it.
+	live *liveState
+	// staging is set in a daemon that a reload builds: bind records.
+	staging *staging
+	status  *statusNotifier
+	// logLevel, if set, takes a reloaded configuration's log_level.
+	logLevel *slog.LevelVar
+}
+
+// liveState is the running daemon's state that reloads change.
+type liveState struct {
+	// reloadMu serialises reloads, and the start of the drain after them.
+	reloadMu sync.Mutex
+	stopping bool // under reloadMu
+
+	// mu guards the rest, and the daemon's cfg, imap, smtp and pop3.
+	mu sync.Mutex
+	// bound are the protocol listeners.
+	bound []*boundListener
+	// retired are servers that reloads replaced, with sessions left.
+	retired []protoServer
+	// slots are each protocol's per-mailbox upstream slots, shared by
+	// the servers of successive reloads.
+	slots map[string]*proxy.Slots
+
+	activation *activation
+	// errc takes the accept loops' failures: they end the daemon.
+	errc chan error
 }
 
 type servedListener struct {
@@ -55,6 +85,7 @@ type servedListener struct {
 type server interface {
 	Shutdown(context.Context) error
 	Close() error
+	Sessions() int
 }
 
 type protoServer struct {
@@ -72,7 +103,8 @@ const (
 // newDaemon opens the state and binds every listener, so that a bad address
 // or a locked database fails start-up before anything is served.
 func newDaemon(cfg *config.Config, log *slog.Logger, opts broker.Options) (_ *daemon, err error) {
-	d := &daemon{cfg: cfg, log: log}
+	d := &daemon{cfg: cfg, log: log, status: newStatusNotifier(),
+		live: &liveState{activation: takeActivation(log), errc: make(chan error, 16), slots: map[string]*proxy.Slots{}}}
 	defer func() {
 		if err != nil {
 			d.close()
@@ -94,25 +126,69 @@ func newDaemon(cfg *config.Config, log *slog.Logger, opts broker.Options) (_ *da
 		return nil, err
 	}
 	d.limiter = proxy.NewConnLimiter(cfg.Limits.MaxConnections, cfg.Limits.MaxConnectionsPerSource)
-	if cfg.IMAP != nil {
-		if err := d.setupIMAP(cfg.IMAP); err != nil {
-			return nil, err
-		}
+	if err := d.setupProxies(cfg); err != nil {
+		return nil, err
 	}
-	if cfg.SMTP != nil {
-		if err := d.setupSMTP(cfg.SMTP); err != nil {
-			return nil, err
-		}
-	}
-	if cfg.POP3 != nil {
-		if err := d.setupPOP3(cfg.POP3); err != nil {
-			return nil, err
-		}
-	}
+	d.live.activation.closeUnused()
 	if d.control, err = listenControl(controlSocketPath(cfg)); err != nil {
 		return nil, err
 	}
 	return d, nil
+}
+
+// setupProxies builds the protocol servers cfg configures and binds their
+// listeners (or, in a reload's daemon, records them).
+func (d *daemon) setupProxies(cfg *config.Config) error {
+	if cfg.IMAP != nil {
+		if err := d.setupIMAP(cfg.IMAP); err != nil {
+			return err
+		}
+	}
+	if cfg.SMTP != nil {
+		if err := d.setupSMTP(cfg.SMTP); err != nil {
+			return err
+		}
+	}
+	if cfg.POP3 != nil {
+		if err := d.setupPOP3(cfg.POP3); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// slotsFor returns proto's per-mailbox upstream slots, shared by the
+// servers of successive reloads so that the cap counts old sessions too.
+// The cap, max (the protocol's default when 0), is applied by applySlots
+// in a reload's daemon, once its servers are in use.
+func (d *daemon) slotsFor(proto string, max int) *proxy.Slots {
+	if max <= 0 {
+		max = map[string]int{"imap": imap.DefaultMaxConnectionsPerMailbox, "smtp": smtp.DefaultMaxConnectionsPerMailbox}[proto]
+	}
+	d.live.mu.Lock()
+	defer d.live.mu.Unlock()
+	s := d.live.slots[proto]
+	if s == nil {
+		s = proxy.NewSlots(max)
+		d.live.slots[proto] = s
+	}
+	if d.staging == nil {
+		s.SetMax(max)
+	}
+	return s
+}
+
+// applySlots applies the caps per mailbox of a reload's daemon.
+func (d *daemon) applySlots() {
+	staging := d.staging
+	d.staging = nil
+	defer func() { d.staging = staging }()
+	if d.cfg.IMAP != nil {
+		d.slotsFor("imap", d.cfg.IMAP.MaxConnectionsPerMailbox)
+	}
+	if d.cfg.SMTP != nil {
+		d.slotsFor("smtp", d.cfg.SMTP.MaxConnectionsPerMailbox)
+	}
 }
 
 func (d *daemon) setupIMAP(ic *config.IMAP) error {
@@ -136,6 +212,7 @@ func (d *daemon) setupIMAP(ic *config.IMAP) error {
 		PreAuthTimeout:           d.cfg.Limits.PreAuthTimeout,
 		MaxConnectionsPerMailbox: ic.MaxConnectionsPerMailbox,
 		ConnectionWait:           ic.ConnectionWait,
+		Slots:                    d.slotsFor("imap", ic.MaxConnectionsPerMailbox),
 	})
 	return d.bind("imap", lc, localTLS, d.imap.Serve)
 }
@@ -165,6 +242,7 @@ func (d *daemon) setupSMTP(sc *config.SMTP) error {
 		UnauthenticatedAs:        sc.UnauthenticatedAs,
 		MaxConnectionsPerMailbox: sc.MaxConnectionsPerMailbox,
 		ConnectionWait:           sc.ConnectionWait,
+		Slots:                    d.slotsFor("smtp", sc.MaxConnectionsPerMailbox),
 		Limiter:                  d.limiter,
 		PreAuthTimeout:           d.cfg.Limits.PreAuthTimeout,
 	})
@@ -179,8 +257,9 @@ func hostname() string {
 	return "localhost"
 }
 
-// servers are the protocol proxies configured.
-func (d *daemon) servers() []protoServer {
+// serversLocked are the protocol proxies configured; d.live.mu is held
+// (or the daemon is a reload's).
+func (d *daemon) serversLocked() []protoServer {
 	var ss []protoServer
 	if d.imap != nil {
 		ss = append(ss, protoServer{"imap", d.imap})
@@ -194,41 +273,61 @@ func (d *daemon) servers() []protoServer {
 	return ss
 }
 
-// bind opens a protocol's plain and implicit-TLS listeners.
+// bind opens a protocol's plain and implicit-TLS listeners, or takes the
+// sockets systemd passed for them, and points them at serve. In a reload's
+// daemon it only records them.
 func (d *daemon) bind(proto string, lc *config.Listener, localTLS *tls.Config, serve func(net.Listener) error) error {
-	for _, addr := range lc.Listen {
-		l, err := net.Listen("tcp", addr)
-		if err != nil {
-			return fmt.Errorf("%s.listen: %w", proto, err)
+	for _, key := range listenerKeys(proto, lc) {
+		if d.staging != nil {
+			d.staging.wants = append(d.staging.wants, wantedListener{key: key, tls: localTLS, serve: serve})
+			continue
 		}
-		d.listeners = append(d.listeners, servedListener{proto, l, serve})
-	}
-	for _, addr := range lc.ListenTLS {
-		l, err := net.Listen("tcp", addr)
+		bl, err := d.openListener(key, localTLS)
 		if err != nil {
-			return fmt.Errorf("%s.listen_tls: %w", proto, err)
+			return err
 		}
-		d.listeners = append(d.listeners, servedListener{proto, tls.NewListener(l, localTLS), serve})
+		d.live.mu.Lock()
+		d.live.bound = append(d.live.bound, bl)
+		d.live.mu.Unlock()
+		d.listeners = append(d.listeners, servedListener{proto, bl.l, func(net.Listener) error {
+			bl.serveWith(serve)
+			return bl.acceptLoop(d)
+		}})
 	}
 	return nil
 }
 
-// run serves until ctx is done, then drains sessions for up to drainTimeout.
+// run serves until ctx is done, then drains sessions for up to the
+// configured drain_timeout. SIGHUP reloads the configuration.
 func (d *daemon) run(ctx context.Context) error {
 	d.broker.Start()
-	errc := make(chan error, len(d.listeners)+1)
+	errc := d.live.errc
 	for _, sl := range d.listeners {
 		d.log.Info("listening", "proto", sl.proto, "addr", sl.l.Addr().String())
-		go func() { errc <- sl.serve(sl.l) }()
+		go func() {
+			if err := sl.serve(sl.l); err != nil {
+				select {
+				case errc <- err:
+				default:
+				}
+			}
+		}()
 	}
-	cs := &controlServer{admin: localBroker{d.broker}, stats: d.stats, backup: d.store.Backup, log: d.log, uid: os.Getuid()}
+	cs := &controlServer{admin: localBroker{d.broker}, stats: d.stats, backup: d.store.Backup, reload: d.reload, log: d.log, uid: os.Getuid()}
 	go func() { errc <- cs.serve(d.control) }()
 	// Tests and operators wait for this line: every listener is logged
 	// above it.
 	d.log.Info("ready")
-	notifySystemd("READY=1")
+	notifySystemd("READY=1\nSTATUS=" + d.statusLine())
 
-	// SIGHUP would end the process by default; until reload exists, say so.
+	bg, stopBackground := context.WithCancel(context.Background())
+	var background sync.WaitGroup
+	background.Go(func() { d.statusLoop(bg) })
+	if iv := watchdogInterval(); iv > 0 {
+		d.log.Info("watchdog enabled", "ping_every", iv)
+		background.Go(func() { d.watchdogLoop(bg, iv) })
+	}
+
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -238,7 +337,8 @@ wait:
 	for {
 		select {
 		case <-hup:
-			d.log.Warn("configuration reload is not supported yet; restart broker to apply changes")
+			// Answered in the log; `broker reload` gets the same answer.
+			go d.reload()
 		case <-ctx.Done():
 			break wait
 		case err = <-errc:
@@ -248,20 +348,43 @@ wait:
 			break wait
 		}
 	}
-	notifySystemd("STOPPING=1")
-	d.log.Info("shutting down")
+	stopBackground()
+	background.Wait()
+	notifySystemd("STOPPING=1\nSTATUS=draining sessions")
 	d.drain()
 	d.close()
 	return err
 }
 
-// drain shuts every proxy down at once, so that the protocols share the
-// drain budget rather than wait for one another.
+// drain stops accepting, then shuts every proxy down at once (those a
+// reload replaced too), so that the protocols share the drain budget
+// rather than wait for one another: SMTP transactions finish, IMAP
+// clients get a BYE where they lose nothing, the rest is closed at
+// drain_timeout.
 func (d *daemon) drain() {
-	ctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
+	d.live.reloadMu.Lock()
+	d.live.stopping = true
+	d.live.reloadMu.Unlock()
+	timeout := d.cfg.Limits.DrainTimeout
+	if timeout <= 0 {
+		timeout = config.DefaultDrainTimeout
+	}
+	d.live.mu.Lock()
+	for _, bl := range d.live.bound {
+		bl.close()
+	}
+	servers := append(d.serversLocked(), d.live.retired...)
+	d.live.mu.Unlock()
+	sessions := 0
+	for _, s := range servers {
+		sessions += s.Sessions()
+	}
+	d.log.Info("shutting down", "sessions", sessions, "drain_timeout", timeout)
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	var wg sync.WaitGroup
-	for _, s := range d.servers() {
+	for _, s := range servers {
 		wg.Go(func() {
 			if err := s.Shutdown(ctx); err != nil {
 				d.log.Warn("sessions did not end in time; closed them", "proto", s.proto, "err", err)
@@ -269,6 +392,7 @@ func (d *daemon) drain() {
 		})
 	}
 	wg.Wait()
+	d.log.Info("drained", "duration", time.Since(start).Round(time.Millisecond))
 }
 
 // stats collects garbage first, so that heap figures mean live memory; a
@@ -278,22 +402,37 @@ func (d *daemon) stats() *daemonStats {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	st := &daemonStats{Goroutines: runtime.NumGoroutine(), HeapBytes: ms.HeapAlloc, StackBytes: ms.StackInuse}
-	if d.imap != nil {
-		st.IMAPSessions = d.imap.Sessions()
+	d.live.mu.Lock()
+	servers := append(d.serversLocked(), d.live.retired...)
+	d.live.mu.Unlock()
+	for _, s := range servers {
+		n := s.Sessions()
+		switch s.proto {
+		case "imap":
+			st.IMAPSessions += n
+		case "smtp":
+			st.SMTPSessions += n
+		}
+		st.Sessions += n
 	}
-	if d.smtp != nil {
-		st.SMTPSessions = d.smtp.Sessions()
-	}
-	st.Sessions = st.IMAPSessions + st.SMTPSessions
 	return st
 }
 
 func (d *daemon) close() {
+	if d.live != nil {
+		d.live.mu.Lock()
+		for _, bl := range d.live.bound {
+			bl.close()
+		}
+		servers := append(d.serversLocked(), d.live.retired...)
+		d.live.mu.Unlock()
+		for _, s := range servers {
+			s.Close()
+		}
+		d.live.activation.closeUnused()
+	}
 	for _, sl := range d.listeners {
 		sl.l.Close()
-	}
-	for _, s := range d.servers() {
-		s.Close()
 	}
 	if d.control != nil {
 		d.control.Close()

@@ -108,7 +108,7 @@ func TestDaemonServesIMAPAndSMTP(t *testing.T) {
 		if err != nil {
 			t.Fatalf("run: %v", err)
 		}
-	case <-time.After(drainTimeout + 10*time.Second):
+	case <-time.After(config.DefaultDrainTimeout + 10*time.Second):
 		t.Fatal("run did not return after cancel")
 	}
 }

@@ -29,6 +29,8 @@ commands:
   doctor        check config, network, TLS, token, IMAP and SMTP logins; print fixes
   backup        write a consistent copy of the database to FILE (mode 0600), while
                 the daemon runs or not
+  reload        have the running daemon re-read its configuration (as SIGHUP);
+                print what changed, or exit 1 with why the file was rejected
   version       print the version
 
 login, logout, status, token, app-password and backup go through the running
@@ -87,6 +89,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = doctorCmd(rest, stdout, stderr)
 	case "backup":
 		err = backupCmd(rest, stdout, stderr)
+	case "reload":
+		err = reloadCmd(rest, stdout, stderr)
 	case "version", "-version", "--version":
 		err = versionCmd(rest, stdout)
 	case "help", "-h", "-help", "--help":

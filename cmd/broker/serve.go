@@ -61,7 +61,10 @@ func serveCmd(args []string, stdout, stderr io.Writer) error {
 	if flagLevel != nil {
 		level = *flagLevel
 	}
-	log := newLogger(stderr, level)
+	// A reload sets the config's log_level, unless a flag chose it.
+	lv := new(slog.LevelVar)
+	lv.Set(level)
+	log := newLogger(stderr, lv)
 	checkRuntimeDirectory(log, controlSocketPath(cfg))
 	// The sealing key is read here, before the daemon is assembled, so that
 	// a key that cannot be read or made is a configuration error (exit 78)
@@ -73,6 +76,9 @@ func serveCmd(args []string, stdout, stderr io.Writer) error {
 	d, err := newDaemon(cfg, log, broker.Options{Key: key})
 	if err != nil {
 		return err
+	}
+	if flagLevel == nil {
+		d.logLevel = lv
 	}
 	return d.run(ctx)
 }
