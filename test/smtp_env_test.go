@@ -56,6 +56,9 @@ type smtpSimOptions struct {
 	// App changes the app as registered in Entra, to stage an
 	// administrator's mistake.
 	App func(*m365sim.App)
+	// Entra, if set, is called before the daemon starts, e.g. to make the
+	// identity platform fail from the first request.
+	Entra func(*m365sim.Entra)
 	// Upstream and UpstreamCA replace the simulator's address and
 	// certificate in broker's [smtp] section.
 	Upstream   string
@@ -90,6 +93,9 @@ func newSMTPSimEnv(t testing.TB, o smtpSimOptions) *smtpSimEnv {
 		o.App(&app)
 	}
 	entra.AddApp(app)
+	if o.Entra != nil {
+		o.Entra(entra)
+	}
 	if env.IMAP, err = m365sim.NewIMAP(entra); err != nil {
 		t.Fatal(err)
 	}

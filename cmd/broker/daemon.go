@@ -37,6 +37,8 @@ type daemon struct {
 	pop3   *pop3.Server
 	// limiter caps client connections of every protocol together.
 	limiter *proxy.ConnLimiter
+	// metrics observe the broker and the proxies (metrics.go).
+	metrics *metrics
 
 	// listeners are served by run: the protocol listeners bound at
 	// start-up (d.live.bound is the current set of those) and other
@@ -113,6 +115,9 @@ func newDaemon(cfg *config.Config, log *slog.Logger, opts broker.Options) (_ *da
 	for _, w := range cfg.Warnings {
 		log.Warn("config: " + w)
 	}
+	if err := d.setupMetrics(); err != nil {
+		return nil, err
+	}
 	if opts.Key == nil {
 		if opts.Key, err = broker.LoadKey(cfg.StateDir); err != nil {
 			return nil, err
@@ -122,6 +127,7 @@ func newDaemon(cfg *config.Config, log *slog.Logger, opts broker.Options) (_ *da
 		return nil, err
 	}
 	opts.Logger = log
+	opts.Observer = d.metrics
 	if d.broker, err = broker.New(cfg, d.store, opts); err != nil {
 		return nil, err
 	}
@@ -213,6 +219,7 @@ func (d *daemon) setupIMAP(ic *config.IMAP) error {
 		MaxConnectionsPerMailbox: ic.MaxConnectionsPerMailbox,
 		ConnectionWait:           ic.ConnectionWait,
 		Slots:                    d.slotsFor("imap", ic.MaxConnectionsPerMailbox),
+		Observer:                 d.metrics,
 	})
 	return d.bind("imap", lc, localTLS, d.imap.Serve)
 }
@@ -245,6 +252,7 @@ func (d *daemon) setupSMTP(sc *config.SMTP) error {
 		Slots:                    d.slotsFor("smtp", sc.MaxConnectionsPerMailbox),
 		Limiter:                  d.limiter,
 		PreAuthTimeout:           d.cfg.Limits.PreAuthTimeout,
+		Observer:                 d.metrics,
 	})
 	return d.bind("smtp", &sc.Listener, localTLS, d.smtp.Serve)
 }

@@ -33,6 +33,7 @@ func (d *daemon) setupPOP3(pc *config.POP3) error {
 		PreAuthTimeout:           d.cfg.Limits.PreAuthTimeout,
 		MaxConnectionsPerMailbox: pc.MaxConnectionsPerMailbox,
 		ConnectionWait:           pc.ConnectionWait,
+		Observer:                 d.metrics,
 	})
 	return d.bind("pop3", lc, localTLS, d.pop3.Serve)
 }
