@@ -1,6 +1,7 @@
 package test
 
 import (
+	"bufio"
 	"fmt"
 	"net"
 	"os"
@@ -334,4 +335,37 @@ func netListen(addr string) (net.Listener, error) { return net.Listen("tcp", add
 func runBrokerErr(args ...string) (string, error) {
 	_, stderr, err := runBroker(args...)
 	return stderr, err
+}
+
+// TestReloadAppliesLimitsToNewSessions: a lowered cap refuses new
+// connections while the sessions over it go on; raised again, new
+// connections get in.
+func TestReloadAppliesLimitsToNewSessions(t *testing.T) {
+	env := newOpsEnv(t, "", mailbox)
+	listen := fmt.Sprintf("listen = [%q]", env.Daemon.IMAPAddr)
+	idler := startIdle(t, env.Daemon.IMAPAddr, mailbox, env.Password)
+	env.rewrite(t, env.config(listen, "\n[limits]\nmax_connections = 1\n", mailbox))
+	if code, _, errOut := env.reload(t); code != 0 {
+		t.Fatalf("broker reload: exit %d, %q", code, errOut)
+	}
+	c, err := net.Dial("tcp", env.Daemon.IMAPAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	line, _ := bufio.NewReader(c).ReadString('\n')
+	c.Close()
+	if !strings.HasPrefix(line, "* BYE Too many connections") {
+		t.Fatalf("a connection over the lowered cap got %q", line)
+	}
+	env.rewrite(t, env.config(listen, "", mailbox))
+	if code, _, errOut := env.reload(t); code != 0 {
+		t.Fatalf("broker reload: exit %d, %q", code, errOut)
+	}
+	appendMessage(t, env.Daemon.IMAPAddr, mailbox, env.Password, "under the cap again")
+	select {
+	case <-idler.exists:
+	case <-time.After(notifyTimeout):
+		t.Fatal("the session over the lowered cap did not go on")
+	}
 }
