@@ -85,6 +85,9 @@ func (d *daemon) applyReload() (string, error) {
 	for _, w := range cfg.Warnings {
 		d.log.Warn("config: " + w)
 	}
+	if cfg.Metrics.Listen != old.Metrics.Listen {
+		d.log.Warn("metrics.listen changed; the metrics endpoint moves at the next restart", "listen", old.Metrics.Listen, "new", cfg.Metrics.Listen)
+	}
 
 	// The new protocol servers, as start-up builds them: TLS files read,
 	// options checked. They serve nothing until the switch.
