@@ -211,13 +211,12 @@ Then the same commands work for it, with its own app password:
   app password   %[9]s
   status         broker status -config %[5]s
 
-Press Ctrl-C to stop; the temporary state is deleted.
-
 `, imapAddr, smtpAddr, devMailbox, password, cfgPath, devAgent, entra.URL(), agentPassword, agentAppPassword, addrs["pop3"])
 	if err := printDevGraph(ctx, stdout, d.broker, smtpAddr); err != nil {
 		d.close()
 		return err
 	}
+	fmt.Fprint(stdout, "Press Ctrl-C to stop; the temporary state is deleted.\n\n")
 	return d.run(ctx)
 }
 
