@@ -65,6 +65,8 @@ func replyFor(err error, account, from string) (*gosmtp.SMTPError, string) {
 		return reply(451, gosmtp.EnhancedCode{4, 4, 2}, textUnknown), ""
 	case errors.Is(err, errNoRecipients):
 		return reply(554, gosmtp.EnhancedCode{5, 5, 1}, "No valid recipients"), ""
+	case errors.Is(err, errHeaderTooLarge):
+		return reply(554, gosmtp.EnhancedCode{5, 6, 0}, "Message header too large, not accepted"), ""
 	case errors.As(err, &ce):
 		return reply(554, gosmtp.EnhancedCode{5, 6, 0}, "Message is not valid MIME, not accepted"), ""
 	case errors.As(err, &bt):

@@ -363,3 +363,16 @@ func TestOutcomeUnknown(t *testing.T) {
 		checkReply(t, err, 451, gosmtp.EnhancedCode{4, 4, 2})
 	})
 }
+
+func TestHeaderTooLarge(t *testing.T) {
+	f := newFixture(t, m365sim.GraphOptions{}, graph.Options{SaveToSentItems: true})
+	u := f.dial(t)
+	msg := textMessage(mbox, "big header", "h.1@test", []string{other}, nil, "x\r\n")
+	msg = append([]byte("X-Padding: "+strings.Repeat("p", 2<<20)+"\r\n"), msg...)
+	w := mustData(t, u, mbox, other, msg)
+	_, err := w.Close()
+	checkReply(t, err, 554, gosmtp.EnhancedCode{5, 6, 0})
+	if n := len(f.g.Sent()); n != 0 {
+		t.Fatalf("%d messages sent, want none", n)
+	}
+}

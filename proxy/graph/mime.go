@@ -54,10 +54,11 @@ type scan struct {
 // scanMessage walks the message once: its header's addresses and
 // Message-ID, and each leaf part's kind and decoded size.
 func scanMessage(r io.Reader) (*scan, error) {
-	br := bufio.NewReaderSize(r, 16<<10)
+	g := guardMessage(r)
+	br := bufio.NewReaderSize(g, 16<<10)
 	h, err := textproto.ReadHeader(br)
 	if err != nil {
-		return nil, fmt.Errorf("reading the message header: %w", err)
+		return nil, fmt.Errorf("reading the message header: %w", g.check(err))
 	}
 	sc := &scan{header: h, headerRcpt: true}
 	mh := mail.Header{Header: message.Header{Header: h}}
@@ -118,17 +119,18 @@ func walk(h textproto.Header, body io.Reader, path string, depth int, visit func
 		ct, params = "text/plain", nil
 	}
 	if strings.HasPrefix(ct, "multipart/") && params["boundary"] != "" && depth < maxDepth {
-		mr := textproto.NewMultipartReader(body, params["boundary"])
+		g := guardParts(body, params["boundary"])
+		mr := textproto.NewMultipartReader(g, params["boundary"])
 		for i := 0; ; i++ {
 			p, err := mr.NextPart()
 			if errors.Is(err, io.EOF) {
-				return nil
+				return g.check(nil)
 			}
 			if err != nil {
-				return fmt.Errorf("reading part %s: %w", join(path, i), err)
+				return fmt.Errorf("reading part %s: %w", join(path, i), g.check(err))
 			}
 			if err := walk(p.Header, p, join(path, i), depth+1, visit); err != nil {
-				return err
+				return g.check(err)
 			}
 		}
 	}
@@ -214,10 +216,11 @@ func (c *countWriter) Write(p []byte) (int, error) {
 // came, header and body byte for byte; a multipart whose every part was
 // taken out keeps an empty text part, as a multipart must have one.
 func writeDraft(w io.Writer, r io.Reader, prefix string, actions map[string]action) error {
-	br := bufio.NewReaderSize(r, 16<<10)
+	g := guardMessage(r)
+	br := bufio.NewReaderSize(g, 16<<10)
 	h, err := textproto.ReadHeader(br)
 	if err != nil {
-		return err
+		return g.check(err)
 	}
 	if _, err := io.WriteString(w, prefix); err != nil {
 		return err
@@ -236,20 +239,24 @@ func writeEntity(w io.Writer, h textproto.Header, body io.Reader, path string, d
 		return err
 	}
 	boundary := params["boundary"]
-	mr := textproto.NewMultipartReader(body, boundary)
+	g := guardParts(body, boundary)
+	mr := textproto.NewMultipartReader(g, boundary)
 	written := 0
 	for i := 0; ; i++ {
 		p, err := mr.NextPart()
 		if errors.Is(err, io.EOF) {
+			if err := g.check(nil); err != nil {
+				return err
+			}
 			break
 		}
 		if err != nil {
-			return err
+			return g.check(err)
 		}
 		sub := join(path, i)
 		if a, ok := actions[sub]; ok && a != keep {
 			if _, err := io.Copy(io.Discard, p); err != nil {
-				return err
+				return g.check(err)
 			}
 			continue
 		}
@@ -257,7 +264,7 @@ func writeEntity(w io.Writer, h textproto.Header, body io.Reader, path string, d
 			return err
 		}
 		if err := writeEntity(w, p.Header, p, sub, depth+1, actions); err != nil {
-			return err
+			return g.check(err)
 		}
 		if _, err := io.WriteString(w, "\r\n"); err != nil {
 			return err
@@ -276,10 +283,11 @@ func writeEntity(w io.Writer, h textproto.Header, body io.Reader, path string, d
 // visitLeaves walks the message again and calls visit with each leaf
 // whose action is not keep, and its decoded body.
 func visitLeaves(r io.Reader, actions map[string]action, visit func(path string, body io.Reader) error) error {
-	br := bufio.NewReaderSize(r, 16<<10)
+	g := guardMessage(r)
+	br := bufio.NewReaderSize(g, 16<<10)
 	h, err := textproto.ReadHeader(br)
 	if err != nil {
-		return err
+		return g.check(err)
 	}
 	return walk(h, br, "", 0, func(l *leaf, h textproto.Header, body io.Reader) error {
 		if a, ok := actions[l.path]; !ok || a == keep {
