@@ -37,8 +37,8 @@ type SpliceStats struct {
 	Up, Down int64
 	// Reason says why the splice ended, for the log.
 	Reason string
-	// Drained is set when the splice ended on SpliceOptions.Drain, with
-	// the Bye written to the client at a quiet point.
+	// Drained is set when the splice ended on SpliceOptions.Drain, at a
+	// quiet point, with the Bye (if any) written to the client.
 	Drained bool
 }
 
@@ -66,8 +66,8 @@ type SpliceOptions struct {
 	CloseAll func()
 	Log      *slog.Logger
 	// Drain, once done, asks the session to end as soon as Tracker is
-	// Quiet: then Bye (a line without CRLF) is written to the client,
-	// upstream is closed, and the client's last bytes are read and
+	// Quiet: then Bye (a line without CRLF; empty: nothing) is written to
+	// the client, upstream is closed, and the client's last bytes are read and
 	// dropped for a moment so that its kernel does not reset the goodbye
 	// away. Nil: no drain. Tracker is required with Drain.
 	Drain   context.Context
@@ -229,8 +229,10 @@ func (d *drain) stopAtQuiet() bool {
 	if !quiet {
 		return false
 	}
-	d.client.SetWriteDeadline(time.Now().Add(lingerAfterBye))
-	io.WriteString(d.client, d.bye+"\r\n")
+	if d.bye != "" {
+		d.client.SetWriteDeadline(time.Now().Add(lingerAfterBye))
+		io.WriteString(d.client, d.bye+"\r\n")
+	}
 	if cw, ok := d.client.(interface{ CloseWrite() error }); ok {
 		cw.CloseWrite()
 	}

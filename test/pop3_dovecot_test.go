@@ -36,6 +36,13 @@ var pop3ListeningRE = regexp.MustCompile(`msg=listening proto=pop3 addr=(\S+)`)
 
 func newPOP3Env(t *testing.T, messages int) *pop3Env {
 	t.Helper()
+	return newPOP3EnvConfig(t, messages, "")
+}
+
+// newPOP3EnvConfig is newPOP3Env with extra appended to broker's
+// configuration.
+func newPOP3EnvConfig(t *testing.T, messages int, extra string) *pop3Env {
+	t.Helper()
 	entra, err := m365sim.NewEntra(m365sim.EntraOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -63,7 +70,7 @@ func newPOP3Env(t *testing.T, messages int) *pop3Env {
 	dir := t.TempDir()
 	secretFile := writeFile(t, dir, "client.secret", []byte(secret))
 	cfg := brokerConfig(dir+"/state", dc.IMAPAddr, dc.CAFile, entra.URL(), tenant, clientID, secretFile, mailbox) +
-		fmt.Sprintf("\n[pop3]\nlisten = [\"127.0.0.1:0\"]\nupstream = %q\nupstream_ca_file = %q\n", dc.POP3Addr, dc.CAFile)
+		fmt.Sprintf("\n[pop3]\nlisten = [\"127.0.0.1:0\"]\nupstream = %q\nupstream_ca_file = %q\n", dc.POP3Addr, dc.CAFile) + extra
 	env := &pop3Env{Dovecot: dc, Daemon: startDaemon(t, dir, cfg)}
 	m := pop3ListeningRE.FindStringSubmatch(env.Daemon.Log())
 	if m == nil {

@@ -96,6 +96,11 @@ type Server struct {
 	// as last seen (probe or a session's login); defaultCaps until then.
 	caps      atomic.Pointer[[]string]
 	probeOnce sync.Once
+
+	// drain is cancelled by Shutdown: sessions then end at the first
+	// point where the client loses nothing.
+	drain       context.Context
+	cancelDrain context.CancelFunc
 }
 
 // defaultCaps are Exchange Online's, advertised until upstream is seen.
@@ -111,6 +116,7 @@ var relayedCaps = map[string]bool{
 // NewServer returns a server configured by opts, which it copies.
 func NewServer(opts *Options) *Server {
 	s := &Server{opts: *opts}
+	s.drain, s.cancelDrain = context.WithCancel(context.Background())
 	o := &s.opts
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -173,9 +179,13 @@ func (s *Server) probe() {
 // Close closes the listeners and every session now.
 func (s *Server) Close() error { return s.srv.Close() }
 
-// Shutdown stops accepting and waits for the sessions to end until ctx is
-// done; then it closes the sessions left and returns ctx's error.
-func (s *Server) Shutdown(ctx context.Context) error { return s.srv.Shutdown(ctx, nil) }
+// Shutdown stops accepting and ends the sessions where their clients lose
+// nothing: a logged-in session is closed once every command its client
+// sent is answered in full (a RETR under way is finished first), without a
+// word; a client not logged in gets "-ERR [SYS/TEMP]" at once, or as the
+// answer to the login it is in. It waits for the sessions to end until ctx
+// is done; then it closes the sessions left and returns ctx's error.
+func (s *Server) Shutdown(ctx context.Context) error { return s.srv.Shutdown(ctx, s.cancelDrain) }
 
 // Sessions returns the number of live sessions, logged in or not.
 func (s *Server) Sessions() int { return s.srv.Sessions() }

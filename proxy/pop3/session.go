@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/mailbroker/broker/proxy"
@@ -76,6 +77,10 @@ type session struct {
 	// client may still be sending.
 	linger bool
 
+	// spliced is set, under drainMu, when the splice takes the client over.
+	drainMu sync.Mutex
+	spliced bool
+
 	account string
 	stats   proxy.SpliceStats
 	reason  string // why the session ended
@@ -111,13 +116,29 @@ func (s *session) run() {
 	if !s.write(replyGreeting) {
 		return
 	}
+	// A drain wakes the reads of the AUTHORIZATION state, until the splice
+	// takes over the client; the session then says goodbye.
+	stop := context.AfterFunc(s.srv.drain, func() {
+		s.drainMu.Lock()
+		defer s.drainMu.Unlock()
+		if !s.spliced {
+			s.tc.NetConn().SetReadDeadline(time.Now())
+		}
+	})
+	defer stop()
 	for {
 		s.conn.SetReadDeadline(s.deadline)
+		if s.drained() {
+			return
+		}
 		line, err := readLine(s.br, maxAuthLine)
 		if err == nil && len(line) > maxCommandLine && !hasKeyword(line, "AUTH") {
 			err = errLineTooLong
 		}
 		if err != nil {
+			if proxy.IsTimeout(err) && s.drained() {
+				return
+			}
 			if s.readFailed(err) {
 				return
 			}
@@ -127,6 +148,23 @@ func (s *session) run() {
 			return
 		}
 	}
+}
+
+// replyDrain answers a client not logged in when the server stops (RFC
+// 2449's SYS/TEMP: try again later).
+const replyDrain = "-ERR [SYS/TEMP] Server shutting down, reconnect in a moment"
+
+// drained ends a session not logged in when the server drains, with
+// replyDrain (an answer to the command the client sends next, or to the
+// AUTH it is in); it reports whether it did.
+func (s *session) drained() bool {
+	if s.srv.drain.Err() == nil {
+		return false
+	}
+	s.reason = "server shutting down"
+	s.write(replyDrain)
+	s.linger = true
+	return true
 }
 
 // hasKeyword reports whether line starts with the keyword kw.
@@ -331,8 +369,14 @@ func (s *session) authenticate(cmd *command) (end bool) {
 			return true
 		}
 		s.conn.SetReadDeadline(s.deadline)
+		if s.drained() {
+			return true
+		}
 		line, err := readLine(s.br, maxAuthLine)
 		if err != nil {
+			if proxy.IsTimeout(err) && s.drained() {
+				return true
+			}
 			if errors.Is(err, errLineTooLong) || errors.Is(err, errBadChars) {
 				s.log.Info("login failed", "user", user, "mechanism", mech, "reason", "invalid response line")
 				return s.loginFailed("-ERR Invalid " + mech + " response")
@@ -449,12 +493,27 @@ func loginReply(le *proxy.LoginError) string {
 // splice relays the logged-in session. What the client pipelined after its
 // login and what upstream sent after its +OK go first; then the readers
 // are dropped.
+//
+// A drain closes the session once the tracker is quiet, without a word
+// (Bye ""): POP3 has no unsolicited response (RFC 1939), and a line the
+// client did not ask for would be read as the answer to its next command.
+// A connection closed between commands is what every client already
+// handles, as an aborted session; and since no QUIT reaches upstream, its
+// UPDATE state never runs: messages marked with DELE stay, as they must
+// when the client did not end the session itself.
 func (s *session) splice(u *upstreamConn) {
 	clientPending, upstreamPending := buffered(s.br), buffered(u.br)
 	client, upstream := s.conn, u.conn
 	s.br, u.br = nil, nil
+	s.drainMu.Lock()
+	s.spliced = true
+	s.drainMu.Unlock()
 	client.SetDeadline(time.Time{})
-	s.stats = proxy.Splice(client, clientPending, upstream, upstreamPending, s.tc.Close, s.log)
+	s.stats = proxy.SpliceWith(&proxy.SpliceOptions{
+		Client: client, ClientPending: clientPending, Upstream: upstream, UpstreamPending: upstreamPending,
+		CloseAll: s.tc.Close, Log: s.log,
+		Drain: s.srv.drain, Tracker: &tracker{},
+	})
 	s.reason = s.stats.Reason
 }
 

@@ -27,6 +27,10 @@ type stubConfig struct {
 	errorChallenge bool
 	// messages are each user's, listed at login.
 	messages map[string][]string
+	// retrHalted, when set, gets each RETR's first half written; the
+	// rest follows once retrGo is closed.
+	retrHalted chan struct{}
+	retrGo     chan struct{}
 }
 
 func defaultStub() *stubConfig {
@@ -213,6 +217,13 @@ func (s *stub) serve(c net.Conn) {
 				b.WriteString(l)
 			}
 			b.WriteString(".\r\n")
+			if verb == "RETR" && s.cfg.retrHalted != nil {
+				half := b.Len() / 2
+				w.Write(b.Next(half))
+				w.Flush()
+				s.cfg.retrHalted <- struct{}{}
+				<-s.cfg.retrGo
+			}
 			w.Write(b.Bytes())
 			w.Flush()
 		case verb == "DELE":
