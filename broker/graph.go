@@ -23,9 +23,26 @@ func (b *Broker) graphUpstream(protocol proxy.Protocol, mailbox string) *proxy.U
 	}
 	scope := acct.GraphScope()
 	return &proxy.Upstream{
-		Account: mailbox,
-		Via:     proxy.ViaGraph,
-		Bearer:  func(ctx context.Context) (string, error) { return b.graphToken(ctx, mailbox, scope) },
+		Account:        mailbox,
+		Via:            proxy.ViaGraph,
+		Bearer:         func(ctx context.Context) (string, error) { return b.graphToken(ctx, mailbox, scope) },
+		BearerRejected: func(token string) { b.dropGraphToken(mailbox, scope, token) },
+	}
+}
+
+// dropGraphToken forgets the cached Graph token of mailbox's sign-in for
+// scope if it is still token, which Graph refused (401
+// InvalidAuthenticationToken): the next graphToken asks the identity
+// platform for a new one. A token cached since, by another message, stays.
+func (b *Broker) dropGraphToken(mailbox, scope, token string) {
+	a := b.tokens.account(mailbox)
+	if a == nil {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if t := a.others[scope]; t != nil && t.AccessToken == token {
+		delete(a.others, scope)
 	}
 }
 

@@ -49,6 +49,12 @@ type Upstream struct {
 	// Via is ViaGraph. It may wait for the token; its errors are
 	// *LoginError as Authenticate's.
 	Bearer func(ctx context.Context) (string, error)
+	// BearerRejected, if set, is told that Via's API refused token, which
+	// Bearer returned, as not valid (Graph's 401
+	// InvalidAuthenticationToken): Bearer must not return it again, and
+	// the next call gets a new one. The upstream calls it at most once per
+	// message, then asks Bearer again and retries the request once.
+	BearerRejected func(token string)
 }
 
 // Via is the kind of upstream an account's session goes to.

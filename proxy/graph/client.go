@@ -125,6 +125,11 @@ func (t *transfer) do(ctx context.Context, r *request, out any) (*response, erro
 		}
 		resp, retry, err := t.once(ctx, r, out)
 		if retry == 0 {
+			if again, rerr := t.reauth(ctx, r, err); again {
+				continue
+			} else if rerr != nil {
+				return nil, rerr
+			}
 			return resp, err
 		}
 		if retry < 0 {
@@ -137,6 +142,32 @@ func (t *transfer) do(ctx context.Context, r *request, out any) (*response, erro
 			return nil, err
 		}
 	}
+}
+
+// reauth answers Graph's refusal of the token (401
+// InvalidAuthenticationToken: expired early, revoked, or issued before a
+// change in the tenant) once per message: the token source drops the
+// token, a fresh one is fetched and again is true, for the request to be
+// tried once more. A second refusal stays the request's error; rerr is
+// the token source's failure.
+func (t *transfer) reauth(ctx context.Context, r *request, err error) (again bool, rerr error) {
+	var ge *graphError
+	if r.noAuth || t.reauthed || !errors.As(err, &ge) || ge.Status != http.StatusUnauthorized || ge.Code != "InvalidAuthenticationToken" {
+		return false, nil
+	}
+	t.reauthed = true
+	u := t.m.u
+	if u.rejected != nil {
+		u.rejected(t.token)
+	}
+	t.log.Info("Microsoft Graph refused the token; getting a new one", "account", t.account, "op", r.op,
+		"graph_request_id", ge.RequestID, "err", oneLine(ge.Message, 200))
+	tok, berr := u.bearer(ctx)
+	if berr != nil {
+		return false, berr
+	}
+	t.token = tok
+	return true, nil
 }
 
 // sleep waits d unless that would go past the retry budget; then it

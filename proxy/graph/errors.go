@@ -114,7 +114,8 @@ func graphReply(ge *graphError, account, from string) (*gosmtp.SMTPError, string
 				"(Mail.Send.Shared and Mail.ReadWrite.Shared for a shared mailbox) and give the user access to the mailbox"
 	case "InvalidAuthenticationToken":
 		return reply(451, gosmtp.EnhancedCode{4, 7, 0}, textAdmin),
-			"Microsoft Graph refused the token (" + oneLine(ge.Message, 120) + "): check that [smtp] graph_url is the Graph host of the app's cloud"
+			"Microsoft Graph refused the token, and a new one fetched for this message too (" + oneLine(ge.Message, 120) + "): " +
+				"check that [smtp] graph_url is the Graph host of the app's cloud"
 	case "ErrorInvalidRecipients":
 		return reply(550, gosmtp.EnhancedCode{5, 1, 3}, "Recipient address not accepted by Microsoft Graph"), ""
 	case "ErrorQuotaExceeded", "ErrorSubmissionQuotaExceeded":

@@ -191,7 +191,8 @@ func (d *Dialer) Dial(ctx context.Context, c *proxy.Conn, up *proxy.Upstream) (s
 		return nil, err
 	}
 	uctx, cancel := context.WithCancel(context.Background())
-	u := &upstream{d: d, account: strings.ToLower(up.Account), bearer: up.Bearer, ctx: uctx, cancel: cancel}
+	u := &upstream{d: d, account: strings.ToLower(up.Account), bearer: up.Bearer, rejected: up.BearerRejected,
+		ctx: uctx, cancel: cancel}
 	if c != nil && !c.Attach(closerFunc(u.Close)) {
 		cancel()
 		return nil, net.ErrClosed
@@ -215,8 +216,10 @@ type upstream struct {
 	d       *Dialer
 	account string
 	bearer  func(context.Context) (string, error)
-	ctx     context.Context // ends when the session does
-	cancel  context.CancelFunc
+	// rejected: proxy.Upstream.BearerRejected; may be nil.
+	rejected func(token string)
+	ctx      context.Context // ends when the session does
+	cancel   context.CancelFunc
 
 	mu    sync.Mutex
 	from  string

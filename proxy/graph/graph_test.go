@@ -376,3 +376,53 @@ func TestHeaderTooLarge(t *testing.T) {
 		t.Fatalf("%d messages sent, want none", n)
 	}
 }
+
+// A token Graph refuses during a message is reported to the token source
+// and replaced once; a second refusal is a temporary failure with advice.
+func TestTokenRefused(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		refusals int
+	}{{"once", 1}, {"twice", 2}} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, m365sim.GraphOptions{}, graph.Options{SaveToSentItems: true})
+			var rejected, issued []string
+			bearer := func(ctx context.Context) (string, error) {
+				tok, err := f.token(ctx)
+				issued = append(issued, tok)
+				return tok, err
+			}
+			u, err := f.d.Dial(context.Background(), nil, &proxy.Upstream{Account: mbox, Via: proxy.ViaGraph,
+				Bearer: bearer, BearerRejected: func(tok string) { rejected = append(rejected, tok) }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(u.Close)
+			for range tc.refusals {
+				f.g.FailNext(m365sim.GraphSendMail, m365sim.GraphError{Status: 401, Code: "InvalidAuthenticationToken",
+					Message: "Lifetime validation failed, the token is expired."})
+			}
+			w := mustData(t, u, mbox, other, textMessage(mbox, "r", "r.1@test", []string{other}, nil, "x\r\n"))
+			_, err = w.Close()
+			// Tokens: the login's, the message's, its replacement.
+			if len(issued) != 3 || len(rejected) != 1 || rejected[0] != issued[1] {
+				t.Fatalf("%d tokens issued, %d rejected; want 3, and the message's first one rejected", len(issued), len(rejected))
+			}
+			attrs := fmt.Sprint(w.(interface{ LogAttrs() []any }).LogAttrs()...)
+			if tc.refusals == 1 {
+				if err != nil {
+					t.Fatalf("after one refusal: %v, want sent", err)
+				}
+				sentOnly(t, f.g)
+				return
+			}
+			checkReply(t, err, 451, gosmtp.EnhancedCode{4, 7, 0})
+			if !strings.Contains(attrs, "graph_url") {
+				t.Fatalf("log attributes %s, want the advice", attrs)
+			}
+			if n := len(f.g.Sent()); n != 0 {
+				t.Fatalf("%d messages sent, want none", n)
+			}
+		})
+	}
+}

@@ -125,6 +125,7 @@ type transfer struct {
 
 	requests, retries int
 	lastRequestID     string
+	reauthed          bool // the token was refused and replaced once
 }
 
 func (t *transfer) userURL() string {
