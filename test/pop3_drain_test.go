@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -105,4 +106,49 @@ func TestPOP3SIGTERMDuringRETR(t *testing.T) {
 	t.Logf("RETR of %d bytes completed %v after SIGTERM, then the connection closed", len(got), time.Since(sent).Round(time.Millisecond))
 	p.c.Close()
 	env.Daemon.waitExit(t, sent, 10*time.Second)
+}
+
+// TestPOP3ReloadSharesSlots: a reload that lowers [pop3]
+// max_connections_per_mailbox counts the sessions of the servers it
+// replaced: a new login over the new cap waits and gets -ERR [IN-USE],
+// while the old session goes on; once it ends, logins pass again.
+func TestPOP3ReloadSharesSlots(t *testing.T) {
+	env := newPOP3EnvConfig(t, 1, "max_connections_per_mailbox = 2\nconnection_wait = \"1s\"\n")
+	old := env.login(t)
+	cfg, err := os.ReadFile(env.Daemon.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := strings.Replace(string(cfg), "[pop3]\nlisten = [\"127.0.0.1:0\"]", fmt.Sprintf("[pop3]\nlisten = [%q]", env.Addr), 1)
+	next = strings.Replace(next, "max_connections_per_mailbox = 2", "max_connections_per_mailbox = 1", 1)
+	if next == string(cfg) {
+		t.Fatal("configuration not rewritten")
+	}
+	if err := os.WriteFile(env.Daemon.config, []byte(next), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, errOut, err := runBroker("reload", "-config", env.Daemon.config); err != nil {
+		t.Fatalf("broker reload: %v, %q", err, errOut)
+	}
+	p := env.dial(t)
+	p.cmd("USER " + mailbox)
+	if r := p.cmd("PASS " + env.Password); !strings.HasPrefix(r, "-ERR [IN-USE]") {
+		t.Fatalf("a login over the lowered cap got %q, want -ERR [IN-USE]\n%s", r, env.Daemon.Log())
+	}
+	if r := old.cmd("STAT"); !strings.HasPrefix(r, "+OK 1 ") {
+		t.Fatalf("the session from before the reload: STAT %q", r)
+	}
+	old.cmd("QUIT")
+	var r string
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		p.cmd("USER " + mailbox)
+		if r = p.cmd("PASS " + env.Password); r == "+OK Logged in" || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if r != "+OK Logged in" {
+		t.Fatalf("login after the old session ended: %q", r)
+	}
 }

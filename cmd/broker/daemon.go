@@ -169,7 +169,8 @@ func (d *daemon) setupProxies(cfg *config.Config) error {
 // in a reload's daemon, once its servers are in use.
 func (d *daemon) slotsFor(proto string, max int) *proxy.Slots {
 	if max <= 0 {
-		max = map[string]int{"imap": imap.DefaultMaxConnectionsPerMailbox, "smtp": smtp.DefaultMaxConnectionsPerMailbox}[proto]
+		max = map[string]int{"imap": imap.DefaultMaxConnectionsPerMailbox, "smtp": smtp.DefaultMaxConnectionsPerMailbox,
+			"pop3": pop3.DefaultMaxConnectionsPerMailbox}[proto]
 	}
 	d.live.mu.Lock()
 	defer d.live.mu.Unlock()
@@ -194,6 +195,9 @@ func (d *daemon) applySlots() {
 	}
 	if d.cfg.SMTP != nil {
 		d.slotsFor("smtp", d.cfg.SMTP.MaxConnectionsPerMailbox)
+	}
+	if d.cfg.POP3 != nil {
+		d.slotsFor("pop3", d.cfg.POP3.MaxConnectionsPerMailbox)
 	}
 }
 

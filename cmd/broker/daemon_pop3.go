@@ -33,6 +33,7 @@ func (d *daemon) setupPOP3(pc *config.POP3) error {
 		PreAuthTimeout:           d.cfg.Limits.PreAuthTimeout,
 		MaxConnectionsPerMailbox: pc.MaxConnectionsPerMailbox,
 		ConnectionWait:           pc.ConnectionWait,
+		Slots:                    d.slotsFor("pop3", pc.MaxConnectionsPerMailbox),
 		Observer:                 d.metrics,
 	})
 	return d.bind("pop3", lc, localTLS, d.pop3.Serve)

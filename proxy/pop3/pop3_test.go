@@ -436,3 +436,31 @@ func TestExplainRefusal(t *testing.T) {
 		}
 	}
 }
+
+// Two servers given the same Slots (a reload's old and new) count their
+// upstream sessions together, under the Slots' cap.
+func TestPOP3SharedSlots(t *testing.T) {
+	up := startStub(t, defaultStub())
+	slots := proxy.NewSlots(1)
+	opts := Options{Slots: slots, MaxConnectionsPerMailbox: 5, ConnectionWait: 200 * time.Millisecond}
+	_, oldAddr, _ := startProxy(t, opts, up)
+	srv, newAddr, _ := startProxy(t, opts, up)
+	c := dial(t, oldAddr)
+	c.Send("USER alice@example.com\r\nPASS pw\r\n")
+	c.Expect("+OK")
+	c.Expect("+OK Logged in")
+	c2 := dial(t, newAddr)
+	c2.Send("USER alice@example.com\r\nPASS pw\r\n")
+	c2.Expect("+OK")
+	c2.Expect("-ERR [IN-USE]")
+	if n := srv.UpstreamConnections("alice@example.com"); n != 1 {
+		t.Fatalf("new server sees %d upstream sessions, want the old one's 1", n)
+	}
+	slots.SetMax(2)
+	c2.Send("USER alice@example.com\r\nPASS pw\r\n")
+	c2.Expect("+OK")
+	c2.Expect("+OK Logged in")
+	if n := slots.InUse("alice@example.com"); n != 2 {
+		t.Fatalf("slots in use %d, want 2", n)
+	}
+}

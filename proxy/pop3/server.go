@@ -77,6 +77,10 @@ type Options struct {
 	LoginTimeout time.Duration
 	// MaxLoginFailures: DefaultMaxLoginFailures.
 	MaxLoginFailures int
+	// Slots are the per-mailbox upstream session slots, shared with the
+	// server this one replaces (a reload); their cap is theirs, and
+	// MaxConnectionsPerMailbox is then ignored. Nil: the server's own.
+	Slots *proxy.Slots
 	// Observer is told of sessions, logins, upstream connections and
 	// relayed bytes, for metrics. Nil: none.
 	Observer proxy.Observer
@@ -140,6 +144,7 @@ func NewServer(opts *Options) *Server {
 		Refusal:                  "-ERR [SYS/TEMP] Too many connections",
 		MaxConnectionsPerMailbox: o.MaxConnectionsPerMailbox,
 		ConnectionWait:           o.ConnectionWait,
+		Slots:                    o.Slots,
 		Protocol:                 proxy.POP3,
 		Observer:                 o.Observer,
 	})
