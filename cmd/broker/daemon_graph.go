@@ -58,5 +58,6 @@ func (d *daemon) graphDialer(sc *config.SMTP) (smtp.Dialer, error) {
 		Logger:          d.log,
 		SaveToSentItems: sc.Graph.SaveToSentItems,
 		Hostname:        hostname(),
+		Observer:        d.metrics,
 	}), nil
 }

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/mailbroker/broker/proxy"
 )
 
 // graphError is an error answer of Microsoft Graph.
@@ -162,7 +164,9 @@ func (t *transfer) reauth(ctx context.Context, r *request, err error) (again boo
 	}
 	t.log.Info("Microsoft Graph refused the token; getting a new one", "account", t.account, "op", r.op,
 		"graph_request_id", ge.RequestID, "err", oneLine(ge.Message, 200))
+	start := time.Now()
 	tok, berr := u.bearer(ctx)
+	t.d.obs.UpstreamAuth(proxy.SMTP, time.Since(start), berr)
 	if berr != nil {
 		return false, berr
 	}
@@ -201,10 +205,23 @@ func (t *transfer) once(ctx context.Context, r *request, out any) (resp *respons
 	defer release()
 	rctx, cancel := context.WithTimeout(ctx, t.d.opts.RequestTimeout)
 	defer cancel()
-	var written bool
-	var mu sync.Mutex
+	var (
+		written, gotConn bool
+		connStart        time.Time
+		mu               sync.Mutex
+	)
 	rctx = httptrace.WithClientTrace(rctx, &httptrace.ClientTrace{
 		WroteHeaders: func() { mu.Lock(); written = true; mu.Unlock() },
+		GetConn:      func(string) { mu.Lock(); connStart = time.Now(); mu.Unlock() },
+		GotConn: func(info httptrace.GotConnInfo) {
+			mu.Lock()
+			gotConn = true
+			d := time.Since(connStart)
+			mu.Unlock()
+			if !info.Reused {
+				t.d.obs.UpstreamConnect(proxy.SMTP, d, nil)
+			}
+		},
 	})
 	var body io.ReadCloser
 	var n int64
@@ -236,8 +253,12 @@ func (t *transfer) once(ctx context.Context, r *request, out any) (resp *respons
 	hr, err := t.d.client.Do(req)
 	if err != nil {
 		mu.Lock()
-		w := written
+		w, connected, cs := written, gotConn, connStart
 		mu.Unlock()
+		if !connected && !cs.IsZero() {
+			// The connection to Graph failed.
+			t.d.obs.UpstreamConnect(proxy.SMTP, time.Since(cs), err)
+		}
 		switch {
 		case ctx.Err() != nil:
 			if r.isSend && w {

@@ -95,6 +95,12 @@ type Options struct {
 	// LookupDelays are the waits before each look-up of a message in Sent
 	// Items when a send's outcome is unknown. Default 0, 1s, 2s.
 	LookupDelays []time.Duration
+	// Observer is told, as protocol SMTP, of the upstream's connections
+	// and authentications: UpstreamConnect for each new HTTPS connection
+	// to Graph (TCP and TLS; requests on a kept-alive connection make
+	// none), UpstreamAuth for each fetch of a token (a login's, and the
+	// new one after Graph refused a token). Nil means no observer.
+	Observer proxy.Observer
 }
 
 // Dialer opens Graph upstreams. It is safe for concurrent use; one serves
@@ -104,6 +110,7 @@ type Dialer struct {
 	log    *slog.Logger
 	client *http.Client
 	slots  *proxy.Slots
+	obs    proxy.Observer
 
 	mu        sync.Mutex
 	mailboxes map[string]*mailboxState
@@ -163,6 +170,7 @@ func NewDialer(opts *Options) *Dialer {
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
 	d.slots = proxy.NewSlots(o.MaxConcurrentPerMailbox)
+	d.obs = proxy.ObserverOr(o.Observer)
 	return d
 }
 
@@ -187,7 +195,10 @@ func (d *Dialer) Dial(ctx context.Context, c *proxy.Conn, up *proxy.Upstream) (s
 		return nil, &proxy.LoginError{Kind: proxy.KindAccount, Reason: "Mailbox login refused, contact your administrator",
 			Err: errNoBearer}
 	}
-	if _, err := up.Bearer(ctx); err != nil {
+	start := time.Now()
+	_, err := up.Bearer(ctx)
+	d.obs.UpstreamAuth(proxy.SMTP, time.Since(start), err)
+	if err != nil {
 		return nil, err
 	}
 	uctx, cancel := context.WithCancel(context.Background())

@@ -16,6 +16,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -424,5 +425,83 @@ func TestTokenRefused(t *testing.T) {
 				t.Fatalf("%d messages sent, want none", n)
 			}
 		})
+	}
+}
+
+type recordingObserver struct {
+	proxy.NopObserver
+	mu            sync.Mutex
+	connect, auth []error
+}
+
+func (o *recordingObserver) UpstreamConnect(p proxy.Protocol, _ time.Duration, err error) {
+	if p != proxy.SMTP {
+		panic("protocol " + p)
+	}
+	o.mu.Lock()
+	o.connect = append(o.connect, err)
+	o.mu.Unlock()
+}
+
+func (o *recordingObserver) UpstreamAuth(p proxy.Protocol, _ time.Duration, err error) {
+	if p != proxy.SMTP {
+		panic("protocol " + p)
+	}
+	o.mu.Lock()
+	o.auth = append(o.auth, err)
+	o.mu.Unlock()
+}
+
+func (o *recordingObserver) counts() (connOK, connErr, authOK, authErr int) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for _, e := range o.connect {
+		if e == nil {
+			connOK++
+		} else {
+			connErr++
+		}
+	}
+	for _, e := range o.auth {
+		if e == nil {
+			authOK++
+		} else {
+			authErr++
+		}
+	}
+	return
+}
+
+// Graph's connections and token fetches count as the SMTP upstream's.
+func TestObserver(t *testing.T) {
+	obs := &recordingObserver{}
+	f := newFixture(t, m365sim.GraphOptions{}, graph.Options{SaveToSentItems: true, Observer: obs})
+	u := f.dial(t)
+	for i := range 2 {
+		id := fmt.Sprintf("o.%d@test", i)
+		if _, err := send(t, u, mbox, []string{other}, textMessage(mbox, "o", id, []string{other}, nil, "x\r\n")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if connOK, connErr, authOK, authErr := obs.counts(); connOK != 1 || connErr != 0 || authOK != 1 || authErr != 0 {
+		t.Fatalf("connects %d ok %d failed, auths %d ok %d failed; want one connection (kept alive) and the login's token",
+			connOK, connErr, authOK, authErr)
+	}
+
+	// Graph unreachable: a failed connection.
+	obs2 := &recordingObserver{}
+	d := graph.NewDialer(&graph.Options{URL: func(string) string { return "https://127.0.0.1:1" }, Observer: obs2,
+		RetryBudget: time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
+	t.Cleanup(d.Close)
+	u2, err := d.Dial(context.Background(), nil, &proxy.Upstream{Account: mbox, Via: proxy.ViaGraph, Bearer: f.token})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(u2.Close)
+	if _, err := send(t, u2, mbox, []string{other}, textMessage(mbox, "o", "o.x@test", []string{other}, nil, "x\r\n")); err == nil {
+		t.Fatal("sent through an unreachable Graph")
+	}
+	if _, connErr, authOK, _ := obs2.counts(); connErr == 0 || authOK != 1 {
+		t.Fatalf("%d failed connections, %d tokens; want at least one and one", connErr, authOK)
 	}
 }
