@@ -45,14 +45,16 @@ fuzz:
 bench: deps
 	$(GO) test -run '^$$' -bench . -benchtime 200x -timeout 30m ./test/
 
-# The binary, the unit (ExecStart pointing at BINDIR) and, unless one is
-# there already, the example configuration. Nothing else: no user, no
-# state directory, nothing enabled (README: Operating broker).
+# The binary, the unit (ExecStart pointing at BINDIR), the optional socket
+# unit (README: Socket activation) and, unless one is there already, the
+# example configuration. Nothing else: no user, no state directory,
+# nothing enabled (README: Operating broker).
 install: build
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR)
 	install -m 0755 bin/broker $(DESTDIR)$(BINDIR)/broker
 	sed 's|/usr/local/bin/broker|$(BINDIR)/broker|' docs/broker.service > $(DESTDIR)$(UNITDIR)/broker.service
 	chmod 0644 $(DESTDIR)$(UNITDIR)/broker.service
+	install -m 0644 docs/broker.socket $(DESTDIR)$(UNITDIR)/broker.socket
 	@conf=$(DESTDIR)$(SYSCONFDIR)/broker/broker.toml; \
 	if [ -e "$$conf" ]; then \
 		echo "kept $$conf (not overwritten); the example is docs/broker.example.toml"; \
@@ -67,7 +69,7 @@ install: build
 # Removes what install put in place except the configuration (yours by
 # now) and broker's state.
 uninstall:
-	rm -f $(DESTDIR)$(BINDIR)/broker $(DESTDIR)$(UNITDIR)/broker.service
+	rm -f $(DESTDIR)$(BINDIR)/broker $(DESTDIR)$(UNITDIR)/broker.service $(DESTDIR)$(UNITDIR)/broker.socket
 	@echo "kept $(DESTDIR)$(SYSCONFDIR)/broker and the state directory (/var/lib/broker)"
 
 # bin/broker_$(DEB_VERSION)_amd64.deb, with nfpm (a tool dependency in go.mod);

@@ -324,6 +324,7 @@ func TestMakeInstall(t *testing.T) {
 	runMake(t, "install", "DESTDIR="+dest)
 	bin := filepath.Join(dest, "usr/local/bin/broker")
 	unit := filepath.Join(dest, "etc/systemd/system/broker.service")
+	socket := filepath.Join(dest, "etc/systemd/system/broker.socket")
 	conf := filepath.Join(dest, "etc/broker/broker.toml")
 	out, err := exec.Command(bin, "version").Output()
 	if err != nil || !strings.HasPrefix(string(out), "broker ") {
@@ -338,6 +339,9 @@ func TestMakeInstall(t *testing.T) {
 			t.Errorf("the installed unit lacks %s", want)
 		}
 	}
+	if info, err := os.Stat(socket); err != nil || info.Mode().Perm() != 0o644 {
+		t.Errorf("installed socket unit: %v, %v; want mode 0644", info, err)
+	}
 	if info, err := os.Stat(conf); err != nil || info.Mode().Perm() != 0o640 {
 		t.Fatalf("installed config: %v, %v; want mode 0640", info, err)
 	}
@@ -351,7 +355,7 @@ func TestMakeInstall(t *testing.T) {
 	if data, _ := os.ReadFile(conf); string(data) != "# mine\n" {
 		t.Fatalf("make install overwrote the configuration: %q", data)
 	}
-	// Nothing else: a binary, a unit, a configuration.
+	// Nothing else: a binary, the units, a configuration.
 	var files []string
 	filepath.WalkDir(dest, func(p string, d os.DirEntry, err error) error {
 		if err == nil && !d.IsDir() {
@@ -360,11 +364,12 @@ func TestMakeInstall(t *testing.T) {
 		return nil
 	})
 	slices.Sort(files)
-	if want := []string{"/etc/broker/broker.toml", "/etc/systemd/system/broker.service", "/usr/local/bin/broker"}; !slices.Equal(files, want) {
+	if want := []string{"/etc/broker/broker.toml", "/etc/systemd/system/broker.service", "/etc/systemd/system/broker.socket",
+		"/usr/local/bin/broker"}; !slices.Equal(files, want) {
 		t.Errorf("installed %v, want %v", files, want)
 	}
 	runMake(t, "uninstall", "DESTDIR="+dest)
-	for _, p := range []string{bin, unit} {
+	for _, p := range []string{bin, unit, socket} {
 		if _, err := os.Stat(p); err == nil {
 			t.Errorf("uninstall left %s", p)
 		}
@@ -418,7 +423,7 @@ func TestDebianPackage(t *testing.T) {
 		return string(out)
 	}
 	contents := dpkg("-c", deb)
-	for _, want := range []string{"./usr/bin/broker", "./lib/systemd/system/broker.service", "./etc/broker/broker.toml"} {
+	for _, want := range []string{"./usr/bin/broker", "./lib/systemd/system/broker.service", "./lib/systemd/system/broker.socket", "./etc/broker/broker.toml"} {
 		if !strings.Contains(contents, want+"\n") {
 			t.Errorf("the package lacks %s:\n%s", want, contents)
 		}
@@ -437,6 +442,13 @@ func TestDebianPackage(t *testing.T) {
 
 	if _, err := os.Stat("/lib/systemd/system/broker.service"); err != nil {
 		t.Errorf("unit: %v", err)
+	}
+	// The socket unit is there, and not enabled.
+	if _, err := os.Stat("/lib/systemd/system/broker.socket"); err != nil {
+		t.Errorf("socket unit: %v", err)
+	}
+	if _, err := os.Lstat("/etc/systemd/system/sockets.target.wants/broker.socket"); err == nil {
+		t.Error("the package enabled broker.socket")
 	}
 	if out, err := exec.Command("getent", "passwd", "broker").Output(); err != nil || !strings.Contains(string(out), ":/var/lib/broker:/usr/sbin/nologin") {
 		t.Errorf("user: %q, %v", out, err)
@@ -483,8 +495,10 @@ func TestDebianPackage(t *testing.T) {
 	if _, err := os.Stat("/usr/bin/broker"); err == nil {
 		t.Error("dpkg -r left /usr/bin/broker")
 	}
-	if _, err := os.Stat("/lib/systemd/system/broker.service"); err == nil {
-		t.Error("dpkg -r left the unit")
+	for _, u := range []string{"/lib/systemd/system/broker.service", "/lib/systemd/system/broker.socket"} {
+		if _, err := os.Stat(u); err == nil {
+			t.Errorf("dpkg -r left %s", u)
+		}
 	}
 	if _, err := os.Stat("/var/lib/broker/broker.db"); err != nil {
 		t.Errorf("dpkg -r removed the state: %v", err)
