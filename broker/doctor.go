@@ -87,6 +87,8 @@ const (
 	PermSMTPApp       = "SMTP.SendAsApp"
 	PermIMAPDelegated = "IMAP.AccessAsUser.All"
 	PermSMTPDelegated = "SMTP.Send"
+	PermPOP3App       = "POP.AccessAsApp"
+	PermPOP3Delegated = "POP.AccessAsUser.All"
 )
 
 // PermissionCheck is what an account's access token lacks for the
@@ -99,9 +101,10 @@ type PermissionCheck struct {
 	AudienceOK bool
 	// Granted are the token's roles (app-only) or delegated scopes.
 	Granted []string
-	// MissingIMAP and MissingSMTP name the permission the token lacks for
-	// that protocol, "" when it has it or the protocol is not needed.
-	MissingIMAP, MissingSMTP string
+	// MissingIMAP, MissingSMTP and MissingPOP3 name the permission the
+	// token lacks for that protocol, "" when it has it or the protocol is
+	// not needed.
+	MissingIMAP, MissingSMTP, MissingPOP3 string
 	// ConfigLacks is set for a delegated account whose configured scopes
 	// do not ask for a missing permission: the fix is broker.toml's, not
 	// Entra's.
@@ -113,22 +116,32 @@ type PermissionCheck struct {
 // OK reports whether Exchange should accept the token for every protocol
 // needed.
 func (p *PermissionCheck) OK() bool {
-	return p.AudienceOK && p.MissingIMAP == "" && p.MissingSMTP == ""
+	return p.AudienceOK && p.MissingIMAP == "" && p.MissingSMTP == "" && p.MissingPOP3 == ""
 }
+
+// PermissionNeeds are the protocols whose permissions a token must carry.
+type PermissionNeeds struct{ IMAP, SMTP, POP3 bool }
 
 // CheckTokenPermissions decodes token and checks it against what IMAP
 // (needIMAP) and SMTP (needSMTP) require of acct's kind of token.
 func CheckTokenPermissions(acct *config.Account, token string, needIMAP, needSMTP bool) (*PermissionCheck, *TokenClaims, error) {
+	return CheckTokenPermissionsFor(acct, token, PermissionNeeds{IMAP: needIMAP, SMTP: needSMTP})
+}
+
+// CheckTokenPermissionsFor decodes token and checks it against what the
+// protocols of need require of acct's kind of token.
+func CheckTokenPermissionsFor(acct *config.Account, token string, need PermissionNeeds) (*PermissionCheck, *TokenClaims, error) {
+	needIMAP, needSMTP := need.IMAP, need.SMTP
 	c, err := DecodeTokenClaims(token)
 	if err != nil {
 		return nil, nil, err
 	}
 	p := &PermissionCheck{acct: acct, Audience: c.Audience, AppOnly: !acct.Delegated()}
 	p.AudienceOK = outlookAudience(acct.App.Cloud, c.Audience)
-	imapPerm, smtpPerm := PermIMAPDelegated, PermSMTPDelegated
+	imapPerm, smtpPerm, popPerm := PermIMAPDelegated, PermSMTPDelegated, PermPOP3Delegated
 	p.Granted = c.Scopes()
 	if p.AppOnly {
-		imapPerm, smtpPerm = PermIMAPApp, PermSMTPApp
+		imapPerm, smtpPerm, popPerm = PermIMAPApp, PermSMTPApp, PermPOP3App
 		p.Granted = c.Roles
 	}
 	has := func(perm string) bool {
@@ -139,6 +152,9 @@ func CheckTokenPermissions(acct *config.Account, token string, needIMAP, needSMT
 	}
 	if needSMTP && !has(smtpPerm) {
 		p.MissingSMTP = smtpPerm
+	}
+	if need.POP3 && !has(popPerm) {
+		p.MissingPOP3 = popPerm
 	}
 	if !p.AppOnly {
 		for _, m := range p.missing() {
@@ -163,7 +179,7 @@ func scopeRequested(acct *config.Account, perm string) bool {
 
 func (p *PermissionCheck) missing() []string {
 	var m []string
-	for _, s := range []string{p.MissingIMAP, p.MissingSMTP} {
+	for _, s := range []string{p.MissingIMAP, p.MissingSMTP, p.MissingPOP3} {
 		if s != "" {
 			m = append(m, s)
 		}
@@ -204,7 +220,7 @@ func (p *PermissionCheck) Problem() string {
 	}
 	switch {
 	case !p.AudienceOK && graphAudience(p.acct.App.Cloud, p.Audience):
-		return fmt.Sprintf("the token is for Microsoft Graph (aud %s), which Exchange's IMAP and SMTP refuse", p.Audience)
+		return fmt.Sprintf("the token is for Microsoft Graph (aud %s), which Exchange's IMAP, POP and SMTP refuse", p.Audience)
 	case !p.AudienceOK:
 		return fmt.Sprintf("the token's audience is %s, not Exchange Online (%s)", p.Audience, p.acct.App.Cloud.DelegatedResource)
 	case len(p.missing()) > 0:
@@ -221,7 +237,7 @@ func (p *PermissionCheck) Fix() string {
 	missing := strings.Join(p.missing(), " and ")
 	switch {
 	case !p.AudienceOK && p.AppOnly:
-		return fmt.Sprintf("App-only tokens for IMAP and SMTP must be requested with the scope %s: remove scopes from account %s in broker.toml (the default is right) and check the app's cloud.", acct.App.Cloud.AppScope(), acct.Mailbox)
+		return fmt.Sprintf("App-only tokens for IMAP, POP and SMTP must be requested with the scope %s: remove scopes from account %s in broker.toml (the default is right) and check the app's cloud.", acct.App.Cloud.AppScope(), acct.Mailbox)
 	case !p.AudienceOK:
 		return fmt.Sprintf("Request the Outlook scopes (%s), not Graph's, for account %s: fix its scopes in broker.toml (or remove them for the default), then run broker login %s.", strings.Join(acct.App.Cloud.DelegatedScopes(), " "), acct.Mailbox, acct.Mailbox)
 	case missing == "":

@@ -144,3 +144,56 @@ func TestCheckTokenPermissions(t *testing.T) {
 		t.Error("an opaque token was read")
 	}
 }
+
+func TestCheckTokenPermissionsPOP3(t *testing.T) {
+	app := doctorAccount(config.FlowClientCredentials, "global")
+	deleg := doctorAccount(config.FlowDeviceCode, "global")
+	// With [pop3], a delegated account asks for POP.AccessAsUser.All too.
+	deleg.Scopes = config.AccountScopes(deleg.Flow, deleg.App.Cloud, true)
+	narrow := doctorAccount(config.FlowDeviceCode, "global")
+	narrow.Scopes = []string{"offline_access", "https://outlook.office.com/IMAP.AccessAsUser.All"}
+	all := PermissionNeeds{IMAP: true, POP3: true}
+	tests := []struct {
+		name     string
+		acct     *config.Account
+		claims   map[string]any
+		need     PermissionNeeds
+		missPOP3 string
+		fix      []string
+	}{
+		{name: "app-only with POP.AccessAsApp", acct: app, need: all,
+			claims: map[string]any{"aud": "https://outlook.office365.com", "roles": []string{"IMAP.AccessAsApp", "POP.AccessAsApp"}}},
+		{name: "app-only without", acct: app, need: all, missPOP3: "POP.AccessAsApp",
+			claims: map[string]any{"aud": "https://outlook.office365.com", "roles": []string{"IMAP.AccessAsApp"}},
+			fix:    []string{"application permission POP.AccessAsApp", "Office 365 Exchange Online > Application permissions"}},
+		{name: "app-only, [pop3] not configured", acct: app, need: PermissionNeeds{IMAP: true},
+			claims: map[string]any{"aud": "https://outlook.office365.com", "roles": []string{"IMAP.AccessAsApp"}}},
+		{name: "delegated with POP.AccessAsUser.All", acct: deleg, need: all,
+			claims: map[string]any{"aud": "https://outlook.office.com", "scp": "IMAP.AccessAsUser.All POP.AccessAsUser.All"}},
+		{name: "delegated without", acct: deleg, need: all, missPOP3: "POP.AccessAsUser.All",
+			claims: map[string]any{"aud": "https://outlook.office.com", "scp": "IMAP.AccessAsUser.All"},
+			fix:    []string{"delegated permission POP.AccessAsUser.All", "broker login support@contoso.com"}},
+		{name: "delegated, not in the configured scopes", acct: narrow, need: all, missPOP3: "POP.AccessAsUser.All",
+			claims: map[string]any{"aud": "https://outlook.office.com", "scp": "IMAP.AccessAsUser.All"},
+			fix:    []string{"Add https://outlook.office.com/POP.AccessAsUser.All to the scopes of account support@contoso.com"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, _, err := CheckTokenPermissionsFor(tt.acct, fakeJWT(t, tt.claims), tt.need)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p.MissingPOP3 != tt.missPOP3 || p.OK() != (tt.missPOP3 == "") {
+				t.Fatalf("got ok=%v missing POP3 %q, want %q", p.OK(), p.MissingPOP3, tt.missPOP3)
+			}
+			if tt.missPOP3 != "" && !strings.Contains(p.Problem(), "lacks "+tt.missPOP3) {
+				t.Errorf("problem %q", p.Problem())
+			}
+			for _, s := range tt.fix {
+				if !strings.Contains(p.Fix(), s) {
+					t.Errorf("fix %q lacks %q", p.Fix(), s)
+				}
+			}
+		})
+	}
+}

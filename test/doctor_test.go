@@ -3,6 +3,7 @@ package test
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -18,7 +19,8 @@ type doctorEnv struct {
 	Entra  *m365sim.Entra
 	IMAP   *m365sim.IMAP
 	SMTP   *m365sim.SMTP
-	Config string // the file
+	POP3   *m365sim.POP3 // with doctorOptions.POP3
+	Config string        // the file
 	Daemon *daemon
 }
 
@@ -33,6 +35,9 @@ type doctorOptions struct {
 	IMAPCA       []byte
 	// Extra is appended to the configuration.
 	Extra string
+	// POP3 adds the simulated POP3 service, a [pop3] section for it and
+	// the app role POP.AccessAsApp (before App runs).
+	POP3 bool
 	// NoDaemon leaves broker not running: doctor opens the store.
 	NoDaemon bool
 	// Before runs before the daemon starts.
@@ -53,6 +58,9 @@ func newDoctorEnv(t *testing.T, o doctorOptions) *doctorEnv {
 	app := m365sim.App{
 		Tenant: tenant, ClientID: clientID, Secret: doctorSecret,
 		Roles: smtpRoles, Mailboxes: []string{mailbox},
+	}
+	if o.POP3 {
+		app.Roles = append(append([]string{}, smtpRoles...), "POP.AccessAsApp")
 	}
 	if o.App != nil {
 		o.App(&app)
@@ -85,6 +93,14 @@ func newDoctorEnv(t *testing.T, o doctorOptions) *doctorEnv {
 		imapUpstream, writeFile(t, dir, "imap-ca.pem", imapCA),
 		env.SMTP.Addr(), writeFile(t, dir, "smtp-ca.pem", env.SMTP.CACertPEM()),
 		entra.URL(), writeFile(t, dir, "client.secret", []byte(secret+"\n")), "") + o.Extra
+	if o.POP3 {
+		if env.POP3, err = m365sim.NewPOP3(entra, env.IMAP, m365sim.POP3Options{}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { env.POP3.Close() })
+		cfg += fmt.Sprintf("\n[pop3]\nlisten = [\"127.0.0.1:0\"]\nupstream = %q\nupstream_ca_file = %q\n",
+			env.POP3.Addr(), writeFile(t, dir, "pop3-ca.pem", env.POP3.CACertPEM()))
+	}
 	if o.Before != nil {
 		o.Before(env)
 	}
@@ -495,4 +511,65 @@ func TestDoctorConfigError(t *testing.T) {
 	env := newDoctorEnv(t, doctorOptions{NoDaemon: true})
 	rs, code := env.doctor(t, "nobody@contoso.com")
 	checkFailure(t, rs, code, wantFailure{check: "config", detail: []string{"nobody@contoso.com"}})
+}
+
+// TestDoctorPOP3: with [pop3], doctor checks the POP3 upstream's TCP and
+// TLS, the token's POP permission and a POP3 XOAUTH2 login with STAT;
+// POP disabled for the mailbox, and the role missing, are explained.
+func TestDoctorPOP3(t *testing.T) {
+	env := newDoctorEnv(t, doctorOptions{POP3: true})
+	rs, code := env.doctor(t)
+	if code != 0 {
+		t.Fatalf("exit %d, want 0:\n%s", code, dumpResults(rs))
+	}
+	for _, c := range append(append([]string{}, globalChecks...), "connect:pop3", "tls:pop3") {
+		if r := find(t, rs, c, ""); !r.OK || r.Warning || r.Skipped {
+			t.Errorf("%s: %+v, want a pass", c, r)
+		}
+	}
+	for _, c := range append(append([]string{}, accountChecks...), "pop3") {
+		if r := find(t, rs, c, mailbox); !r.OK || r.Warning || r.Skipped || r.Fix != "" {
+			t.Errorf("%s: %+v, want a pass", c, r)
+		}
+	}
+	if r := find(t, rs, "pop3", mailbox); !strings.Contains(r.Detail, "XOAUTH2 login as "+mailbox) {
+		t.Errorf("pop3: %+v", r)
+	}
+	if r := find(t, rs, "permissions", mailbox); !strings.Contains(r.Detail, "POP.AccessAsApp") {
+		t.Errorf("permissions: %+v, want POP.AccessAsApp among the roles", r)
+	}
+	if r := find(t, rs, "config", ""); !strings.Contains(r.Detail, "[imap], [smtp] and [pop3]") {
+		t.Errorf("config: %+v", r)
+	}
+	if env.POP3.Logins() != 1 {
+		t.Errorf("POP3 logins %d, want 1", env.POP3.Logins())
+	}
+
+	// POP disabled for the mailbox: IMAP takes the same token, so the fix
+	// is Set-CASMailbox.
+	env.POP3.SetPOPEnabled(mailbox, false)
+	rs, code = env.doctor(t)
+	checkFailure(t, rs, code, wantFailure{check: "pop3", account: mailbox,
+		detail: []string{"answered AUTH: -ERR Authentication failure"},
+		fix:    []string{"POP is disabled for " + mailbox, "Set-CASMailbox -Identity " + mailbox + " -PopEnabled $true"}})
+	env.POP3.SetPOPEnabled(mailbox, true)
+
+	// The app without POP.AccessAsApp: permissions fail, the POP3 login
+	// is skipped, IMAP and SMTP still pass.
+	noRole := newDoctorEnv(t, doctorOptions{POP3: true, App: func(a *m365sim.App) { a.Roles = smtpRoles }})
+	rs, code = noRole.doctor(t)
+	if code != 1 {
+		t.Fatalf("without POP.AccessAsApp: exit %d, want 1:\n%s", code, dumpResults(rs))
+	}
+	if r := find(t, rs, "permissions", mailbox); r.OK || !strings.Contains(r.Detail, "lacks POP.AccessAsApp") || !strings.Contains(r.Fix, "application permission POP.AccessAsApp") {
+		t.Errorf("permissions: %+v", r)
+	}
+	if r := find(t, rs, "pop3", mailbox); !r.Skipped {
+		t.Errorf("pop3: %+v, want skipped", r)
+	}
+	for _, c := range []string{"imap", "smtp"} {
+		if r := find(t, rs, c, mailbox); !r.OK {
+			t.Errorf("%s: %+v, want a pass", c, r)
+		}
+	}
 }

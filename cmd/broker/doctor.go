@@ -28,8 +28,9 @@ const doctorUsage = `usage: broker doctor [-config FILE] [-json] [MAILBOX]
 Checks, in order, what broker needs to serve MAILBOX (or every account):
 the configuration; the daemon (or, without one, the database); DNS and TCP
 to the identity platform and each upstream; the upstreams' TLS (certificate
-and version); a token for the account; the token's permissions for IMAP and
-SMTP; an IMAP XOAUTH2 login to the mailbox; SMTP AUTH (no message is sent).
+and version); a token for the account; the token's permissions for IMAP,
+SMTP and POP3; an IMAP XOAUTH2 login to the mailbox; SMTP AUTH (no message
+is sent); with [pop3], a POP3 XOAUTH2 login and STAT (nothing deleted).
 Each check prints a line: ✓ passed, ! passed with a warning, ✗ failed (with
 the fix), – skipped because an earlier check failed. With a daemon running,
 a failing account is retried at once. Run it as root or as broker's user:
@@ -61,12 +62,15 @@ const (
 	checkConnectID   = "connect:identity"
 	checkConnectIMAP = "connect:imap"
 	checkConnectSMTP = "connect:smtp"
+	checkConnectPOP3 = "connect:pop3"
 	checkTLSIMAP     = "tls:imap"
 	checkTLSSMTP     = "tls:smtp"
+	checkTLSPOP3     = "tls:pop3"
 	checkToken       = "token"
 	checkPermissions = "permissions"
 	checkIMAP        = "imap"
 	checkSMTP        = "smtp"
+	checkPOP3        = "pop3"
 )
 
 var checkLabels = map[string]string{
@@ -75,12 +79,15 @@ var checkLabels = map[string]string{
 	checkConnectID:   "identity platform",
 	checkConnectIMAP: "IMAP upstream",
 	checkConnectSMTP: "SMTP upstream",
+	checkConnectPOP3: "POP3 upstream",
 	checkTLSIMAP:     "IMAP TLS",
 	checkTLSSMTP:     "SMTP TLS",
+	checkTLSPOP3:     "POP3 TLS",
 	checkToken:       "token",
 	checkPermissions: "permissions",
 	checkIMAP:        "IMAP login",
 	checkSMTP:        "SMTP AUTH",
+	checkPOP3:        "POP3 login",
 }
 
 // doctorResult is one check's outcome, and an element of -json's array.
@@ -160,7 +167,7 @@ type doctor struct {
 	// when neither works.
 	admin  accountAdmin
 	daemon *controlClient
-	// unreachable holds the protocols ("imap", "smtp") whose upstream
+	// unreachable holds the protocols ("imap", "smtp", "pop3") whose upstream
 	// cannot be used, and why.
 	unreachable map[string]string
 }
@@ -212,7 +219,14 @@ func (d *doctor) checkConfig() bool {
 	if cfg.SMTP != nil {
 		sections = append(sections, "[smtp]")
 	}
-	d.emit(pass(checkConfig, fmt.Sprintf("%s: %s, %s; %s", cfg.Path, plural(len(cfg.Apps), "app"), plural(len(cfg.Accounts), "account"), strings.Join(sections, " and "))))
+	if cfg.POP3 != nil {
+		sections = append(sections, "[pop3]")
+	}
+	joined := strings.Join(sections, " and ")
+	if len(sections) > 2 {
+		joined = strings.Join(sections[:len(sections)-1], ", ") + " and " + sections[len(sections)-1]
+	}
+	d.emit(pass(checkConfig, fmt.Sprintf("%s: %s, %s; %s", cfg.Path, plural(len(cfg.Apps), "app"), plural(len(cfg.Accounts), "account"), joined)))
 	for _, w := range cfg.Warnings {
 		d.emit(warn(checkConfig, w, "Correct "+cfg.Path+" where the warning says."))
 	}
@@ -291,11 +305,12 @@ func storeFix(err error) string {
 // target is a host:port broker connects to.
 type target struct {
 	check string // checkConnect*
-	proto string // "identity", "imap", "smtp"
+	proto string // "identity", "imap", "smtp", "pop3"
 	addr  string // host:port
-	// lc is the [imap] or [smtp] section, nil for the identity platform.
+	// lc is the [imap], [smtp] or [pop3] section, nil for the identity
+	// platform.
 	lc *config.Listener
-	// implicitTLS: TLS from the first byte (IMAP; SMTP on 465).
+	// implicitTLS: TLS from the first byte (IMAP, POP3; SMTP on 465).
 	implicitTLS bool
 }
 
@@ -325,6 +340,9 @@ func (d *doctor) targets(accounts []*config.Account) []target {
 	}
 	if sc := d.cfg.SMTP; sc != nil {
 		ts = append(ts, target{check: checkConnectSMTP, proto: "smtp", addr: sc.Upstream, lc: &sc.Listener, implicitTLS: sc.UpstreamImplicitTLS})
+	}
+	if pc := d.cfg.POP3; pc != nil {
+		ts = append(ts, target{check: checkConnectPOP3, proto: "pop3", addr: pc.Upstream, lc: &pc.Listener, implicitTLS: true})
 	}
 	return ts
 }
@@ -366,8 +384,11 @@ func (d *doctor) checkNetwork(ctx context.Context, accounts []*config.Account) {
 }
 
 func tlsCheck(proto string) string {
-	if proto == "smtp" {
+	switch proto {
+	case "smtp":
 		return checkTLSSMTP
+	case "pop3":
+		return checkTLSPOP3
 	}
 	return checkTLSIMAP
 }
@@ -417,7 +438,7 @@ func (d *doctor) checkAccounts(ctx context.Context, accounts []*config.Account) 
 
 // checkAccount runs checks 5 to 8 for one account.
 func (d *doctor) checkAccount(ctx context.Context, acct *config.Account) (rs []doctorResult) {
-	wantIMAP, wantSMTP := d.cfg.IMAP != nil, d.cfg.SMTP != nil
+	wantIMAP, wantSMTP, wantPOP3 := d.cfg.IMAP != nil, d.cfg.SMTP != nil, d.cfg.POP3 != nil
 	if wantSMTP && acct.ViaGraph() {
 		// No SMTP AUTH: its Graph token and mailbox instead.
 		wantSMTP = false
@@ -437,14 +458,18 @@ func (d *doctor) checkAccount(ctx context.Context, acct *config.Account) (rs []d
 		if wantSMTP {
 			rs = append(rs, skip(checkSMTP, why))
 		}
+		if wantPOP3 {
+			rs = append(rs, skip(checkPOP3, why))
+		}
 		return rs
 	}
-	perms, permResult := checkPermissionsOf(acct, tok, wantIMAP, wantSMTP)
+	perms, permResult := checkPermissionsOf(acct, tok, broker.PermissionNeeds{IMAP: wantIMAP, SMTP: wantSMTP, POP3: wantPOP3})
 	rs = append(rs, permResult)
 
 	var im *imapOutcome
 	var sm *smtpOutcome
-	var imapResult, smtpResult doctorResult
+	var po *pop3Outcome
+	var imapResult, smtpResult, pop3Result doctorResult
 	if wantIMAP {
 		switch {
 		case d.unreachable["imap"] != "":
@@ -465,6 +490,16 @@ func (d *doctor) checkAccount(ctx context.Context, acct *config.Account) (rs []d
 			sm = probeSMTP(ctx, d.cfg.SMTP, acct.Mailbox, tok)
 		}
 	}
+	if wantPOP3 {
+		switch {
+		case d.unreachable["pop3"] != "":
+			pop3Result = skip(checkPOP3, d.unreachable["pop3"])
+		case perms != nil && (!perms.AudienceOK || perms.MissingPOP3 != ""):
+			pop3Result = skip(checkPOP3, "the token cannot open the mailbox over POP3")
+		default:
+			po = probePOP3(ctx, d.cfg.POP3, acct.Mailbox, tok)
+		}
+	}
 	// Each protocol's answer narrows down the other's refusal.
 	if im != nil {
 		imapResult = im.result(acct, sm)
@@ -472,11 +507,17 @@ func (d *doctor) checkAccount(ctx context.Context, acct *config.Account) (rs []d
 	if sm != nil {
 		smtpResult = sm.result(acct, im)
 	}
+	if po != nil {
+		pop3Result = po.result(acct, im, sm)
+	}
 	if wantIMAP {
 		rs = append(rs, imapResult)
 	}
 	if wantSMTP {
 		rs = append(rs, smtpResult)
+	}
+	if wantPOP3 {
+		rs = append(rs, pop3Result)
 	}
 	return rs
 }
@@ -565,8 +606,8 @@ func upperFirst(s string) string {
 
 // checkPermissionsOf is check 6. It returns nil when the token cannot be
 // read, which skips nothing later: Exchange decides.
-func checkPermissionsOf(acct *config.Account, tok string, wantIMAP, wantSMTP bool) (*broker.PermissionCheck, doctorResult) {
-	p, c, err := broker.CheckTokenPermissions(acct, tok, wantIMAP, wantSMTP)
+func checkPermissionsOf(acct *config.Account, tok string, need broker.PermissionNeeds) (*broker.PermissionCheck, doctorResult) {
+	p, c, err := broker.CheckTokenPermissionsFor(acct, tok, need)
 	if err != nil {
 		return nil, warn(checkPermissions, err.Error()+"; its permissions cannot be read here", "")
 	}

@@ -59,6 +59,8 @@ func sectionOf(t target) string {
 		return "imap.upstream"
 	case "smtp":
 		return "smtp.upstream"
+	case "pop3":
+		return "pop3.upstream"
 	}
 	return "the app's authority (or cloud)"
 }
@@ -184,8 +186,11 @@ func tlsHandshakeFix(t target) string {
 
 func defaultUpstream(proto string) string {
 	c := config.CloudByName(config.DefaultCloud)
-	if proto == "smtp" {
+	switch proto {
+	case "smtp":
 		return c.SMTPHost
+	case "pop3":
+		return c.POPHost
 	}
 	return c.IMAPHost
 }

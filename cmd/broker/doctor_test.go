@@ -353,3 +353,51 @@ func TestProbeConnect(t *testing.T) {
 		t.Fatalf("unresolvable: %+v", r)
 	}
 }
+
+func TestPOP3CrossCheck(t *testing.T) {
+	app := doctorAccount(config.FlowClientCredentials)
+	deleg := doctorAccount(config.FlowDeviceCode)
+	refused := &pop3Outcome{addr: "pop:995", step: "AUTH", text: "Authentication failure: unknown user name or bad password.",
+		challenge: `{"status":"401","schemes":"bearer","scope":"https://outlook.office.com/.default"}`}
+	popOK := &pop3Outcome{addr: "pop:995", stat: "2 4096"}
+	imapNo := &imapOutcome{addr: "imap:993", step: "AUTHENTICATE", status: "NO", text: "AUTHENTICATE failed."}
+	imapOK := &imapOutcome{addr: "imap:993", exists: 2}
+	smtpOK := &smtpOutcome{addr: "smtp:587"}
+	tempFail := &pop3Outcome{addr: "pop:995", step: "AUTH", text: "[SYS/TEMP] Server Unavailable. 21"}
+	tests := []struct {
+		name    string
+		r       doctorResult
+		ok      bool
+		warning bool
+		detail  []string
+		fix     []string
+	}{
+		{"POP in", popOK.result(app, imapNo, nil), true, false, []string{"XOAUTH2 login as support@contoso.com, 2 messages (4096 bytes)"}, nil},
+		{"POP refused, IMAP in: POP disabled", refused.result(app, imapOK, nil), false, false,
+			[]string{"answered AUTH: -ERR Authentication failure", "challenge"},
+			[]string{"POP is disabled for support@contoso.com (IMAP takes", "Set-CASMailbox -Identity support@contoso.com -PopEnabled $true"}},
+		{"POP refused, SMTP in: POP disabled", refused.result(app, nil, smtpOK), false, false, nil, []string{"(SMTP AUTH takes", "-PopEnabled $true"}},
+		{"both refused, delegated: FullAccess", refused.result(deleg, imapNo, nil), false, false, nil,
+			[]string{"-User agent@contoso.com -AccessRights FullAccess"}},
+		{"POP refused alone: every cause", refused.result(app, nil, nil), false, false, nil,
+			[]string{"POP.AccessAsApp", "-PopEnabled $true", "-Identity support@contoso.com"}},
+		{"temporary", tempFail.result(app, imapOK, nil), true, true, nil, []string{"run broker doctor again later"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.r.Check != checkPOP3 || tt.r.OK != tt.ok || tt.r.Warning != tt.warning {
+				t.Fatalf("got %+v, want ok %v warning %v", tt.r, tt.ok, tt.warning)
+			}
+			for _, s := range tt.detail {
+				if !strings.Contains(tt.r.Detail, s) {
+					t.Errorf("detail %q lacks %q", tt.r.Detail, s)
+				}
+			}
+			for _, s := range tt.fix {
+				if !strings.Contains(tt.r.Fix, s) {
+					t.Errorf("fix %q lacks %q", tt.r.Fix, s)
+				}
+			}
+		})
+	}
+}
