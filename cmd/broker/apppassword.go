@@ -40,13 +40,11 @@ func appPasswordCmd(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	admin, done, err := openAdmin(cfg)
+	admin, ctx, done, err := adminSession(context.Background(), cfg)
 	if err != nil {
 		return err
 	}
 	defer done()
-	ctx, cancel := context.WithTimeout(context.Background(), controlTimeout)
-	defer cancel()
 
 	switch args[0] {
 	case "add":

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"io/fs"
@@ -20,13 +19,7 @@ import (
 // it over the control socket, since it may write nowhere but its own
 // directories; without one, the CLI opens the database itself.
 func backupCmd(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("backup", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	configPath := fs.String("config", config.DefaultPath, "configuration `file`")
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: broker backup [-config FILE] FILE|-")
-		fs.PrintDefaults()
-	}
+	fs, configPath := newCommand("backup", "usage: broker backup [-config FILE] FILE|-\n", stderr)
 	pos, err := parseFlags(fs, args)
 	if err != nil {
 		return err

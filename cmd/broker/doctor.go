@@ -7,7 +7,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -121,25 +120,11 @@ func skip(check, why string) doctorResult {
 }
 
 func doctorCmd(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("doctor", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(stderr, doctorUsage)
-		fs.PrintDefaults()
-	}
-	configPath := fs.String("config", config.DefaultPath, "configuration `file`")
+	fs, configPath := newCommand("doctor", doctorUsage, stderr)
 	asJSON := fs.Bool("json", false, "print a JSON array")
-	pos, err := parseFlags(fs, args)
+	mailbox, _, err := optionalMailbox(fs, args)
 	if err != nil {
 		return err
-	}
-	if len(pos) > 1 {
-		fs.Usage()
-		return errors.New("doctor takes at most one MAILBOX")
-	}
-	mailbox := ""
-	if len(pos) == 1 {
-		mailbox = pos[0]
 	}
 	var out doctorOutput = &textOutput{w: stdout}
 	if *asJSON {

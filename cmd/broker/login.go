@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -48,23 +47,13 @@ const signInTimeout = 10 * time.Minute
 var errCancelled = &exitError{code: 130, msg: "sign-in cancelled"}
 
 func loginCmd(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("login", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(stderr, loginUsage)
-		fs.PrintDefaults()
-	}
-	configPath := fs.String("config", config.DefaultPath, "configuration `file`")
+	fs, configPath := newCommand("login", loginUsage, stderr)
 	loopback := fs.Bool("loopback", false, "auth_code: receive the browser on a local port (default with a display)")
 	paste := fs.Bool("paste", false, "auth_code: paste the address the browser ends on (default without a display)")
 	port := fs.Int("port", 0, "auth_code -loopback: the `port` to listen on; 0 picks a free one")
-	pos, err := parseFlags(fs, args)
+	mailbox, err := mailboxArg(fs, args)
 	if err != nil {
 		return err
-	}
-	if len(pos) != 1 {
-		fs.Usage()
-		return errors.New("login takes one MAILBOX")
 	}
 	if *loopback && *paste {
 		return errors.New("-loopback and -paste exclude each other")
@@ -72,11 +61,7 @@ func loginCmd(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if *port < 0 || *port > 65535 {
 		return fmt.Errorf("-port %d is not a port", *port)
 	}
-	cfg, err := config.Load(*configPath)
-	if err != nil {
-		return err
-	}
-	acct, err := findAccount(cfg, pos[0])
+	cfg, acct, err := loadAccount(*configPath, mailbox)
 	if err != nil {
 		return err
 	}
@@ -124,13 +109,11 @@ func loginCmd(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 
 // handOver gives the credentials to the daemon, or stores them.
 func handOver(ctx context.Context, cfg *config.Config, acct *config.Account, creds *broker.Credentials, stdout io.Writer) error {
-	admin, done, err := openAdmin(cfg)
+	admin, ctx, done, err := adminSession(ctx, cfg)
 	if err != nil {
 		return err
 	}
 	defer done()
-	ctx, cancel := context.WithTimeout(ctx, controlTimeout)
-	defer cancel()
 	accounts, err := admin.SignedIn(ctx, acct.Mailbox, creds)
 	if err != nil {
 		return err
@@ -146,13 +129,11 @@ func handOver(ctx context.Context, cfg *config.Config, acct *config.Account, cre
 // checkAppOnly answers `broker login` for an app-only account: nobody
 // signs in, so it checks instead that broker gets a token.
 func checkAppOnly(ctx context.Context, cfg *config.Config, acct *config.Account, stdout io.Writer) error {
-	admin, done, err := openAdmin(cfg)
+	admin, ctx, done, err := adminSession(ctx, cfg)
 	if err != nil {
 		return err
 	}
 	defer done()
-	ctx, cancel := context.WithTimeout(ctx, controlTimeout)
-	defer cancel()
 	tok, err := admin.AccessToken(ctx, acct.Mailbox, "")
 	if err != nil {
 		return fmt.Errorf("%s uses flow %s: nobody signs in, broker gets its tokens with app %s's credential, and that failed: %w", acct.Mailbox, acct.Flow, acct.App.Name, err)

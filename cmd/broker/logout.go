@@ -1,14 +1,9 @@
 package main
 
 import (
-	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"strings"
-
-	"github.com/mailbroker/broker/config"
 )
 
 const logoutUsage = `usage: broker logout [-config FILE] MAILBOX
@@ -21,36 +16,12 @@ flags:
 `
 
 func logoutCmd(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("logout", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(stderr, logoutUsage)
-		fs.PrintDefaults()
-	}
-	configPath := fs.String("config", config.DefaultPath, "configuration `file`")
-	pos, err := parseFlags(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 1 {
-		fs.Usage()
-		return errors.New("logout takes one MAILBOX")
-	}
-	cfg, err := config.Load(*configPath)
-	if err != nil {
-		return err
-	}
-	acct, err := findAccount(cfg, pos[0])
-	if err != nil {
-		return err
-	}
-	admin, done, err := openAdmin(cfg)
+	fs, configPath := newCommand("logout", logoutUsage, stderr)
+	acct, admin, ctx, done, err := accountCommand(fs, configPath, args)
 	if err != nil {
 		return err
 	}
 	defer done()
-	ctx, cancel := context.WithTimeout(context.Background(), controlTimeout)
-	defer cancel()
 	accounts, err := admin.Logout(ctx, acct.Mailbox)
 	if err != nil {
 		return err

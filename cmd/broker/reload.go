@@ -8,7 +8,6 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -258,9 +257,7 @@ func (d *daemon) reapRetired() {
 // reloadCmd is `broker reload`: the running daemon re-reads its
 // configuration and says what changed, or why it kept the old one.
 func reloadCmd(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("reload", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	configPath := fs.String("config", config.DefaultPath, "configuration `file`")
+	fs, configPath := newCommand("reload", "", stderr)
 	if pos, err := parseFlags(fs, args); err != nil {
 		return err
 	} else if len(pos) > 0 {

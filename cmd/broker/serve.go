@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -17,9 +16,7 @@ import (
 )
 
 func serveCmd(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	configPath := fs.String("config", config.DefaultPath, "configuration `file`")
+	fs, configPath := newCommand("serve", "", stderr)
 	dev := fs.Bool("dev", false, "run against an in-process simulated Microsoft 365 with a temporary state directory")
 	devListen := fs.String("dev-listen", "127.0.0.1:1143", "IMAP listen `address` for -dev")
 	devSMTPListen := fs.String("dev-smtp-listen", "127.0.0.1:1587", "SMTP listen `address` for -dev")

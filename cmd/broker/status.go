@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"time"
@@ -40,41 +38,28 @@ const (
 )
 
 func statusCmd(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("status", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(stderr, statusUsage)
-		fs.PrintDefaults()
-	}
-	configPath := fs.String("config", config.DefaultPath, "configuration `file`")
+	fs, configPath := newCommand("status", statusUsage, stderr)
 	asJSON := fs.Bool("json", false, "print a JSON array")
-	pos, err := parseFlags(fs, args)
+	mailbox, named, err := optionalMailbox(fs, args)
 	if err != nil {
 		return err
-	}
-	if len(pos) > 1 {
-		fs.Usage()
-		return errors.New("status takes at most one MAILBOX")
 	}
 	cfg, err := config.Load(*configPath)
 	if err != nil {
 		return err
 	}
-	mailbox := ""
-	if len(pos) == 1 {
-		acct, err := findAccount(cfg, pos[0])
+	if named {
+		acct, err := findAccount(cfg, mailbox)
 		if err != nil {
 			return err
 		}
 		mailbox = acct.Mailbox
 	}
-	admin, done, err := openAdmin(cfg)
+	admin, ctx, done, err := adminSession(context.Background(), cfg)
 	if err != nil {
 		return err
 	}
 	defer done()
-	ctx, cancel := context.WithTimeout(context.Background(), controlTimeout)
-	defer cancel()
 	statuses, err := admin.Statuses(ctx, mailbox)
 	if err != nil {
 		return err

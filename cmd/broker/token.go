@@ -1,9 +1,6 @@
 package main
 
 import (
-	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"strings"
@@ -26,37 +23,13 @@ flags:
 `
 
 func tokenCmd(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("token", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(stderr, tokenUsage)
-		fs.PrintDefaults()
-	}
-	configPath := fs.String("config", config.DefaultPath, "configuration `file`")
+	fs, configPath := newCommand("token", tokenUsage, stderr)
 	scope := fs.String("scope", "outlook", "graph, outlook, or the `scope` to ask for")
-	pos, err := parseFlags(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 1 {
-		fs.Usage()
-		return errors.New("token takes one MAILBOX")
-	}
-	cfg, err := config.Load(*configPath)
-	if err != nil {
-		return err
-	}
-	acct, err := findAccount(cfg, pos[0])
-	if err != nil {
-		return err
-	}
-	admin, done, err := openAdmin(cfg)
+	acct, admin, ctx, done, err := accountCommand(fs, configPath, args)
 	if err != nil {
 		return err
 	}
 	defer done()
-	ctx, cancel := context.WithTimeout(context.Background(), controlTimeout)
-	defer cancel()
 	tok, err := admin.AccessToken(ctx, acct.Mailbox, resolveScope(acct, *scope))
 	if err != nil {
 		return err
