@@ -211,3 +211,53 @@ func certFix(t target, host string, err error) string {
 	}
 	return "Check " + t.proto + ".upstream and " + t.proto + ".upstream_ca_file: broker verifies the upstream exactly so."
 }
+
+// dialProbe connects a login check to lc's upstream with its upstream TLS
+// settings: over TLS, or with plain for the protocol to start TLS itself
+// with conf. The connection closes when ctx ends; closeConn closes it
+// sooner.
+func dialProbe(ctx context.Context, lc *config.Listener, plain bool) (conn net.Conn, conf *tls.Config, closeConn func(), err error) {
+	conf, err = upstreamTLSConfig(lc)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	var d interface {
+		DialContext(ctx context.Context, network, addr string) (net.Conn, error)
+	} = &tls.Dialer{Config: conf}
+	if plain {
+		d = &net.Dialer{}
+	}
+	conn, err = d.DialContext(ctx, "tcp", lc.Upstream)
+	if err != nil {
+		return nil, nil, nil, unwrapOp(err)
+	}
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	return conn, conf, func() {
+		stop()
+		conn.Close()
+	}, nil
+}
+
+// connectionFailure is a login check's line when it did not get an
+// answer from addr.
+func connectionFailure(check, addr string, err error) doctorResult {
+	return fail(check, fmt.Sprintf("%s: %v", addr, err), "Check the connection to "+addr+" (the checks above), then run broker doctor again.")
+}
+
+// withChallenge adds a refusal's error challenge, if any, to its detail.
+func withChallenge(detail, challenge string) string {
+	if challenge == "" {
+		return detail
+	}
+	return detail + " (challenge " + oneLineText(challenge) + ")"
+}
+
+// adviceResult is a login check's line for a refusal that proxy explains
+// with advice: a warning when the refusal is temporary, else a failure.
+func adviceResult(check, detail string, acct *config.Account, advice string, temporary bool) doctorResult {
+	fix := upperFirst(fillAdvice(advice, acct))
+	if temporary {
+		return warn(check, detail, fix+"; run broker doctor again later.")
+	}
+	return fail(check, detail, fix+".")
+}

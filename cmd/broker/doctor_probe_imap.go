@@ -6,7 +6,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"crypto/tls"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -44,24 +43,16 @@ func probeIMAP(ctx context.Context, ic *config.IMAP, mailbox, token string) *ima
 	o := &imapOutcome{addr: ic.Upstream}
 	ctx, cancel := context.WithTimeout(ctx, doctorStepTimeout)
 	defer cancel()
-	conf, err := upstreamTLSConfig(&ic.Listener)
+	conn, _, closeConn, err := dialProbe(ctx, &ic.Listener, false)
 	if err != nil {
 		o.err = err
 		return o
 	}
-	d := tls.Dialer{Config: conf}
-	conn, err := d.DialContext(ctx, "tcp", ic.Upstream)
-	if err != nil {
-		o.err = unwrapOp(err)
-		return o
-	}
-	defer conn.Close()
-	stop := context.AfterFunc(ctx, func() { conn.Close() })
-	defer stop()
+	defer closeConn()
 	c := &imapConn{r: bufio.NewReaderSize(conn, 4096), w: conn}
 	greeting, err := c.line()
 	if err != nil {
-		o.err = c.timeout(ctx, err)
+		o.err = timedOut(ctx, err)
 		return o
 	}
 	if !strings.HasPrefix(greeting, "* OK") {
@@ -75,7 +66,7 @@ func probeIMAP(ctx context.Context, ic *config.IMAP, mailbox, token string) *ima
 		}
 	})
 	if err != nil {
-		o.err = c.timeout(ctx, err)
+		o.err = timedOut(ctx, err)
 		return o
 	}
 	if status != "OK" {
@@ -90,7 +81,7 @@ func probeIMAP(ctx context.Context, ic *config.IMAP, mailbox, token string) *ima
 	}
 	status, text, err = c.command("d2", "EXAMINE INBOX", nil)
 	if err != nil {
-		o.err = c.timeout(ctx, err)
+		o.err = timedOut(ctx, err)
 		return o
 	}
 	if status != "OK" {
@@ -107,13 +98,6 @@ type imapConn struct {
 	r        *bufio.Reader
 	w        io.Writer
 	untagged func(line string)
-}
-
-func (c *imapConn) timeout(ctx context.Context, err error) error {
-	if ctx.Err() != nil {
-		return fmt.Errorf("no answer within %v", doctorStepTimeout)
-	}
-	return err
 }
 
 // line reads one response line, skipping the bytes of literals it
@@ -197,14 +181,12 @@ func (o *imapOutcome) result(acct *config.Account, sm *smtpOutcome) doctorResult
 	mailbox := acct.Mailbox
 	switch {
 	case o.err != nil:
-		return fail(checkIMAP, fmt.Sprintf("%s: %v", o.addr, o.err), "Check the connection to "+o.addr+" (the checks above), then run broker doctor again.")
+		return connectionFailure(checkIMAP, o.addr, o.err)
 	case o.ok():
 		return pass(checkIMAP, fmt.Sprintf("%s: XOAUTH2 login as %s, INBOX has %s", o.addr, mailbox, plural(o.exists, "message")))
 	}
 	detail := fmt.Sprintf("%s answered %s: %s %s", o.addr, o.step, o.status, o.text)
-	if o.challenge != "" {
-		detail += " (challenge " + oneLineText(o.challenge) + ")"
-	}
+	detail = withChallenge(detail, o.challenge)
 	if o.authRefused() && sm != nil {
 		switch {
 		case sm.ok():
@@ -214,10 +196,7 @@ func (o *imapOutcome) result(acct *config.Account, sm *smtpOutcome) doctorResult
 		}
 	}
 	if advice, temporary, ok := imapRefusalAdvice(o.text); ok {
-		if temporary {
-			return warn(checkIMAP, detail, upperFirst(fillAdvice(advice, acct))+"; run broker doctor again later.")
-		}
-		return fail(checkIMAP, detail, upperFirst(fillAdvice(advice, acct))+".")
+		return adviceResult(checkIMAP, detail, acct, advice, temporary)
 	}
 	return fail(checkIMAP, detail, "Check the mailbox "+mailbox+" in the Microsoft 365 admin center (licence, IMAP enabled) against Exchange's answer.")
 }

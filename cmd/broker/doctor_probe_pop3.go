@@ -7,7 +7,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"crypto/tls"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -46,20 +45,12 @@ func probePOP3(ctx context.Context, pc *config.POP3, mailbox, token string) *pop
 	o := &pop3Outcome{addr: pc.Upstream}
 	ctx, cancel := context.WithTimeout(ctx, doctorStepTimeout)
 	defer cancel()
-	conf, err := upstreamTLSConfig(&pc.Listener)
+	conn, _, closeConn, err := dialProbe(ctx, &pc.Listener, false)
 	if err != nil {
 		o.err = err
 		return o
 	}
-	d := tls.Dialer{Config: conf}
-	conn, err := d.DialContext(ctx, "tcp", pc.Upstream)
-	if err != nil {
-		o.err = unwrapOp(err)
-		return o
-	}
-	defer conn.Close()
-	stop := context.AfterFunc(ctx, func() { conn.Close() })
-	defer stop()
+	defer closeConn()
 	c := &pop3Conn{r: bufio.NewReaderSize(conn, 4096), w: conn}
 	fail := func(err error) *pop3Outcome {
 		o.err = timedOut(ctx, err)
@@ -153,14 +144,12 @@ func (o *pop3Outcome) result(acct *config.Account, im *imapOutcome, sm *smtpOutc
 	mailbox := acct.Mailbox
 	switch {
 	case o.err != nil:
-		return fail(checkPOP3, fmt.Sprintf("%s: %v", o.addr, o.err), "Check the connection to "+o.addr+" (the checks above), then run broker doctor again.")
+		return connectionFailure(checkPOP3, o.addr, o.err)
 	case o.ok():
 		return pass(checkPOP3, fmt.Sprintf("%s: XOAUTH2 login as %s, %s", o.addr, mailbox, o.messages()))
 	}
 	detail := fmt.Sprintf("%s answered %s: -ERR %s", o.addr, o.step, o.text)
-	if o.challenge != "" {
-		detail += " (challenge " + oneLineText(o.challenge) + ")"
-	}
+	detail = withChallenge(detail, o.challenge)
 	if o.authRefused() {
 		other := ""
 		switch {
@@ -177,10 +166,7 @@ func (o *pop3Outcome) result(acct *config.Account, im *imapOutcome, sm *smtpOutc
 		}
 	}
 	if advice, temporary, ok := pop3RefusalAdvice(o.text); ok {
-		if temporary {
-			return warn(checkPOP3, detail, upperFirst(fillAdvice(advice, acct))+"; run broker doctor again later.")
-		}
-		return fail(checkPOP3, detail, upperFirst(fillAdvice(advice, acct))+".")
+		return adviceResult(checkPOP3, detail, acct, advice, temporary)
 	}
 	return fail(checkPOP3, detail, "Check the mailbox "+mailbox+" in the Microsoft 365 admin center (licence, POP enabled) against Exchange's answer.")
 }

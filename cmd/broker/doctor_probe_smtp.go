@@ -9,7 +9,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"net"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -39,20 +38,13 @@ func probeSMTP(ctx context.Context, sc *config.SMTP, mailbox, token string) *smt
 	o := &smtpOutcome{addr: sc.Upstream}
 	ctx, cancel := context.WithTimeout(ctx, doctorStepTimeout)
 	defer cancel()
-	conf, err := upstreamTLSConfig(&sc.Listener)
+	// Plain: the client below starts TLS, with STARTTLS or implicitly.
+	conn, conf, closeConn, err := dialProbe(ctx, &sc.Listener, true)
 	if err != nil {
 		o.err = err
 		return o
 	}
-	var dialer net.Dialer
-	conn, err := dialer.DialContext(ctx, "tcp", sc.Upstream)
-	if err != nil {
-		o.err = unwrapOp(err)
-		return o
-	}
-	defer conn.Close()
-	stop := context.AfterFunc(ctx, func() { conn.Close() })
-	defer stop()
+	defer closeConn()
 	var c *smtp.Client
 	if sc.UpstreamImplicitTLS {
 		c = smtp.NewClient(tls.Client(conn, conf))
@@ -109,20 +101,15 @@ func (o *smtpOutcome) result(acct *config.Account, im *imapOutcome) doctorResult
 	mailbox := acct.Mailbox
 	switch {
 	case o.err != nil:
-		return fail(checkSMTP, fmt.Sprintf("%s: %v", o.addr, o.err), "Check the connection to "+o.addr+" (the checks above), then run broker doctor again.")
+		return connectionFailure(checkSMTP, o.addr, o.err)
 	case o.auth != nil:
 		detail := fmt.Sprintf("%s answered AUTH: %s", o.addr, smtpReplyText(o.auth))
-		if o.challenge != "" {
-			detail += " (challenge " + oneLineText(o.challenge) + ")"
-		}
+		detail = withChallenge(detail, o.challenge)
 		if o.authRefused() && im != nil && im.authRefused() {
 			return fail(checkSMTP, detail, noMailboxAccessFix(acct))
 		}
 		if advice, temporary, ok := smtpRefusalAdvice(o.auth); ok {
-			if temporary {
-				return warn(checkSMTP, detail, upperFirst(fillAdvice(advice, acct))+"; run broker doctor again later.")
-			}
-			return fail(checkSMTP, detail, upperFirst(fillAdvice(advice, acct))+".")
+			return adviceResult(checkSMTP, detail, acct, advice, temporary)
 		}
 		return fail(checkSMTP, detail, "Check that SMTP AUTH is enabled for "+mailbox+" (Set-CASMailbox -Identity "+mailbox+" -SmtpClientAuthenticationDisabled $false) against Exchange's answer.")
 	case o.mail != nil:
