@@ -201,8 +201,10 @@ func (d *daemon) applySlots() {
 	}
 }
 
-func (d *daemon) setupIMAP(ic *config.IMAP) error {
-	lc := &ic.Listener
+// setupProxy reads the upstream and local TLS settings of proto's
+// listener lc, has build make the protocol's server with them, and binds
+// the listeners to the Serve that build returns.
+func (d *daemon) setupProxy(proto string, lc *config.Listener, build func(upstreamTLS, localTLS *tls.Config) (serve func(net.Listener) error, err error)) error {
 	upstreamTLS, err := upstreamTLSConfig(lc)
 	if err != nil {
 		return err
@@ -211,54 +213,58 @@ func (d *daemon) setupIMAP(ic *config.IMAP) error {
 	if err != nil {
 		return err
 	}
-	d.imap = imap.NewServer(&imap.Options{
-		Upstream:    lc.Upstream,
-		UpstreamTLS: upstreamTLS,
-		TLS:         localTLS,
-		Auth:        d.broker,
-		Logger:      d.log,
+	serve, err := build(upstreamTLS, localTLS)
+	if err != nil {
+		return err
+	}
+	return d.bind(proto, lc, localTLS, serve)
+}
 
-		Limiter:                  d.limiter,
-		PreAuthTimeout:           d.cfg.Limits.PreAuthTimeout,
-		MaxConnectionsPerMailbox: ic.MaxConnectionsPerMailbox,
-		ConnectionWait:           ic.ConnectionWait,
-		Slots:                    d.slotsFor("imap", ic.MaxConnectionsPerMailbox),
-		Observer:                 d.metrics,
+func (d *daemon) setupIMAP(ic *config.IMAP) error {
+	return d.setupProxy("imap", &ic.Listener, func(upstreamTLS, localTLS *tls.Config) (func(net.Listener) error, error) {
+		d.imap = imap.NewServer(&imap.Options{
+			Upstream:    ic.Upstream,
+			UpstreamTLS: upstreamTLS,
+			TLS:         localTLS,
+			Auth:        d.broker,
+			Logger:      d.log,
+
+			Limiter:                  d.limiter,
+			PreAuthTimeout:           d.cfg.Limits.PreAuthTimeout,
+			MaxConnectionsPerMailbox: ic.MaxConnectionsPerMailbox,
+			ConnectionWait:           ic.ConnectionWait,
+			Slots:                    d.slotsFor("imap", ic.MaxConnectionsPerMailbox),
+			Observer:                 d.metrics,
+		})
+		return d.imap.Serve, nil
 	})
-	return d.bind("imap", lc, localTLS, d.imap.Serve)
 }
 
 func (d *daemon) setupSMTP(sc *config.SMTP) error {
-	upstreamTLS, err := upstreamTLSConfig(&sc.Listener)
-	if err != nil {
-		return err
-	}
-	localTLS, err := localTLSConfig(&sc.Listener)
-	if err != nil {
-		return err
-	}
-	graphDialer, err := d.graphDialer(sc)
-	if err != nil {
-		return err
-	}
-	d.smtp = smtp.NewServer(&smtp.Options{
-		GraphDialer:              graphDialer,
-		Upstream:                 sc.Upstream,
-		UpstreamImplicitTLS:      sc.UpstreamImplicitTLS,
-		UpstreamTLS:              upstreamTLS,
-		TLS:                      localTLS,
-		Auth:                     d.broker,
-		Logger:                   d.log,
-		Hostname:                 hostname(),
-		UnauthenticatedAs:        sc.UnauthenticatedAs,
-		MaxConnectionsPerMailbox: sc.MaxConnectionsPerMailbox,
-		ConnectionWait:           sc.ConnectionWait,
-		Slots:                    d.slotsFor("smtp", sc.MaxConnectionsPerMailbox),
-		Limiter:                  d.limiter,
-		PreAuthTimeout:           d.cfg.Limits.PreAuthTimeout,
-		Observer:                 d.metrics,
+	return d.setupProxy("smtp", &sc.Listener, func(upstreamTLS, localTLS *tls.Config) (func(net.Listener) error, error) {
+		graphDialer, err := d.graphDialer(sc)
+		if err != nil {
+			return nil, err
+		}
+		d.smtp = smtp.NewServer(&smtp.Options{
+			GraphDialer:              graphDialer,
+			Upstream:                 sc.Upstream,
+			UpstreamImplicitTLS:      sc.UpstreamImplicitTLS,
+			UpstreamTLS:              upstreamTLS,
+			TLS:                      localTLS,
+			Auth:                     d.broker,
+			Logger:                   d.log,
+			Hostname:                 hostname(),
+			UnauthenticatedAs:        sc.UnauthenticatedAs,
+			MaxConnectionsPerMailbox: sc.MaxConnectionsPerMailbox,
+			ConnectionWait:           sc.ConnectionWait,
+			Slots:                    d.slotsFor("smtp", sc.MaxConnectionsPerMailbox),
+			Limiter:                  d.limiter,
+			PreAuthTimeout:           d.cfg.Limits.PreAuthTimeout,
+			Observer:                 d.metrics,
+		})
+		return d.smtp.Serve, nil
 	})
-	return d.bind("smtp", &sc.Listener, localTLS, d.smtp.Serve)
 }
 
 // hostname names this machine in the SMTP greeting and in EHLO upstream.

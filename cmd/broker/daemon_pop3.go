@@ -1,8 +1,10 @@
 package main
 
 import (
+	"crypto/tls"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 
@@ -13,30 +15,23 @@ import (
 
 // setupPOP3 builds the POP3 proxy of [pop3] and binds its listeners.
 func (d *daemon) setupPOP3(pc *config.POP3) error {
-	lc := &pc.Listener
-	upstreamTLS, err := upstreamTLSConfig(lc)
-	if err != nil {
-		return err
-	}
-	localTLS, err := localTLSConfig(lc)
-	if err != nil {
-		return err
-	}
-	d.pop3 = pop3.NewServer(&pop3.Options{
-		Upstream:    lc.Upstream,
-		UpstreamTLS: upstreamTLS,
-		TLS:         localTLS,
-		Auth:        d.broker,
-		Logger:      d.log,
+	return d.setupProxy("pop3", &pc.Listener, func(upstreamTLS, localTLS *tls.Config) (func(net.Listener) error, error) {
+		d.pop3 = pop3.NewServer(&pop3.Options{
+			Upstream:    pc.Upstream,
+			UpstreamTLS: upstreamTLS,
+			TLS:         localTLS,
+			Auth:        d.broker,
+			Logger:      d.log,
 
-		Limiter:                  d.limiter,
-		PreAuthTimeout:           d.cfg.Limits.PreAuthTimeout,
-		MaxConnectionsPerMailbox: pc.MaxConnectionsPerMailbox,
-		ConnectionWait:           pc.ConnectionWait,
-		Slots:                    d.slotsFor("pop3", pc.MaxConnectionsPerMailbox),
-		Observer:                 d.metrics,
+			Limiter:                  d.limiter,
+			PreAuthTimeout:           d.cfg.Limits.PreAuthTimeout,
+			MaxConnectionsPerMailbox: pc.MaxConnectionsPerMailbox,
+			ConnectionWait:           pc.ConnectionWait,
+			Slots:                    d.slotsFor("pop3", pc.MaxConnectionsPerMailbox),
+			Observer:                 d.metrics,
+		})
+		return d.pop3.Serve, nil
 	})
-	return d.bind("pop3", lc, localTLS, d.pop3.Serve)
 }
 
 // devPOP3Config is the [pop3] section of serve -dev's configuration.
