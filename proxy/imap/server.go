@@ -83,46 +83,24 @@ type Options struct {
 // Server accepts local IMAP clients, logs them in upstream and relays
 // their sessions.
 type Server struct {
-	opts        Options
-	upstreamTLS *tls.Config
-	tls         *tls.Config
-	logger      *slog.Logger
-	srv         *proxy.Server
-	pipeline    *proxy.LoginPipeline
-	// drain is cancelled by Shutdown: sessions then end with a BYE at the
-	// first point where the client loses nothing.
-	drain       context.Context
-	cancelDrain context.CancelFunc
+	proxy.Frontend
+	opts Options
 }
 
 // NewServer returns a server configured by opts, which it copies.
 func NewServer(opts *Options) *Server {
 	s := &Server{opts: *opts}
-	s.drain, s.cancelDrain = context.WithCancel(context.Background())
 	o := &s.opts
-	if o.Logger == nil {
-		o.Logger = slog.Default()
-	}
-	proxy.SetDefault(&o.PreAuthTimeout, proxy.DefaultPreAuthTimeout)
-	proxy.SetDefault(&o.MaxConnectionsPerMailbox, DefaultMaxConnectionsPerMailbox)
-	proxy.SetDefault(&o.ConnectionWait, DefaultConnectionWait)
-	proxy.SetDefault(&o.DialTimeout, DefaultDialTimeout)
-	proxy.SetDefault(&o.LoginTimeout, DefaultLoginTimeout)
-	proxy.SetDefault(&o.MaxLoginFailures, DefaultMaxLoginFailures)
-	s.logger = o.Logger.With("proto", string(proxy.IMAP))
-	s.upstreamTLS = proxy.UpstreamTLSConfig(o.UpstreamTLS, o.Upstream)
-	s.tls = proxy.LocalTLSConfig(o.TLS)
-	s.pipeline = &proxy.LoginPipeline{Auth: o.Auth, Classify: classifyFailure, Protocol: proxy.IMAP, Observer: o.Observer}
-	s.srv = proxy.NewServer(&proxy.ServerOptions{
-		Logger:                   s.logger,
-		Handle:                   s.handle,
-		Limiter:                  o.Limiter,
-		Refusal:                  "* BYE Too many connections",
-		MaxConnectionsPerMailbox: o.MaxConnectionsPerMailbox,
-		ConnectionWait:           o.ConnectionWait,
-		Slots:                    o.Slots,
-		Protocol:                 proxy.IMAP,
-		Observer:                 o.Observer,
+	s.Init(&proxy.FrontendOptions{
+		Protocol: proxy.IMAP, Logger: o.Logger, Upstream: o.Upstream, UpstreamTLS: o.UpstreamTLS, TLS: o.TLS,
+		Auth: o.Auth, Classify: classifyFailure, Handle: s.handle, Refusal: "* BYE Too many connections",
+		Limiter: o.Limiter, Slots: o.Slots, Observer: o.Observer,
+		Limits: proxy.Limits{PreAuthTimeout: o.PreAuthTimeout, MaxConnectionsPerMailbox: o.MaxConnectionsPerMailbox,
+			ConnectionWait: o.ConnectionWait, DialTimeout: o.DialTimeout, LoginTimeout: o.LoginTimeout,
+			MaxLoginFailures: o.MaxLoginFailures},
+		Defaults: proxy.Limits{MaxConnectionsPerMailbox: DefaultMaxConnectionsPerMailbox,
+			ConnectionWait: DefaultConnectionWait, DialTimeout: DefaultDialTimeout, LoginTimeout: DefaultLoginTimeout,
+			MaxLoginFailures: DefaultMaxLoginFailures},
 	})
 	return s
 }
@@ -134,11 +112,8 @@ func (s *Server) Serve(l net.Listener) error {
 	if s.opts.Upstream == "" || s.opts.Auth == nil {
 		return errors.New("imap: Options.Upstream and Auth are required")
 	}
-	return s.srv.Serve(l)
+	return s.Srv.Serve(l)
 }
-
-// Close closes the listeners and every session now.
-func (s *Server) Close() error { return s.srv.Close() }
 
 // Shutdown stops accepting and ends the sessions where their clients lose
 // nothing: a logged-in client gets "* BYE" once upstream is between
@@ -146,18 +121,7 @@ func (s *Server) Close() error { return s.srv.Close() }
 // IDLE included); a client not logged in gets it before its next command.
 // It waits for the sessions to end until ctx is done; then it closes the
 // sessions left and returns ctx's error.
-func (s *Server) Shutdown(ctx context.Context) error { return s.srv.Shutdown(ctx, s.cancelDrain) }
-
-// Sessions returns the number of live sessions, logged in or not.
-func (s *Server) Sessions() int { return s.srv.Sessions() }
-
-// Stats returns the server's counters.
-func (s *Server) Stats() proxy.Stats { return s.srv.Stats() }
-
-// UpstreamConnections returns how many upstream sessions account holds.
-func (s *Server) UpstreamConnections(account string) int {
-	return s.srv.UpstreamConnections(account)
-}
+func (s *Server) Shutdown(ctx context.Context) error { return s.Frontend.Shutdown(ctx) }
 
 func (s *Server) handle(tc *proxy.Conn) {
 	sess := newSession(s, tc)

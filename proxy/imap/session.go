@@ -73,8 +73,8 @@ type session struct {
 }
 
 func newSession(srv *Server, tc *proxy.Conn) *session {
-	s := &session{srv: srv, tc: tc, conn: tc.NetConn(), log: srv.logger.With("session", tc.ID()),
-		deadline: tc.Accepted().Add(srv.opts.PreAuthTimeout)}
+	s := &session{srv: srv, tc: tc, conn: tc.NetConn(), log: srv.Logger.With("session", tc.ID()),
+		deadline: tc.Accepted().Add(srv.Limits.PreAuthTimeout)}
 	_, s.isTLS = tc.NetConn().(*tls.Conn)
 	s.r = newCommandReader(s.conn, s.continueLiteral)
 	return s
@@ -104,7 +104,7 @@ func (s *session) run() {
 	}
 	// A drain wakes the read below, until the splice takes over the
 	// client; the loop then says goodbye.
-	stop := context.AfterFunc(s.srv.drain, func() {
+	stop := context.AfterFunc(s.srv.Drain, func() {
 		s.drainMu.Lock()
 		defer s.drainMu.Unlock()
 		if !s.spliced {
@@ -139,7 +139,7 @@ const byeDrain = "* BYE Server shutting down, reconnect in a moment"
 // drained ends a session not logged in when the server drains; it reports
 // whether it did.
 func (s *session) drained() bool {
-	if s.srv.drain.Err() == nil {
+	if s.srv.Drain.Err() == nil {
 		return false
 	}
 	s.reason = "server shutting down"
@@ -149,7 +149,7 @@ func (s *session) drained() bool {
 }
 
 func (s *session) logEnd() {
-	obs := s.srv.srv.Observer()
+	obs := s.srv.Srv.Observer()
 	obs.BytesRelayed(proxy.IMAP, proxy.Up, s.stats.Up)
 	obs.BytesRelayed(proxy.IMAP, proxy.Down, s.stats.Down)
 	reason := s.reason
@@ -168,7 +168,7 @@ func (s *session) logEnd() {
 // capabilities lists what the client may use before login.
 func (s *session) capabilities() string {
 	c := "IMAP4rev1 SASL-IR LITERAL+ ID AUTH=PLAIN AUTH=LOGIN"
-	if s.srv.tls != nil && !s.isTLS {
+	if s.srv.TLS != nil && !s.isTLS {
 		c += " STARTTLS"
 	}
 	return c
@@ -189,7 +189,7 @@ func (s *session) writeErr(lines ...string) error {
 	for _, l := range lines {
 		b = append(append(b, l...), "\r\n"...)
 	}
-	s.conn.SetWriteDeadline(time.Now().Add(s.srv.opts.PreAuthTimeout))
+	s.conn.SetWriteDeadline(time.Now().Add(s.srv.Limits.PreAuthTimeout))
 	_, err := s.conn.Write(b)
 	return err
 }
@@ -215,7 +215,7 @@ func (s *session) readFailed(err error) (end bool) {
 		return s.refuse(tag + " BAD " + se.text)
 	case proxy.IsTimeout(err):
 		s.reason = "pre-login time limit"
-		s.srv.srv.CountPreAuthTimeout()
+		s.srv.Srv.CountPreAuthTimeout()
 		s.write("* BYE Autologout; not logged in in time")
 	case err == io.EOF:
 		s.reason = "client closed"
@@ -270,7 +270,7 @@ func (s *session) execute(cmd *command) (end bool) {
 
 // startTLS runs STARTTLS (RFC 3501 §6.2.1).
 func (s *session) startTLS(tag string) (end bool) {
-	if s.srv.tls == nil || s.isTLS {
+	if s.srv.TLS == nil || s.isTLS {
 		return s.refuse(tag + " BAD STARTTLS not available")
 	}
 	if !s.write(tag + " OK Begin TLS negotiation now") {
@@ -278,7 +278,7 @@ func (s *session) startTLS(tag string) (end bool) {
 	}
 	// Whatever the client sent after the command was sent in plaintext
 	// and may be an attacker's injection: the new reader drops it.
-	conn := tls.Server(s.conn, s.srv.tls)
+	conn := tls.Server(s.conn, s.srv.TLS)
 	if err := s.handshake(conn); err != nil {
 		return true
 	}
@@ -288,7 +288,7 @@ func (s *session) startTLS(tag string) (end bool) {
 }
 
 func (s *session) handshake(conn *tls.Conn) error {
-	ctx, cancel := context.WithDeadline(s.srv.srv.Context(), s.deadline)
+	ctx, cancel := context.WithDeadline(s.srv.Srv.Context(), s.deadline)
 	defer cancel()
 	err := conn.HandshakeContext(ctx)
 	if err != nil {
@@ -390,7 +390,7 @@ func (s *session) saslRefused(tag, mech string, r *proxy.SASLRefusal) (end bool)
 // loginFailed answers a failed login and ends the session after too many.
 func (s *session) loginFailed(reply string) (end bool) {
 	s.failures++
-	if s.failures >= s.srv.opts.MaxLoginFailures {
+	if s.failures >= s.srv.Limits.MaxLoginFailures {
 		s.reason = "too many failed logins"
 		s.write(reply, "* BYE Too many failures")
 		s.linger = true
@@ -402,11 +402,11 @@ func (s *session) loginFailed(reply string) (end bool) {
 // login checks the credentials, logs in upstream and, on success, splices
 // the session. cmdName names the command in the OK.
 func (s *session) login(tag, cmdName, user, pass string) (end bool) {
-	ctx, cancel := context.WithTimeout(s.srv.srv.Context(), s.srv.opts.LoginTimeout+s.srv.opts.ConnectionWait)
+	ctx, cancel := context.WithTimeout(s.srv.Srv.Context(), s.srv.Limits.LoginTimeout+s.srv.Limits.ConnectionWait)
 	defer cancel()
 	login := &proxy.Login{Protocol: proxy.IMAP, Username: user, Password: pass, Remote: s.tc.NetConn().RemoteAddr()}
 	authorize := func(ctx context.Context) (*proxy.Upstream, error) { return s.srv.opts.Auth.Authenticate(ctx, login) }
-	u, up, le := proxy.LoginUpstream(ctx, s.srv.pipeline, s.log, user, authorize, s.loginUpstream)
+	u, up, le := proxy.LoginUpstream(ctx, s.srv.Pipeline, s.log, user, authorize, s.loginUpstream)
 	if le != nil {
 		// A failed login frees its mailbox's slot for the next attempt.
 		if s.release != nil {
@@ -427,7 +427,7 @@ func (s *session) login(tag, cmdName, user, pass string) (end bool) {
 // session kept one from an attempt upstream refused, and logs in upstream.
 func (s *session) loginUpstream(ctx context.Context, up *proxy.Upstream) (*upstreamSession, error) {
 	if s.release == nil {
-		release, err := s.srv.srv.TakeSlot(ctx, s.tc, up.Account)
+		release, err := s.srv.Srv.TakeSlot(ctx, s.tc, up.Account)
 		if err != nil {
 			return nil, err
 		}
@@ -495,7 +495,7 @@ func (s *session) splice(u *upstreamSession) {
 	s.stats = proxy.SpliceWith(&proxy.SpliceOptions{
 		Client: client, ClientPending: clientPending, Upstream: upstream, UpstreamPending: upstreamPending,
 		CloseAll: s.tc.Close, Log: s.log,
-		Drain: s.srv.drain, Tracker: &tracker{}, Bye: byeDrain,
+		Drain: s.srv.Drain, Tracker: &tracker{}, Bye: byeDrain,
 	})
 	s.reason = s.stats.Reason
 }

@@ -91,11 +91,11 @@ func upstreamLoginError(err error) *proxy.LoginError {
 // loginUpstream connects to upstream and logs in with up.SASL.
 func (s *Server) loginUpstream(ctx context.Context, tc *proxy.Conn, up *proxy.Upstream) (*upstreamSession, error) {
 	// ctx allows for the wait for a mailbox slot too.
-	ctx, cancel := context.WithTimeout(ctx, s.opts.LoginTimeout)
+	ctx, cancel := context.WithTimeout(ctx, s.Limits.LoginTimeout)
 	defer cancel()
 	start := time.Now()
-	conn, err := dialUpstream(ctx, s.opts.Upstream, s.upstreamTLS, s.opts.DialTimeout)
-	s.srv.Observer().UpstreamConnect(proxy.IMAP, time.Since(start), err)
+	conn, err := dialUpstream(ctx, s.opts.Upstream, s.UpstreamTLS, s.Limits.DialTimeout)
+	s.Srv.Observer().UpstreamConnect(proxy.IMAP, time.Since(start), err)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to %s: %w", s.opts.Upstream, err)
 	}
@@ -108,7 +108,7 @@ func (s *Server) loginUpstream(ctx context.Context, tc *proxy.Conn, up *proxy.Up
 	u := &upstreamSession{conn: conn, br: bufio.NewReaderSize(conn, upstreamReadBuffer)}
 	start = time.Now()
 	err = u.login(up.SASL)
-	s.srv.Observer().UpstreamAuth(proxy.IMAP, time.Since(start), err)
+	s.Srv.Observer().UpstreamAuth(proxy.IMAP, time.Since(start), err)
 	if err != nil {
 		conn.Close()
 		return nil, err

@@ -89,22 +89,13 @@ type Options struct {
 // Server accepts local POP3 clients, logs them in upstream and relays
 // their sessions.
 type Server struct {
-	opts        Options
-	upstreamTLS *tls.Config
-	tls         *tls.Config
-	logger      *slog.Logger
-	srv         *proxy.Server
-	pipeline    *proxy.LoginPipeline
+	proxy.Frontend
+	opts Options
 
 	// caps are upstream's capabilities worth advertising before login,
 	// as last seen (probe or a session's login); defaultCaps until then.
 	caps      atomic.Pointer[[]string]
 	probeOnce sync.Once
-
-	// drain is cancelled by Shutdown: sessions then end at the first
-	// point where the client loses nothing.
-	drain       context.Context
-	cancelDrain context.CancelFunc
 }
 
 // defaultCaps are Exchange Online's, advertised until upstream is seen.
@@ -120,34 +111,20 @@ var relayedCaps = map[string]bool{
 // NewServer returns a server configured by opts, which it copies.
 func NewServer(opts *Options) *Server {
 	s := &Server{opts: *opts}
-	s.drain, s.cancelDrain = context.WithCancel(context.Background())
 	o := &s.opts
-	if o.Logger == nil {
-		o.Logger = slog.Default()
-	}
-	proxy.SetDefault(&o.PreAuthTimeout, proxy.DefaultPreAuthTimeout)
-	proxy.SetDefault(&o.MaxConnectionsPerMailbox, DefaultMaxConnectionsPerMailbox)
-	proxy.SetDefault(&o.ConnectionWait, DefaultConnectionWait)
-	proxy.SetDefault(&o.DialTimeout, DefaultDialTimeout)
-	proxy.SetDefault(&o.LoginTimeout, DefaultLoginTimeout)
-	proxy.SetDefault(&o.MaxLoginFailures, DefaultMaxLoginFailures)
-	s.logger = o.Logger.With("proto", string(proxy.POP3))
-	s.upstreamTLS = proxy.UpstreamTLSConfig(o.UpstreamTLS, o.Upstream)
-	s.tls = proxy.LocalTLSConfig(o.TLS)
+	s.Init(&proxy.FrontendOptions{
+		Protocol: proxy.POP3, Logger: o.Logger, Upstream: o.Upstream, UpstreamTLS: o.UpstreamTLS, TLS: o.TLS,
+		Auth: o.Auth, Classify: classifyFailure, Handle: s.handle, Refusal: "-ERR [SYS/TEMP] Too many connections",
+		Limiter: o.Limiter, Slots: o.Slots, Observer: o.Observer,
+		Limits: proxy.Limits{PreAuthTimeout: o.PreAuthTimeout, MaxConnectionsPerMailbox: o.MaxConnectionsPerMailbox,
+			ConnectionWait: o.ConnectionWait, DialTimeout: o.DialTimeout, LoginTimeout: o.LoginTimeout,
+			MaxLoginFailures: o.MaxLoginFailures},
+		Defaults: proxy.Limits{MaxConnectionsPerMailbox: DefaultMaxConnectionsPerMailbox,
+			ConnectionWait: DefaultConnectionWait, DialTimeout: DefaultDialTimeout, LoginTimeout: DefaultLoginTimeout,
+			MaxLoginFailures: DefaultMaxLoginFailures},
+	})
 	caps := defaultCaps
 	s.caps.Store(&caps)
-	s.pipeline = &proxy.LoginPipeline{Auth: o.Auth, Classify: classifyFailure, Protocol: proxy.POP3, Observer: o.Observer}
-	s.srv = proxy.NewServer(&proxy.ServerOptions{
-		Logger:                   s.logger,
-		Handle:                   s.handle,
-		Limiter:                  o.Limiter,
-		Refusal:                  "-ERR [SYS/TEMP] Too many connections",
-		MaxConnectionsPerMailbox: o.MaxConnectionsPerMailbox,
-		ConnectionWait:           o.ConnectionWait,
-		Slots:                    o.Slots,
-		Protocol:                 proxy.POP3,
-		Observer:                 o.Observer,
-	})
 	return s
 }
 
@@ -160,29 +137,26 @@ func (s *Server) Serve(l net.Listener) error {
 		return errors.New("pop3: Options.Upstream and Auth are required")
 	}
 	s.probeOnce.Do(func() { go s.probe() })
-	return s.srv.Serve(l)
+	return s.Srv.Serve(l)
 }
 
 // probe learns upstream's capabilities before the first client asks. It
 // sends no credentials: greeting, CAPA, QUIT.
 func (s *Server) probe() {
-	ctx, cancel := context.WithTimeout(s.srv.Context(), s.opts.LoginTimeout)
+	ctx, cancel := context.WithTimeout(s.Srv.Context(), s.Limits.LoginTimeout)
 	defer cancel()
 	u, err := s.dial(ctx)
 	if err != nil {
-		if s.srv.Context().Err() == nil {
-			s.logger.Warn("upstream not reachable; advertising default capabilities until it is",
+		if s.Srv.Context().Err() == nil {
+			s.Logger.Warn("upstream not reachable; advertising default capabilities until it is",
 				"upstream", s.opts.Upstream, "err", err.Error())
 		}
 		return
 	}
 	defer u.conn.Close()
-	s.logger.Info("upstream reachable", "upstream", s.opts.Upstream, "capa", strings.Join(*s.caps.Load(), " "))
+	s.Logger.Info("upstream reachable", "upstream", s.opts.Upstream, "capa", strings.Join(*s.caps.Load(), " "))
 	u.quit()
 }
-
-// Close closes the listeners and every session now.
-func (s *Server) Close() error { return s.srv.Close() }
 
 // Shutdown stops accepting and ends the sessions where their clients lose
 // nothing: a logged-in session is closed once every command its client
@@ -190,18 +164,7 @@ func (s *Server) Close() error { return s.srv.Close() }
 // word; a client not logged in gets "-ERR [SYS/TEMP]" at once, or as the
 // answer to the login it is in. It waits for the sessions to end until ctx
 // is done; then it closes the sessions left and returns ctx's error.
-func (s *Server) Shutdown(ctx context.Context) error { return s.srv.Shutdown(ctx, s.cancelDrain) }
-
-// Sessions returns the number of live sessions, logged in or not.
-func (s *Server) Sessions() int { return s.srv.Sessions() }
-
-// Stats returns the server's counters.
-func (s *Server) Stats() proxy.Stats { return s.srv.Stats() }
-
-// UpstreamConnections returns how many upstream sessions account holds.
-func (s *Server) UpstreamConnections(account string) int {
-	return s.srv.UpstreamConnections(account)
-}
+func (s *Server) Shutdown(ctx context.Context) error { return s.Frontend.Shutdown(ctx) }
 
 // learnCaps keeps what of upstream's CAPA the proxy advertises.
 func (s *Server) learnCaps(lines []string) {

@@ -87,8 +87,8 @@ type session struct {
 }
 
 func newSession(srv *Server, tc *proxy.Conn) *session {
-	s := &session{srv: srv, tc: tc, conn: tc.NetConn(), log: srv.logger.With("session", tc.ID()),
-		deadline: tc.Accepted().Add(srv.opts.PreAuthTimeout)}
+	s := &session{srv: srv, tc: tc, conn: tc.NetConn(), log: srv.Logger.With("session", tc.ID()),
+		deadline: tc.Accepted().Add(srv.Limits.PreAuthTimeout)}
 	_, s.isTLS = tc.NetConn().(*tls.Conn)
 	s.br = bufio.NewReaderSize(s.conn, readBuffer)
 	return s
@@ -118,7 +118,7 @@ func (s *session) run() {
 	}
 	// A drain wakes the reads of the AUTHORIZATION state, until the splice
 	// takes over the client; the session then says goodbye.
-	stop := context.AfterFunc(s.srv.drain, func() {
+	stop := context.AfterFunc(s.srv.Drain, func() {
 		s.drainMu.Lock()
 		defer s.drainMu.Unlock()
 		if !s.spliced {
@@ -158,7 +158,7 @@ const replyDrain = "-ERR [SYS/TEMP] Server shutting down, reconnect in a moment"
 // replyDrain (an answer to the command the client sends next, or to the
 // AUTH it is in); it reports whether it did.
 func (s *session) drained() bool {
-	if s.srv.drain.Err() == nil {
+	if s.srv.Drain.Err() == nil {
 		return false
 	}
 	s.reason = "server shutting down"
@@ -173,7 +173,7 @@ func hasKeyword(line []byte, kw string) bool {
 }
 
 func (s *session) logEnd() {
-	obs := s.srv.srv.Observer()
+	obs := s.srv.Srv.Observer()
 	obs.BytesRelayed(proxy.POP3, proxy.Up, s.stats.Up)
 	obs.BytesRelayed(proxy.POP3, proxy.Down, s.stats.Down)
 	reason := s.reason
@@ -196,7 +196,7 @@ func (s *session) write(lines ...string) bool {
 	for _, l := range lines {
 		b = append(append(b, l...), "\r\n"...)
 	}
-	s.conn.SetWriteDeadline(time.Now().Add(s.srv.opts.PreAuthTimeout))
+	s.conn.SetWriteDeadline(time.Now().Add(s.srv.Limits.PreAuthTimeout))
 	if _, err := s.conn.Write(b); err != nil {
 		s.reason = "client write: " + err.Error()
 		return false
@@ -217,7 +217,7 @@ func (s *session) readFailed(err error) (end bool) {
 		s.linger = true
 	case proxy.IsTimeout(err):
 		s.reason = "pre-login time limit"
-		s.srv.srv.CountPreAuthTimeout()
+		s.srv.Srv.CountPreAuthTimeout()
 		s.write(replyTimeout)
 	case err == io.EOF:
 		s.reason = "client closed"
@@ -245,7 +245,7 @@ func (s *session) refuse(reply string) (end bool) {
 func (s *session) capabilities() []string {
 	caps := append([]string{}, *s.srv.caps.Load()...)
 	caps = append(caps, "RESP-CODES", "AUTH-RESP-CODE", "USER", "SASL PLAIN LOGIN")
-	if s.srv.tls != nil && !s.isTLS {
+	if s.srv.TLS != nil && !s.isTLS {
 		caps = append(caps, "STLS")
 	}
 	return append(caps, "IMPLEMENTATION broker")
@@ -293,7 +293,7 @@ func (s *session) execute(cmd *command) (end bool) {
 
 // startTLS runs STLS (RFC 2595 §4).
 func (s *session) startTLS() (end bool) {
-	if s.srv.tls == nil || s.isTLS {
+	if s.srv.TLS == nil || s.isTLS {
 		return s.refuse("-ERR STLS not available")
 	}
 	if !s.write("+OK Begin TLS negotiation") {
@@ -302,7 +302,7 @@ func (s *session) startTLS() (end bool) {
 	// Whatever the client sent after the command was sent in plaintext and
 	// may be an attacker's injection: the new reader drops it, and USER
 	// is forgotten.
-	conn := tls.Server(s.conn, s.srv.tls)
+	conn := tls.Server(s.conn, s.srv.TLS)
 	if err := s.handshake(conn); err != nil {
 		return true
 	}
@@ -312,7 +312,7 @@ func (s *session) startTLS() (end bool) {
 }
 
 func (s *session) handshake(conn *tls.Conn) error {
-	ctx, cancel := context.WithDeadline(s.srv.srv.Context(), s.deadline)
+	ctx, cancel := context.WithDeadline(s.srv.Srv.Context(), s.deadline)
 	defer cancel()
 	err := conn.HandshakeContext(ctx)
 	if err != nil {
@@ -430,7 +430,7 @@ func (s *session) saslRefused(mech string, r *proxy.SASLRefusal) (end bool) {
 // loginFailed answers a failed login and ends the session after too many.
 func (s *session) loginFailed(reply string) (end bool) {
 	s.failures++
-	if s.failures >= s.srv.opts.MaxLoginFailures {
+	if s.failures >= s.srv.Limits.MaxLoginFailures {
 		s.reason = "too many failed logins"
 		s.write(reply, replyTooManyFails)
 		s.linger = true
@@ -442,11 +442,11 @@ func (s *session) loginFailed(reply string) (end bool) {
 // login checks the credentials, logs in upstream and, on success, splices
 // the session: the client's +OK follows upstream's.
 func (s *session) login(user, pass string) (end bool) {
-	ctx, cancel := context.WithTimeout(s.srv.srv.Context(), s.srv.opts.LoginTimeout+s.srv.opts.ConnectionWait)
+	ctx, cancel := context.WithTimeout(s.srv.Srv.Context(), s.srv.Limits.LoginTimeout+s.srv.Limits.ConnectionWait)
 	defer cancel()
 	login := &proxy.Login{Protocol: proxy.POP3, Username: user, Password: pass, Remote: s.tc.NetConn().RemoteAddr()}
 	authorize := func(ctx context.Context) (*proxy.Upstream, error) { return s.srv.opts.Auth.Authenticate(ctx, login) }
-	u, up, le := proxy.LoginUpstream(ctx, s.srv.pipeline, s.log, user, authorize, s.loginUpstream)
+	u, up, le := proxy.LoginUpstream(ctx, s.srv.Pipeline, s.log, user, authorize, s.loginUpstream)
 	if le != nil {
 		// A failed login frees its mailbox's slot for the next attempt.
 		if s.release != nil {
@@ -467,7 +467,7 @@ func (s *session) login(user, pass string) (end bool) {
 // session kept one from an attempt upstream refused, and logs in upstream.
 func (s *session) loginUpstream(ctx context.Context, up *proxy.Upstream) (*upstreamConn, error) {
 	if s.release == nil {
-		release, err := s.srv.srv.TakeSlot(ctx, s.tc, up.Account)
+		release, err := s.srv.Srv.TakeSlot(ctx, s.tc, up.Account)
 		if err != nil {
 			return nil, err
 		}
@@ -512,7 +512,7 @@ func (s *session) splice(u *upstreamConn) {
 	s.stats = proxy.SpliceWith(&proxy.SpliceOptions{
 		Client: client, ClientPending: clientPending, Upstream: upstream, UpstreamPending: upstreamPending,
 		CloseAll: s.tc.Close, Log: s.log,
-		Drain: s.srv.drain, Tracker: &tracker{},
+		Drain: s.srv.Drain, Tracker: &tracker{},
 	})
 	s.reason = s.stats.Reason
 }

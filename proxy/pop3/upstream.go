@@ -66,9 +66,9 @@ type upstreamConn struct {
 // greeting and asks for CAPA (RFC 2449), whose answer s keeps for the next
 // clients. It leaves ctx's deadline on the connection.
 func (s *Server) dial(ctx context.Context) (*upstreamConn, error) {
-	dctx, cancel := context.WithTimeout(ctx, s.opts.DialTimeout)
+	dctx, cancel := context.WithTimeout(ctx, s.Limits.DialTimeout)
 	defer cancel()
-	d := &tls.Dialer{Config: s.upstreamTLS}
+	d := &tls.Dialer{Config: s.UpstreamTLS}
 	c, err := d.DialContext(dctx, "tcp", s.opts.Upstream)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to %s: %w", s.opts.Upstream, err)
@@ -283,11 +283,11 @@ func (s *Server) loginUpstream(ctx context.Context, tc *proxy.Conn, up *proxy.Up
 	if up.SASL == nil {
 		return nil, errNoSASL
 	}
-	ctx, cancel := context.WithTimeout(ctx, s.opts.LoginTimeout)
+	ctx, cancel := context.WithTimeout(ctx, s.Limits.LoginTimeout)
 	defer cancel()
 	start := time.Now()
 	u, err := s.dial(ctx)
-	s.srv.Observer().UpstreamConnect(proxy.POP3, time.Since(start), err)
+	s.Srv.Observer().UpstreamConnect(proxy.POP3, time.Since(start), err)
 	if err != nil {
 		return nil, err
 	}
@@ -296,7 +296,7 @@ func (s *Server) loginUpstream(ctx context.Context, tc *proxy.Conn, up *proxy.Up
 	}
 	start = time.Now()
 	err = u.authenticate(up.SASL)
-	s.srv.Observer().UpstreamAuth(proxy.POP3, time.Since(start), err)
+	s.Srv.Observer().UpstreamAuth(proxy.POP3, time.Since(start), err)
 	if err != nil {
 		u.conn.Close()
 		return nil, err

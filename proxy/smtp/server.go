@@ -140,14 +140,10 @@ type Options struct {
 // Server accepts local SMTP clients and relays their messages upstream,
 // command by command, over an XOAUTH2-authenticated connection.
 type Server struct {
-	opts        Options
-	hostname    string
-	upstreamTLS *tls.Config
-	tls         *tls.Config
-	logger      *slog.Logger
-	srv         *proxy.Server
-	pipeline    *proxy.LoginPipeline
-	dialer      Dialer
+	proxy.Frontend
+	opts     Options
+	hostname string
+	dialer   Dialer
 	// relay is the default Dialer; nil when Options.Dialer is set.
 	relay *relay
 	// caps are upstream's extensions as last seen, advertised to clients.
@@ -163,35 +159,33 @@ type Server struct {
 func NewServer(opts *Options) *Server {
 	s := &Server{opts: *opts, clients: make(map[*clientConn]struct{})}
 	o := &s.opts
-	if o.Logger == nil {
-		o.Logger = slog.Default()
-	}
 	s.hostname = o.Hostname
 	if s.hostname == "" {
 		s.hostname = "localhost"
 	}
-	proxy.SetDefault(&o.MaxConnectionsPerMailbox, DefaultMaxConnectionsPerMailbox)
-	proxy.SetDefault(&o.ConnectionWait, DefaultConnectionWait)
-	proxy.SetDefault(&o.PreAuthTimeout, proxy.DefaultPreAuthTimeout)
 	proxy.SetDefault(&o.ReadTimeout, DefaultReadTimeout)
-	proxy.SetDefault(&o.DialTimeout, DefaultDialTimeout)
-	proxy.SetDefault(&o.LoginTimeout, DefaultLoginTimeout)
 	proxy.SetDefault(&o.CommandTimeout, DefaultCommandTimeout)
 	proxy.SetDefault(&o.DataTimeout, DefaultDataTimeout)
-	proxy.SetDefault(&o.MaxLoginFailures, DefaultMaxLoginFailures)
-	s.logger = o.Logger.With("proto", string(proxy.SMTP))
-
-	s.upstreamTLS = proxy.UpstreamTLSConfig(o.UpstreamTLS, o.Upstream)
-	s.tls = proxy.LocalTLSConfig(o.TLS)
+	s.Init(&proxy.FrontendOptions{
+		Protocol: proxy.SMTP, Logger: o.Logger, Upstream: o.Upstream, UpstreamTLS: o.UpstreamTLS, TLS: o.TLS,
+		Auth: o.Auth, Classify: classifyFailure, Handle: s.handle, Refusal: "421 4.7.0 Too many connections",
+		Limiter: o.Limiter, Slots: o.Slots, Observer: o.Observer, Stopped: s.closeIdle,
+		Limits: proxy.Limits{PreAuthTimeout: o.PreAuthTimeout, MaxConnectionsPerMailbox: o.MaxConnectionsPerMailbox,
+			ConnectionWait: o.ConnectionWait, DialTimeout: o.DialTimeout, LoginTimeout: o.LoginTimeout,
+			MaxLoginFailures: o.MaxLoginFailures},
+		Defaults: proxy.Limits{MaxConnectionsPerMailbox: DefaultMaxConnectionsPerMailbox,
+			ConnectionWait: DefaultConnectionWait, DialTimeout: DefaultDialTimeout, LoginTimeout: DefaultLoginTimeout,
+			MaxLoginFailures: DefaultMaxLoginFailures},
+	})
 	s.caps.Store(defaultExtensions)
 	s.dialer = o.Dialer
 	if s.dialer == nil {
 		s.relay = &relay{
 			addr:           o.Upstream,
 			implicitTLS:    o.UpstreamImplicitTLS,
-			tls:            s.upstreamTLS,
+			tls:            s.UpstreamTLS,
 			hostname:       s.hostname,
-			dialTimeout:    o.DialTimeout,
+			dialTimeout:    s.Limits.DialTimeout,
 			commandTimeout: o.CommandTimeout,
 			dataTimeout:    o.DataTimeout,
 			seen:           &s.caps,
@@ -199,18 +193,6 @@ func NewServer(opts *Options) *Server {
 		}
 		s.dialer = s.relay
 	}
-	s.pipeline = &proxy.LoginPipeline{Auth: o.Auth, Classify: classifyFailure, Protocol: proxy.SMTP, Observer: o.Observer}
-	s.srv = proxy.NewServer(&proxy.ServerOptions{
-		Logger:                   s.logger,
-		Handle:                   s.handle,
-		Limiter:                  o.Limiter,
-		Refusal:                  "421 4.7.0 Too many connections",
-		MaxConnectionsPerMailbox: o.MaxConnectionsPerMailbox,
-		ConnectionWait:           o.ConnectionWait,
-		Slots:                    o.Slots,
-		Protocol:                 proxy.SMTP,
-		Observer:                 o.Observer,
-	})
 	return s
 }
 
@@ -226,22 +208,22 @@ func (s *Server) Serve(l net.Listener) error {
 	if s.relay != nil {
 		s.probeOnce.Do(func() { go s.probe() })
 	}
-	return s.srv.Serve(l)
+	return s.Srv.Serve(l)
 }
 
 // probe learns upstream's extensions before the first client needs them.
 // It sends no credentials.
 func (s *Server) probe() {
-	c, _, err := s.relay.dial(s.srv.Context(), nil)
+	c, _, err := s.relay.dial(s.Srv.Context(), nil)
 	if err != nil {
-		if s.srv.Context().Err() == nil {
-			s.logger.Warn("upstream not reachable; advertising default extensions until it is",
+		if s.Srv.Context().Err() == nil {
+			s.Logger.Warn("upstream not reachable; advertising default extensions until it is",
 				"upstream", s.opts.Upstream, "err", err.Error())
 		}
 		return
 	}
 	caps := s.caps.Load()
-	s.logger.Info("upstream reachable", "upstream", s.opts.Upstream, "size", caps.size, "smtputf8", caps.smtpUTF8)
+	s.Logger.Info("upstream reachable", "upstream", s.opts.Upstream, "size", caps.size, "smtputf8", caps.smtpUTF8)
 	c.Quit()
 }
 
@@ -249,9 +231,6 @@ func (s *Server) probe() {
 // Graph upstream is configured: the administrator must act.
 var errNoGraphUpstream = &proxy.LoginError{Kind: proxy.KindAccount, Reason: reasonRefused,
 	Err: errors.New("the account sends through Microsoft Graph, but no Graph upstream is configured")}
-
-// Close closes the listeners and every session now.
-func (s *Server) Close() error { return s.srv.Close() }
 
 // loginUpstream takes a slot of up.Account and opens an upstream connection
 // with up's credentials, which holds the slot until it ends.
@@ -262,7 +241,7 @@ func (s *Server) loginUpstream(ctx context.Context, tc *proxy.Conn, up *proxy.Up
 		}
 		return s.opts.GraphDialer.Dial(ctx, tc, up)
 	}
-	release, err := s.srv.TakeSlot(ctx, tc, up.Account)
+	release, err := s.Srv.TakeSlot(ctx, tc, up.Account)
 	if err != nil {
 		return nil, err
 	}
@@ -277,35 +256,26 @@ func (s *Server) loginUpstream(ctx context.Context, tc *proxy.Conn, up *proxy.Up
 // Shutdown stops accepting, lets transactions in progress finish and closes
 // idle sessions; when ctx is done it closes the sessions left and returns
 // ctx's error. A message cut off this way was never acknowledged.
-func (s *Server) Shutdown(ctx context.Context) error {
-	return s.srv.Shutdown(ctx, func() {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		s.closing = true
-		for c := range s.clients {
-			c.closeWhenIdle()
-		}
-	})
-}
+func (s *Server) Shutdown(ctx context.Context) error { return s.Frontend.Shutdown(ctx) }
 
-// Sessions returns the number of live client sessions.
-func (s *Server) Sessions() int { return s.srv.Sessions() }
-
-// Stats returns the server's counters.
-func (s *Server) Stats() proxy.Stats { return s.srv.Stats() }
-
-// UpstreamConnections returns how many upstream connections account holds.
-func (s *Server) UpstreamConnections(account string) int {
-	return s.srv.UpstreamConnections(account)
+// closeIdle, once the server stops accepting, closes the idle sessions
+// and marks those to come as closing.
+func (s *Server) closeIdle() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closing = true
+	for c := range s.clients {
+		c.closeWhenIdle()
+	}
 }
 
 func (s *Server) handle(tc *proxy.Conn) {
-	cl := &client{srv: s, tc: tc, log: s.logger.With("session", tc.ID())}
+	cl := &client{srv: s, tc: tc, log: s.Logger.With("session", tc.ID())}
 	conn := &clientConn{Conn: tc.NetConn(), idle: s.opts.ReadTimeout, preAuthExpired: func() {
-		s.srv.CountPreAuthTimeout()
-		cl.log.Info("not authenticated in time; closing", "limit", s.opts.PreAuthTimeout)
+		s.Srv.CountPreAuthTimeout()
+		cl.log.Info("not authenticated in time; closing", "limit", s.Limits.PreAuthTimeout)
 	}}
-	conn.preAuth.Store(tc.Accepted().Add(s.opts.PreAuthTimeout).UnixNano())
+	conn.preAuth.Store(tc.Accepted().Add(s.Limits.PreAuthTimeout).UnixNano())
 	cl.conn = conn
 	if a, ok := tc.NetConn().RemoteAddr().(*net.TCPAddr); ok {
 		cl.loopback = a.IP.IsLoopback()
@@ -327,7 +297,7 @@ func (s *Server) handle(tc *proxy.Conn) {
 	if implicitTLS {
 		// go-smtp would handshake at its greeting with no read deadline: a
 		// client that never sends its hello would hold the session.
-		ctx, cancel := context.WithDeadline(s.srv.Context(), tc.Accepted().Add(s.opts.PreAuthTimeout))
+		ctx, cancel := context.WithDeadline(s.Srv.Context(), tc.Accepted().Add(s.Limits.PreAuthTimeout))
 		err := tlsConn.HandshakeContext(ctx)
 		cancel()
 		if err != nil {
@@ -358,7 +328,7 @@ func (s *Server) newGoSMTPServer(cl *client, implicitTLS bool) *gosmtp.Server {
 	// sets a certificate (config warns otherwise).
 	srv.AllowInsecureAuth = true
 	if !implicitTLS {
-		srv.TLSConfig = s.tls
+		srv.TLSConfig = s.TLS
 	}
 	// clientConn applies the read timeouts.
 	srv.WriteTimeout = s.opts.ReadTimeout

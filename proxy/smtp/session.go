@@ -99,7 +99,7 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 // learns at AUTH, not at its first message, that it cannot send.
 func (s *session) login(username, password string) error {
 	srv := s.cl.srv
-	ctx, cancel := context.WithTimeout(srv.srv.Context(), srv.opts.LoginTimeout)
+	ctx, cancel := context.WithTimeout(srv.Srv.Context(), srv.Limits.LoginTimeout)
 	defer cancel()
 	l := &proxy.Login{Protocol: proxy.SMTP, Username: username, Password: password, Remote: s.cl.tc.NetConn().RemoteAddr()}
 	authorize := func(ctx context.Context) (*proxy.Upstream, error) { return srv.opts.Auth.Authenticate(ctx, l) }
@@ -115,7 +115,7 @@ func (s *session) login(username, password string) error {
 
 func (s *session) authFailed(le *proxy.LoginError) error {
 	s.cl.failures++
-	if s.cl.failures >= s.cl.srv.opts.MaxLoginFailures {
+	if s.cl.failures >= s.cl.srv.Limits.MaxLoginFailures {
 		s.cl.conn.hungUp.Store(true)
 		return errTooManyAuth
 	}
@@ -149,7 +149,7 @@ func (s *session) connect(ctx context.Context, authorize func(context.Context) (
 	login := func(ctx context.Context, up *proxy.Upstream) (Upstream, error) {
 		return s.cl.srv.loginUpstream(ctx, s.cl.tc, up)
 	}
-	u, up, le := proxy.LoginUpstream(ctx, s.cl.srv.pipeline, s.log, user, authorize, login)
+	u, up, le := proxy.LoginUpstream(ctx, s.cl.srv.Pipeline, s.log, user, authorize, login)
 	if le != nil {
 		return le
 	}
@@ -203,7 +203,7 @@ func (s *session) upstream() (u Upstream, fresh bool, err error) {
 			return aa.AuthenticateAccount(ctx, proxy.SMTP, account)
 		}
 	}
-	ctx, cancel := context.WithTimeout(s.cl.srv.srv.Context(), s.cl.srv.opts.LoginTimeout)
+	ctx, cancel := context.WithTimeout(s.cl.srv.Srv.Context(), s.cl.srv.Limits.LoginTimeout)
 	defer cancel()
 	if err := s.connect(ctx, authorize, account); err != nil {
 		var le *proxy.LoginError
@@ -319,13 +319,13 @@ func (s *session) Data(r io.Reader) (err error) {
 	if u == nil || tx == nil {
 		return errNoUpstream
 	}
-	defer func() { s.cl.srv.srv.Observer().MessageRelayed(messageOutcome(err)) }()
+	defer func() { s.cl.srv.Srv.Observer().MessageRelayed(messageOutcome(err)) }()
 	w, err := u.Data()
 	if err != nil {
 		return s.relayError(u, "DATA", err)
 	}
 	n, rerr, werr := copyMessage(w, r)
-	s.cl.srv.srv.Observer().BytesRelayed(proxy.SMTP, proxy.Up, n)
+	s.cl.srv.Srv.Observer().BytesRelayed(proxy.SMTP, proxy.Up, n)
 	attrs := []any{"account", s.account, "from", tx.from, "rcpts", len(tx.rcpts), "bytes", n}
 	switch {
 	case rerr != nil:
