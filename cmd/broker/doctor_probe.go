@@ -212,14 +212,17 @@ func certFix(t target, host string, err error) string {
 	return "Check " + t.proto + ".upstream and " + t.proto + ".upstream_ca_file: broker verifies the upstream exactly so."
 }
 
-// dialProbe connects a login check to lc's upstream with its upstream TLS
-// settings: over TLS, or with plain for the protocol to start TLS itself
-// with conf. The connection closes when ctx ends; closeConn closes it
-// sooner.
-func dialProbe(ctx context.Context, lc *config.Listener, plain bool) (conn net.Conn, conf *tls.Config, closeConn func(), err error) {
+// dialProbe starts a login check's step, bounded by doctorStepTimeout
+// in the context it returns, and connects to lc's upstream with its
+// upstream TLS settings: over TLS, or with plain for the protocol to
+// start TLS itself with conf. The connection closes when the step's time
+// is up; done closes it sooner and ends the step.
+func dialProbe(ctx context.Context, lc *config.Listener, plain bool) (_ context.Context, conn net.Conn, conf *tls.Config, done func(), err error) {
+	ctx, cancel := context.WithTimeout(ctx, doctorStepTimeout)
 	conf, err = upstreamTLSConfig(lc)
 	if err != nil {
-		return nil, nil, nil, err
+		cancel()
+		return nil, nil, nil, nil, err
 	}
 	var d interface {
 		DialContext(ctx context.Context, network, addr string) (net.Conn, error)
@@ -229,12 +232,14 @@ func dialProbe(ctx context.Context, lc *config.Listener, plain bool) (conn net.C
 	}
 	conn, err = d.DialContext(ctx, "tcp", lc.Upstream)
 	if err != nil {
-		return nil, nil, nil, unwrapOp(err)
+		cancel()
+		return nil, nil, nil, nil, unwrapOp(err)
 	}
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
-	return conn, conf, func() {
+	return ctx, conn, conf, func() {
 		stop()
 		conn.Close()
+		cancel()
 	}, nil
 }
 

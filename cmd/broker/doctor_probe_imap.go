@@ -41,14 +41,12 @@ const maxIMAPLine = 64 << 10
 
 func probeIMAP(ctx context.Context, ic *config.IMAP, mailbox, token string) *imapOutcome {
 	o := &imapOutcome{addr: ic.Upstream}
-	ctx, cancel := context.WithTimeout(ctx, doctorStepTimeout)
-	defer cancel()
-	conn, _, closeConn, err := dialProbe(ctx, &ic.Listener, false)
+	ctx, conn, _, done, err := dialProbe(ctx, &ic.Listener, false)
 	if err != nil {
 		o.err = err
 		return o
 	}
-	defer closeConn()
+	defer done()
 	c := &imapConn{r: bufio.NewReaderSize(conn, 4096), w: conn}
 	greeting, err := c.line()
 	if err != nil {

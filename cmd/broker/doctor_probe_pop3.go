@@ -43,14 +43,12 @@ const maxPOP3Line = 4 << 10
 
 func probePOP3(ctx context.Context, pc *config.POP3, mailbox, token string) *pop3Outcome {
 	o := &pop3Outcome{addr: pc.Upstream}
-	ctx, cancel := context.WithTimeout(ctx, doctorStepTimeout)
-	defer cancel()
-	conn, _, closeConn, err := dialProbe(ctx, &pc.Listener, false)
+	ctx, conn, _, done, err := dialProbe(ctx, &pc.Listener, false)
 	if err != nil {
 		o.err = err
 		return o
 	}
-	defer closeConn()
+	defer done()
 	c := &pop3Conn{r: bufio.NewReaderSize(conn, 4096), w: conn}
 	fail := func(err error) *pop3Outcome {
 		o.err = timedOut(ctx, err)

@@ -36,15 +36,13 @@ func (o *smtpOutcome) authRefused() bool {
 
 func probeSMTP(ctx context.Context, sc *config.SMTP, mailbox, token string) *smtpOutcome {
 	o := &smtpOutcome{addr: sc.Upstream}
-	ctx, cancel := context.WithTimeout(ctx, doctorStepTimeout)
-	defer cancel()
 	// Plain: the client below starts TLS, with STARTTLS or implicitly.
-	conn, conf, closeConn, err := dialProbe(ctx, &sc.Listener, true)
+	ctx, conn, conf, done, err := dialProbe(ctx, &sc.Listener, true)
 	if err != nil {
 		o.err = err
 		return o
 	}
-	defer closeConn()
+	defer done()
 	var c *smtp.Client
 	if sc.UpstreamImplicitTLS {
 		c = smtp.NewClient(tls.Client(conn, conf))
