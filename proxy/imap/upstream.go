@@ -3,7 +3,6 @@ package imap
 import (
 	"bufio"
 	"context"
-	"crypto/tls"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -60,18 +59,6 @@ type upstreamSession struct {
 	caps []string
 }
 
-// dialUpstream connects to addr with implicit TLS (RFC 8314).
-func dialUpstream(ctx context.Context, addr string, cfg *tls.Config, timeout time.Duration) (*tls.Conn, error) {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	d := &tls.Dialer{Config: cfg}
-	c, err := d.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return nil, err
-	}
-	return c.(*tls.Conn), nil
-}
-
 func upstreamUnavailable(err error) *proxy.LoginError {
 	return &proxy.LoginError{Kind: proxy.KindUnavailable, Reason: reasonUnavailable, Err: err}
 }
@@ -94,7 +81,7 @@ func (s *Server) loginUpstream(ctx context.Context, tc *proxy.Conn, up *proxy.Up
 	ctx, cancel := context.WithTimeout(ctx, s.Limits.LoginTimeout)
 	defer cancel()
 	start := time.Now()
-	conn, err := dialUpstream(ctx, s.opts.Upstream, s.UpstreamTLS, s.Limits.DialTimeout)
+	conn, err := proxy.DialTLS(ctx, s.opts.Upstream, s.UpstreamTLS, s.Limits.DialTimeout)
 	s.Srv.Observer().UpstreamConnect(proxy.IMAP, time.Since(start), err)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to %s: %w", s.opts.Upstream, err)
@@ -264,26 +251,9 @@ func (u *upstreamSession) writeLine(s string) error {
 // readLine reads one response line without CRLF. Literals are not expected
 // before login and are refused.
 func (u *upstreamSession) readLine() (string, error) {
-	var line []byte
-	for {
-		b, err := u.br.ReadSlice('\n')
-		line = append(line, b...)
-		if len(line) > maxUpstreamLine {
-			return "", errors.New("upstream line too long")
-		}
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, bufio.ErrBufferFull) {
-			if err == io.EOF {
-				err = io.ErrUnexpectedEOF
-			}
-			return "", err
-		}
-	}
-	line = line[:len(line)-1]
-	if n := len(line); n > 0 && line[n-1] == '\r' {
-		line = line[:n-1]
+	line, err := proxy.ReadUpstreamLine(u.br, maxUpstreamLine)
+	if err != nil {
+		return "", err
 	}
 	if literalMarkerLen(line) > 0 {
 		return "", fmt.Errorf("unexpected literal in upstream response %q", truncate(string(line), 200))

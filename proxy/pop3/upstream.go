@@ -3,7 +3,6 @@ package pop3
 import (
 	"bufio"
 	"context"
-	"crypto/tls"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -66,10 +65,7 @@ type upstreamConn struct {
 // greeting and asks for CAPA (RFC 2449), whose answer s keeps for the next
 // clients. It leaves ctx's deadline on the connection.
 func (s *Server) dial(ctx context.Context) (*upstreamConn, error) {
-	dctx, cancel := context.WithTimeout(ctx, s.Limits.DialTimeout)
-	defer cancel()
-	d := &tls.Dialer{Config: s.UpstreamTLS}
-	c, err := d.DialContext(dctx, "tcp", s.opts.Upstream)
+	c, err := proxy.DialTLS(ctx, s.opts.Upstream, s.UpstreamTLS, s.Limits.DialTimeout)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to %s: %w", s.opts.Upstream, err)
 	}
@@ -201,28 +197,8 @@ func (u *upstreamConn) writeLine(s string) error {
 
 // readLine reads one line without its line end.
 func (u *upstreamConn) readLine() (string, error) {
-	var line []byte
-	for {
-		b, err := u.br.ReadSlice('\n')
-		line = append(line, b...)
-		if len(line) > maxUpstreamLine {
-			return "", errors.New("upstream line too long")
-		}
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, bufio.ErrBufferFull) {
-			if err == io.EOF {
-				err = io.ErrUnexpectedEOF
-			}
-			return "", err
-		}
-	}
-	line = line[:len(line)-1]
-	if n := len(line); n > 0 && line[n-1] == '\r' {
-		line = line[:n-1]
-	}
-	return string(line), nil
+	line, err := proxy.ReadUpstreamLine(u.br, maxUpstreamLine)
+	return string(line), err
 }
 
 // isOK, isErr and isContinuation tell POP3's status indicators apart
