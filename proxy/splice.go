@@ -131,7 +131,7 @@ func SpliceWith(o *SpliceOptions) SpliceStats {
 		switch {
 		case errors.Is(rerr, errDrained):
 			drained = true
-			end("drained: goodbye sent at a quiet point")
+			end(reasonDrained)
 		case werr != nil:
 			end("client write: " + werr.Error())
 		case rerr != nil:
@@ -163,10 +163,16 @@ func SpliceWith(o *SpliceOptions) SpliceStats {
 	st := SpliceStats{Up: up, Down: <-down, Reason: reason}
 	if dr != nil && dr.ended.Load() {
 		closeAll()
-		st.Drained = true
+		// The drain ended the session, whichever side then saw the other
+		// close first.
+		st.Drained, st.Reason = true, reasonDrained
 	}
 	return st
 }
+
+// reasonDrained is the end of a session that a drain closed at a quiet
+// point, after the goodbye if the protocol has one.
+const reasonDrained = "drained at a quiet point"
 
 // lingerAfterBye bounds how long a drained session waits for the client to
 // close after the goodbye.
