@@ -150,13 +150,7 @@ func (b *Broker) AccountStatus(mailbox string) Status {
 	default:
 		s.State = StateRefreshing
 	}
-	var passwordExpires time.Time
-	hasPassword := a.tok != nil && a.tok.Password != ""
-	if hasPassword {
-		passwordExpires = a.tok.PasswordExpires
-	}
 	a.mu.Unlock()
-	cc := a.sp().cred.get()
-	s.Credentials = credentials(cc.secret != "", acct.App.ClientSecretExpires, cc.cert, hasPassword, passwordExpires, now)
+	s.Credentials = a.credentials(now)
 	return s
 }

@@ -7,6 +7,21 @@ import (
 	"time"
 )
 
+// credentials lists what the sign-in's tokens depend on, with warnings as
+// of now: the app's current secret or certificate, and a sealed password.
+func (a *signIn) credentials(now time.Time) []Credential {
+	a.mu.Lock()
+	password := a.tok != nil && a.tok.Password != ""
+	var passwordExpires time.Time
+	if password {
+		passwordExpires = a.tok.PasswordExpires
+	}
+	a.mu.Unlock()
+	sp := a.sp()
+	cc := sp.cred.get()
+	return credentials(cc.secret != "", sp.app.ClientSecretExpires, cc.cert, password, passwordExpires, now)
+}
+
 // credentials lists what an account's tokens depend on and warns of what
 // expires within expiryWarning.
 func credentials(secret bool, secretExpires time.Time, cert *x509.Certificate, password bool, passwordExpires, now time.Time) []Credential {

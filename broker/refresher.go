@@ -12,16 +12,8 @@ const expiryCheckInterval = 24 * time.Hour
 // warnExpiries logs each credential that has expired or expires soon.
 func (m *tokens) warnExpiries(now time.Time) {
 	for _, a := range m.snapshot() {
-		a.mu.Lock()
-		password := a.tok != nil && a.tok.Password != ""
-		var passwordExpires time.Time
-		if password {
-			passwordExpires = a.tok.PasswordExpires
-		}
-		a.mu.Unlock()
 		sp := a.sp()
-		cc := sp.cred.get()
-		for _, c := range credentials(cc.secret != "", sp.app.ClientSecretExpires, cc.cert, password, passwordExpires, now) {
+		for _, c := range a.credentials(now) {
 			if c.Warning != "" {
 				m.log.Warn("credential expiring", "accounts", sp.mailboxes, "app", sp.app.Name, "credential", c.Kind, "expires", c.Expires.Format(time.DateOnly), "advice", c.Warning)
 			}
