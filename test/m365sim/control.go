@@ -146,6 +146,20 @@ func (e *Entra) waitFor(ctx context.Context, cond func() bool) error {
 // waitUntil waits until cond holds. cond is checked under mu, first now and
 // then each time the channel *changed (read under mu) is closed; whoever
 // changes what cond looks at closes and replaces it.
+// waitLen waits until *list, guarded by mu, holds at least n items and
+// returns a copy.
+func waitLen[T any](ctx context.Context, mu *sync.Mutex, changed *chan struct{}, list *[]T, n int) ([]T, error) {
+	var out []T
+	err := waitUntil(ctx, mu, changed, func() bool {
+		out = *list
+		return len(out) >= n
+	})
+	if err != nil {
+		return nil, err
+	}
+	return slices.Clone(out), nil
+}
+
 func waitUntil(ctx context.Context, mu *sync.Mutex, changed *chan struct{}, cond func() bool) error {
 	for {
 		mu.Lock()

@@ -395,15 +395,7 @@ func (g *Graph) Sent() []GraphMessage {
 
 // WaitSent waits until at least n messages were sent and returns them.
 func (g *Graph) WaitSent(ctx context.Context, n int) ([]GraphMessage, error) {
-	var out []GraphMessage
-	err := waitUntil(ctx, &g.mu, &g.changed, func() bool {
-		out = g.sent
-		return len(out) >= n
-	})
-	if err != nil {
-		return nil, err
-	}
-	return slices.Clone(out), nil
+	return waitLen(ctx, &g.mu, &g.changed, &g.sent, n)
 }
 
 // Drafts is the number of messages in the Drafts folder of mailbox.

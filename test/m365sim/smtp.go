@@ -236,15 +236,7 @@ func (s *SMTP) Messages() []Message {
 // WaitMessages waits until at least n messages were accepted and returns
 // them.
 func (s *SMTP) WaitMessages(ctx context.Context, n int) ([]Message, error) {
-	var msgs []Message
-	err := waitUntil(ctx, &s.mu, &s.changed, func() bool {
-		msgs = s.messages
-		return len(msgs) >= n
-	})
-	if err != nil {
-		return nil, err
-	}
-	return slices.Clone(msgs), nil
+	return waitLen(ctx, &s.mu, &s.changed, &s.messages, n)
 }
 
 // Connections is the number of open TCP connections.
