@@ -2,6 +2,7 @@ package m365sim
 
 import (
 	"context"
+	"maps"
 	"net/http"
 	"slices"
 	"sync"
@@ -132,6 +133,27 @@ func (e *Entra) waitHold(r *http.Request) bool {
 
 // TokenRequests counts requests to the token endpoint, failed ones too.
 func (e *Entra) TokenRequests() int64 { return e.tokenRequests.Load() }
+
+// TokenRequestsByClient counts requests to the token endpoint, failed ones
+// too, by the client_id they name: in the form, else as the Basic
+// authentication user; "" for neither (an assertion alone). With one app
+// per app-only account, it counts each account's requests.
+func (e *Entra) TokenRequestsByClient() map[string]int64 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return maps.Clone(e.byClient)
+}
+
+// requestClientID is the client a token request names, before it is
+// authenticated.
+func requestClientID(r *http.Request) string {
+	r.ParseForm()
+	if id := r.PostForm.Get("client_id"); id != "" {
+		return id
+	}
+	id, _, _ := r.BasicAuth()
+	return id
+}
 
 // WaitTokenRequests waits until TokenRequests() >= n.
 func (e *Entra) WaitTokenRequests(ctx context.Context, n int64) error {

@@ -3,8 +3,10 @@ package m365sim
 import (
 	"context"
 	"errors"
+	"maps"
 	"net/http"
 	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -33,6 +35,33 @@ func TestFailNext(t *testing.T) {
 	f.token(t, domain, ccForm())
 	if got := f.e.TokenRequests(); got != 3 {
 		t.Fatalf("TokenRequests: got %d, want 3", got)
+	}
+}
+
+// TestTokenRequestsByClient counts by the client a request names, whether
+// it is granted, refused or authenticated with Basic.
+func TestTokenRequestsByClient(t *testing.T) {
+	f := newFixture(t)
+	f.token(t, domain, ccForm())
+	f.token(t, domain, ccForm())
+	wrong := ccForm()
+	wrong.Set("client_secret", "wrong")
+	f.tokenError(t, domain, wrong)
+	req, err := http.NewRequest(http.MethodPost, f.tokenURL(domain), strings.NewReader(
+		form("grant_type", "client_credentials", "scope", outlookDef).Encode()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.SetBasicAuth(publicID, "")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	got := f.e.TokenRequestsByClient()
+	if want := map[string]int64{confID: 3, publicID: 1}; !maps.Equal(got, want) {
+		t.Fatalf("TokenRequestsByClient: got %v, want %v", got, want)
 	}
 }
 

@@ -48,6 +48,7 @@ type Entra struct {
 	tokenRequests atomic.Int64
 
 	mu       sync.Mutex
+	byClient map[string]int64 // token requests by client_id
 	closed   bool
 	changed  chan struct{} // closed and replaced on every observable event
 	jitter   bool
@@ -138,6 +139,7 @@ func NewEntra(opts EntraOptions) (*Entra, error) {
 		codes:    make(map[string]*authCode),
 		jtis:     make(map[string]time.Time),
 		injected: make(map[Endpoint]*injection),
+		byClient: make(map[string]int64),
 	}
 	if e.now == nil {
 		e.now = time.Now

@@ -49,7 +49,9 @@ type tokenRequest struct {
 
 func (e *Entra) handleToken(w http.ResponseWriter, r *http.Request) {
 	e.tokenRequests.Add(1)
+	client := requestClientID(r)
 	e.mu.Lock()
+	e.byClient[client]++
 	e.broadcastLocked()
 	e.mu.Unlock()
 	if !e.waitHold(r) {
