@@ -20,7 +20,7 @@ DESTDIR ?=
 # (make reproducible-check).
 GOBUILD = CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-X main.version=$(VERSION)'
 
-.PHONY: all build test deps check fuzz bench clean install uninstall deb reproducible-check
+.PHONY: all build test deps check fuzz bench perf clean install uninstall deb reproducible-check
 
 all: build
 
@@ -44,6 +44,14 @@ fuzz:
 
 bench: deps
 	$(GO) test -run '^$$' -bench . -benchtime 200x -timeout 30m ./test/
+
+# broker against a direct client on real Dovecot and Postfix, on loopback
+# and at +30 ms (docs/performance.md); a benchmark, minutes long, not a
+# test: missed targets do not fail it. PERFFLAGS=-quick for a smoke run.
+PERFFLAGS ?=
+perf: deps
+	@mkdir -p bin
+	$(GO) run ./test/perf -json bin/perf.json $(PERFFLAGS)
 
 # The binary, the unit (ExecStart pointing at BINDIR), the optional socket
 # unit (README: Socket activation) and, unless one is there already, the

@@ -2,68 +2,31 @@ package test
 
 import (
 	"io"
-	"net"
 	"testing"
 	"time"
+
+	"github.com/mailbroker/broker/test/netem"
 )
 
-// wanRate is the upstream bandwidth of the WAN-like benchmarks: 1 Gbit/s,
-// more than most sites have to Exchange Online.
-const wanRate = 125 << 20 // bytes per second
+// wanLink is the path to the upstream in the WAN-like benchmarks: 30 ms of
+// round trip and 1 Gbit/s, about what an on-premises server has to
+// Exchange Online (the same link as test/perf's).
+var wanLink = netem.Link{Delay: 15 * time.Millisecond, Rate: 125_000_000}
 
-// throttle forwards TCP connections to addr, limiting the upstream-to-client
-// direction to wanRate, and returns its own address.
+// throttle forwards TCP connections to addr over wanLink and returns its
+// own address.
 func throttle(t testing.TB, addr string) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	f, err := netem.Listen(addr, wanLink)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				u, err := net.Dial("tcp", addr)
-				if err != nil {
-					return
-				}
-				defer u.Close()
-				go io.Copy(u, c)
-				copyAtRate(c, u, wanRate)
-			}()
-		}
-	}()
-	return l.Addr().String()
-}
-
-// copyAtRate copies src to dst no faster than rate bytes per second.
-func copyAtRate(dst io.Writer, src io.Reader, rate int) {
-	buf := make([]byte, 32<<10)
-	start, sent := time.Now(), 0
-	for {
-		n, err := src.Read(buf)
-		if n > 0 {
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				return
-			}
-			sent += n
-			if ahead := time.Duration(sent)*time.Second/time.Duration(rate) - time.Since(start); ahead > 0 {
-				time.Sleep(ahead) // pacing, not synchronisation
-			}
-		}
-		if err != nil {
-			return
-		}
-	}
+	t.Cleanup(func() { f.Close() })
+	return f.Addr()
 }
 
 // BenchmarkFetch10MBOverWAN is BenchmarkFetch10MB with the upstream behind
-// a 1 Gbit/s link, as Exchange Online is: the proxy's local hop should then
+// the WAN link, as Exchange Online is: the proxy's local hop should then
 // cost nothing measurable.
 func BenchmarkFetch10MBOverWAN(b *testing.B) {
 	var wan string
