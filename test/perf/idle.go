@@ -165,12 +165,19 @@ func forEach(n int, f func(i int) error) idleReport {
 	return rep
 }
 
-// idleSessions is how many sessions the descriptor limit lets broker
-// hold, at most want.
+// idleSessions raises RLIMIT_NOFILE, which broker and the client inherit,
+// for want sessions where the system allows it, and returns how many
+// sessions the limit lets broker hold, at most want.
 func idleSessions(want int) (n int, limit uint64) {
 	var rl syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
 		return want, 0
+	}
+	if need := uint64(2*want + fdReserve); rl.Max < need || rl.Cur < need {
+		raised := syscall.Rlimit{Cur: max(need, rl.Cur), Max: max(need, rl.Max)}
+		if syscall.Setrlimit(syscall.RLIMIT_NOFILE, &raised) == nil {
+			rl = raised
+		}
 	}
 	room := int(rl.Max) - fdReserve
 	return max(min(want, room/2), 0), rl.Max

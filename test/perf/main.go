@@ -164,7 +164,10 @@ func (e *env) run() int {
 	m := machineInfo(e.root)
 	m.Parameters = fmt.Sprintf("quick=%v rounds=%d duration=%v fetches=%d wan_count=%d idle_sessions=%d",
 		e.o.quick, e.o.rounds, e.o.duration, e.o.fetches, e.o.wanCount, e.o.idleSessions)
-	_, m.NoFile = idleSessions(0)
+	var rl syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl) == nil {
+		m.NoFile = rl.Max
+	}
 	e.bin = e.o.brokerBin
 	if e.bin == "" {
 		e.r.progress("building broker")
