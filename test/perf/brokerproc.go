@@ -222,6 +222,33 @@ func (b *brokerProc) memory() (rss, peak uint64, err error) {
 	return rss, peak, errors.Join(err1, err2)
 }
 
+// userHZ is the unit of /proc/PID/stat's CPU times on Linux.
+const userHZ = 100
+
+// cpu is the CPU time broker has used so far, user and system.
+func (b *brokerProc) cpu() (time.Duration, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", b.cmd.Process.Pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name, in parentheses, may hold spaces; utime and stime
+	// are the 12th and 13th fields after it.
+	i := strings.LastIndex(string(data), ") ")
+	if i < 0 {
+		return 0, fmt.Errorf("unexpected /proc/%d/stat", b.cmd.Process.Pid)
+	}
+	f := strings.Fields(string(data[i+2:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("unexpected /proc/%d/stat", b.cmd.Process.Pid)
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, err
+	}
+	return time.Duration(utime+stime) * time.Second / userHZ, nil
+}
+
 // resetPeak makes VmHWM start again from the current RSS (Linux ≥ 4.0).
 func (b *brokerProc) resetPeak() error {
 	return os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", b.cmd.Process.Pid), []byte("5"), 0)

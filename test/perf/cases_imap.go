@@ -29,7 +29,7 @@ func (e *env) caseFetch(name, what string, b *brokerProc, directAddr string, wan
 	open := e.imapOpener(b, directAddr)
 	mismatches := len(e.verify.Mismatches)
 	var s series
-	err := eachRound(e.o.rounds, func(path string) error {
+	err := e.eachRound(r, e.o.rounds, b, func(path string) error {
 		c, err := open(path, fetchBox)
 		if err != nil {
 			return err
@@ -121,7 +121,7 @@ func (e *env) caseLogins() *row {
 	var s series
 	failures := map[string]int{}
 	var firstErr error
-	err := eachRound(halves, func(path string) error {
+	err := e.eachRound(r, halves, e.loop, func(path string) error {
 		start := time.Now()
 		n, failed, err := e.loginLoop(path, e.o.duration/halves)
 		s.add(path, float64(n)/time.Since(start).Seconds())
@@ -147,7 +147,7 @@ func (e *env) caseWANLogin() *row {
 		Target: target{Kind: atMostRatio, Value: 0.8}}
 	open := e.imapOpener(e.wan, e.imapWAN.Addr())
 	samples := map[string][]float64{}
-	err := eachRound(e.o.rounds, func(path string) error {
+	err := e.eachRound(r, e.o.rounds, e.wan, func(path string) error {
 		for range e.o.wanCount {
 			start := time.Now()
 			c, err := open(path, fetchBox)
@@ -169,9 +169,10 @@ func (e *env) caseWANLogin() *row {
 	if len(samples["direct"]) > 0 {
 		r.Direct = ptr(median(samples["direct"]))
 	}
-	r.Raw = map[string]any{"samples_ms": samples, "p90_ms": map[string]float64{
+	r.Raw["samples_ms"] = samples
+	r.Raw["p90_ms"] = map[string]float64{
 		"broker": percentile(samples["broker"], 0.9), "direct": percentile(samples["direct"], 0.9),
-	}}
+	}
 	return r.done(err)
 }
 

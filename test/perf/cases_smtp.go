@@ -82,6 +82,29 @@ func messageID(c, path string, i int) string {
 	return fmt.Sprintf("perf-%s-%s-%d-%s@%s", c, path, i, newGUID()[:8], mailDomain)
 }
 
+// eachRound is eachRound recording, in r's raw figures, the CPU time b
+// spent in each of its path's runs.
+func (e *env) eachRound(r *row, rounds int, b *brokerProc, run func(path string) error) error {
+	var cpu []float64
+	defer func() {
+		if r.Raw == nil {
+			r.Raw = map[string]any{}
+		}
+		r.Raw["broker_cpu_s"] = cpu
+	}()
+	return eachRound(rounds, func(path string) error {
+		if path != "broker" {
+			return run(path)
+		}
+		before, cpuErr := b.cpu()
+		err := run(path)
+		if after, err2 := b.cpu(); cpuErr == nil && err2 == nil {
+			cpu = append(cpu, (after - before).Seconds())
+		}
+		return err
+	})
+}
+
 // smtpOpener logs in on a path: through b, or straight to directAddr.
 func (e *env) smtpOpener(b *brokerProc, directAddr string) func(path string) (*smtpConn, error) {
 	return func(path string) (*smtpConn, error) {
@@ -99,7 +122,7 @@ func (e *env) caseSMTPSmall() *row {
 		Target: target{Kind: atLeastRatio, Value: 0.9}}
 	open := e.smtpOpener(e.loop, e.postfix.SubmissionAddr)
 	var s series
-	err := eachRound(e.o.rounds, func(path string) error {
+	err := e.eachRound(r, e.o.rounds, e.loop, func(path string) error {
 		msgs := make([]*message, smtpSmallCount)
 		for i := range msgs {
 			msgs[i] = newMessage(messageID(r.Case, path, i), sendBox, sinkBox, smtpSmallSize)
@@ -132,7 +155,7 @@ func (e *env) caseSMTPLarge() *row {
 		Target: target{Kind: atLeastRatio, Value: 0.9}}
 	open := e.smtpOpener(e.loop, e.postfix.SubmissionAddr)
 	var s series
-	err := eachRound(e.o.rounds, func(path string) error {
+	err := e.eachRound(r, e.o.rounds, e.loop, func(path string) error {
 		m := newMessage(messageID(r.Case, path, 0), sendBox, sinkBox, smtpLargeSize)
 		c, err := open(path)
 		if err != nil {
@@ -241,7 +264,7 @@ func (e *env) caseWANSMTP() *row {
 		Target: target{Kind: atLeastRatio, Value: 1.5}}
 	open := e.smtpOpener(e.wan, e.smtpWAN.Addr())
 	var s series
-	err := eachRound(e.o.rounds, func(path string) error {
+	err := e.eachRound(r, e.o.rounds, e.wan, func(path string) error {
 		msgs := make([]*message, e.o.wanCount)
 		for i := range msgs {
 			msgs[i] = newMessage(messageID(r.Case, path, i), sendBox, sinkBox, wanSMTPSize)
