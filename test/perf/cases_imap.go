@@ -3,7 +3,6 @@ package main
 import (
 	"crypto/sha256"
 	"fmt"
-	"slices"
 	"sync"
 	"time"
 )
@@ -174,13 +173,4 @@ func (e *env) caseWANLogin() *row {
 		"broker": percentile(samples["broker"], 0.9), "direct": percentile(samples["direct"], 0.9),
 	}
 	return r.done(err)
-}
-
-func percentile(xs []float64, p float64) float64 {
-	if len(xs) == 0 {
-		return 0
-	}
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	return s[min(len(s)-1, int(p*float64(len(s))))]
 }
