@@ -7,9 +7,11 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -19,7 +21,7 @@ import (
 // and borrows a large pooled one only while reads keep filling the small
 // one.
 const (
-	spliceSmallBuffer = 2 << 10
+	spliceSmallBuffer = 512
 	spliceLargeBuffer = 32 << 10
 	// spliceLargeHold bounds how long a read may block holding a large
 	// buffer: when traffic stops, the buffer goes back to the pool.
@@ -280,18 +282,8 @@ func relayWith(dst io.Writer, src net.Conn, pending []byte, h *relayHooks) (n in
 			return n, nil, err
 		}
 	}
-	small := make([]byte, spliceSmallBuffer)
-	var large *[spliceLargeBuffer]byte
-	release := func() {
-		spliceBuffers.Put(large)
-		large = nil
-		src.SetReadDeadline(time.Time{})
-	}
-	defer func() {
-		if large != nil {
-			spliceBuffers.Put(large)
-		}
-	}()
+	r := newChunkReader(src)
+	defer r.release()
 	woken := false
 	for {
 		if h.stop != nil && h.stop() {
@@ -301,27 +293,17 @@ func relayWith(dst io.Writer, src net.Conn, pending []byte, h *relayHooks) (n in
 			// The drain's wake-up found no quiet point: read on, without
 			// its deadline, until the next response ends.
 			woken = false
-			if large == nil {
-				src.SetReadDeadline(time.Time{})
-			}
+			r.rearm()
 		}
-		buf := small
-		if large != nil {
-			buf = large[:]
-		}
-		m, err := src.Read(buf)
-		if m > 0 {
-			if err := write(buf[:m]); err != nil {
+		p, err := r.next()
+		if len(p) > 0 {
+			if err := write(p); err != nil {
 				return n, nil, err
 			}
 		}
 		if err != nil {
-			if IsTimeout(err) && (large != nil || h.draining != nil && h.draining()) {
-				// The hold deadline (traffic stopped), or a drain's wake-up.
-				if large != nil {
-					release()
-				}
-				woken = h.draining != nil && h.draining()
+			if IsTimeout(err) && h.draining != nil && h.draining() {
+				woken = true
 				continue
 			}
 			if err == io.EOF {
@@ -329,12 +311,134 @@ func relayWith(dst io.Writer, src net.Conn, pending []byte, h *relayHooks) (n in
 			}
 			return n, err, nil
 		}
-		switch {
-		case large == nil && m == len(small):
-			large = spliceBuffers.Get().(*[spliceLargeBuffer]byte)
-			src.SetReadDeadline(time.Now().Add(spliceLargeHold))
-		case large != nil && m <= len(small):
-			release()
+	}
+}
+
+// chunkReader reads one direction of a splice. next blocks until bytes
+// come (or an error) and returns them in a buffer valid until the next
+// call; a read deadline other than its own fails next with a timeout.
+// rearm clears that deadline; release gives the buffers back.
+type chunkReader interface {
+	next() ([]byte, error)
+	rearm()
+	release()
+}
+
+// newChunkReader reads a plain socket straight into pooled buffers, and
+// anything else (TLS) through a small buffer that borrows a large one
+// while reads keep filling it.
+func newChunkReader(src net.Conn) chunkReader {
+	if sc, ok := src.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			r := &socketReader{conn: src, rc: rc}
+			r.readFn = r.read
+			return r
 		}
+	}
+	return &bufferedReader{src: src}
+}
+
+// socketReader waits for a socket to be readable holding no buffer, and
+// reads it with one system call into a pooled buffer, kept while reads
+// keep finding bytes and given back when one would block.
+type socketReader struct {
+	conn   net.Conn
+	rc     syscall.RawConn
+	readFn func(fd uintptr) bool // r.read, bound once
+	buf    *[spliceLargeBuffer]byte
+	n      int
+	err    error
+}
+
+func (r *socketReader) next() ([]byte, error) {
+	if err := r.rc.Read(r.readFn); err != nil {
+		return nil, err // a deadline, or the connection closed
+	}
+	if r.err == nil && r.n > 0 {
+		return r.buf[:r.n], nil
+	}
+	r.release()
+	if r.err != nil {
+		return nil, &net.OpError{Op: "read", Net: r.conn.LocalAddr().Network(), Source: r.conn.LocalAddr(),
+			Addr: r.conn.RemoteAddr(), Err: os.NewSyscallError("read", r.err)}
+	}
+	return nil, io.EOF
+}
+
+// read is the RawConn's callback: false means "would block, wait".
+func (r *socketReader) read(fd uintptr) bool {
+	if r.buf == nil {
+		r.buf = spliceBuffers.Get().(*[spliceLargeBuffer]byte)
+	}
+	for {
+		r.n, r.err = syscall.Read(int(fd), r.buf[:])
+		if r.err != syscall.EINTR {
+			break
+		}
+	}
+	if r.err == syscall.EAGAIN {
+		r.release()
+		return false
+	}
+	return true
+}
+
+func (r *socketReader) rearm() { r.conn.SetReadDeadline(time.Time{}) }
+
+func (r *socketReader) release() {
+	if r.buf != nil {
+		spliceBuffers.Put(r.buf)
+		r.buf = nil
+	}
+}
+
+// bufferedReader reads a connection that may hold bytes of its own (a
+// TLS record already decrypted) into a small buffer, and into a pooled
+// large one while reads fill the small one. A read holding the large
+// buffer is bounded by spliceLargeHold, after which it goes back.
+type bufferedReader struct {
+	src   net.Conn
+	small [spliceSmallBuffer]byte
+	large *[spliceLargeBuffer]byte
+}
+
+func (r *bufferedReader) next() ([]byte, error) {
+	if r.large == nil {
+		m, err := r.src.Read(r.small[:])
+		if err == nil && m == len(r.small) {
+			// Bytes keep coming: the next reads take the large buffer.
+			r.large = spliceBuffers.Get().(*[spliceLargeBuffer]byte)
+			r.src.SetReadDeadline(time.Now().Add(spliceLargeHold))
+		}
+		return r.small[:m], err
+	}
+	m, err := r.src.Read(r.large[:])
+	switch {
+	case m == 0 && IsTimeout(err):
+		// The hold deadline, or a drain's wake-up: traffic stopped, the
+		// large buffer goes back, and the relay asks the drain before
+		// reading on.
+		r.release()
+		return nil, nil
+	case err == nil && m <= len(r.small):
+		// Traffic slowed down: the next reads take the small buffer.
+		p := append(r.small[:0], r.large[:m]...)
+		r.release()
+		return p, nil
+	}
+	return r.large[:m], err
+}
+
+func (r *bufferedReader) rearm() {
+	if r.large == nil {
+		r.src.SetReadDeadline(time.Time{})
+	}
+}
+
+func (r *bufferedReader) release() {
+	if r.large != nil {
+		spliceBuffers.Put(r.large)
+		r.large = nil
+		r.src.SetReadDeadline(time.Time{})
 	}
 }

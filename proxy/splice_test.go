@@ -103,3 +103,100 @@ func TestSplicePanicRecovered(t *testing.T) {
 		t.Fatalf("got reason %q and log %q, want the panic", st.Reason, logs.String())
 	}
 }
+
+// tcpPair returns both ends of a loopback TCP connection.
+func tcpPair(t *testing.T) (a, b net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept() // nil on failure: Dial fails too
+		accepted <- c
+	}()
+	a, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b = <-accepted
+	if b == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() {
+		a.Close()
+		b.Close()
+	})
+	return a, b
+}
+
+// A socket is read without a buffer while it has nothing to read: the
+// relay waits for data holding no memory.
+func TestSocketReaderWaitsWithoutBuffer(t *testing.T) {
+	a, b := tcpPair(t)
+	r, ok := newChunkReader(b).(*socketReader)
+	if !ok {
+		t.Fatalf("a TCP connection is read by %T, want *socketReader", newChunkReader(b))
+	}
+	defer r.release()
+	b.SetReadDeadline(time.Now())
+	if p, err := r.next(); !IsTimeout(err) || len(p) != 0 || r.buf != nil {
+		t.Fatalf("idle read: got %q, %v, buffer held %v; want a timeout without a buffer", p, err, r.buf != nil)
+	}
+	b.SetReadDeadline(time.Time{})
+	if _, err := a.Write([]byte("a1 NOOP\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := r.next(); string(p) != "a1 NOOP\r\n" || err != nil {
+		t.Fatalf("got %q, %v", p, err)
+	}
+	a.Close()
+	if p, err := r.next(); err != io.EOF || len(p) != 0 || r.buf != nil {
+		t.Fatalf("after close: got %q, %v, buffer held %v; want EOF without a buffer", p, err, r.buf != nil)
+	}
+}
+
+// Both kinds of reader relay every byte, in order, and count them.
+func TestRelayCopiesEverything(t *testing.T) {
+	data := make([]byte, 3<<20+12345)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	for _, kind := range []string{"tcp", "pipe"} {
+		t.Run(kind, func(t *testing.T) {
+			var src, peer net.Conn
+			if kind == "tcp" {
+				peer, src = tcpPair(t)
+			} else {
+				peer, src = net.Pipe()
+				defer peer.Close()
+				defer src.Close()
+			}
+			written := make(chan error, 1)
+			go func() {
+				// Uneven writes: some fill a buffer, some do not.
+				p := data
+				for i := 0; len(p) > 0; i++ {
+					n := min(len(p), []int{1, 511, 512, 513, 40000, 7}[i%6])
+					if _, err := peer.Write(p[:n]); err != nil {
+						written <- err
+						return
+					}
+					p = p[n:]
+				}
+				written <- peer.Close()
+			}()
+			var dst bytes.Buffer
+			n, rerr, werr := relay(&dst, src, []byte("pending"))
+			if err := <-written; err != nil {
+				t.Fatal(err)
+			}
+			want := append([]byte("pending"), data...)
+			if rerr != nil || werr != nil || n != int64(len(want)) || !bytes.Equal(dst.Bytes(), want) {
+				t.Fatalf("got %d bytes (%d counted), %v, %v; want %d, equal", dst.Len(), n, rerr, werr, len(want))
+			}
+		})
+	}
+}

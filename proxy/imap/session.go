@@ -67,6 +67,10 @@ type session struct {
 	drainMu sync.Mutex
 	spliced bool
 
+	// loggedIn is upstream once the client's login succeeded and was
+	// answered: the session ends its pre-login loop and splices.
+	loggedIn *upstreamSession
+
 	account string
 	stats   proxy.SpliceStats
 	reason  string // why the session ended
@@ -102,6 +106,16 @@ func (s *session) run() {
 	if !s.write("* OK [CAPABILITY " + s.capabilities() + "] broker ready") {
 		return
 	}
+	// The splice runs once the pre-login loop has returned: an idle session
+	// then keeps neither the login's context nor its deeper stack.
+	if u := s.preLogin(); u != nil {
+		s.splice(u)
+	}
+}
+
+// preLogin runs the dialogue before login and returns the upstream session
+// of a successful one, else nil.
+func (s *session) preLogin() *upstreamSession {
 	// A drain wakes the read below, until the splice takes over the
 	// client; the loop then says goodbye.
 	stop := context.AfterFunc(s.srv.Drain, func() {
@@ -115,20 +129,22 @@ func (s *session) run() {
 	for {
 		s.conn.SetReadDeadline(s.deadline)
 		if s.drained() {
-			return
+			return nil
 		}
 		cmd, err := s.r.readCommand()
 		if err != nil {
 			if proxy.IsTimeout(err) && s.drained() {
-				return
+				return nil
 			}
 			if s.readFailed(err) {
-				return
+				return nil
 			}
 			continue
 		}
 		if s.execute(cmd) {
-			return
+			u := s.loggedIn
+			s.loggedIn = nil
+			return u
 		}
 	}
 }
@@ -399,8 +415,8 @@ func (s *session) loginFailed(reply string) (end bool) {
 	return !s.write(reply)
 }
 
-// login checks the credentials, logs in upstream and, on success, splices
-// the session. cmdName names the command in the OK.
+// login checks the credentials, logs in upstream and, on success, leaves
+// the upstream session in s.loggedIn. cmdName names the command in the OK.
 func (s *session) login(tag, cmdName, user, pass string) (end bool) {
 	ctx, cancel := context.WithTimeout(s.srv.Srv.Context(), s.srv.Limits.LoginTimeout+s.srv.Limits.ConnectionWait)
 	defer cancel()
@@ -419,7 +435,7 @@ func (s *session) login(tag, cmdName, user, pass string) (end bool) {
 	if !s.write(tag + " OK " + capabilityCode(u.caps) + cmdName + " completed") {
 		return true
 	}
-	s.splice(u)
+	s.loggedIn = u
 	return true
 }
 

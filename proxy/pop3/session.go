@@ -81,6 +81,10 @@ type session struct {
 	drainMu sync.Mutex
 	spliced bool
 
+	// loggedIn is upstream once the client's login succeeded and was
+	// answered: the session ends its pre-login loop and splices.
+	loggedIn *upstreamConn
+
 	account string
 	stats   proxy.SpliceStats
 	reason  string // why the session ended
@@ -116,6 +120,16 @@ func (s *session) run() {
 	if !s.write(replyGreeting) {
 		return
 	}
+	// The splice runs once the pre-login loop has returned: an idle session
+	// then keeps neither the login's context nor its deeper stack.
+	if u := s.preLogin(); u != nil {
+		s.splice(u)
+	}
+}
+
+// preLogin runs the AUTHORIZATION state and returns the upstream
+// connection of a successful login, else nil.
+func (s *session) preLogin() *upstreamConn {
 	// A drain wakes the reads of the AUTHORIZATION state, until the splice
 	// takes over the client; the session then says goodbye.
 	stop := context.AfterFunc(s.srv.Drain, func() {
@@ -129,7 +143,7 @@ func (s *session) run() {
 	for {
 		s.conn.SetReadDeadline(s.deadline)
 		if s.drained() {
-			return
+			return nil
 		}
 		line, err := readLine(s.br, maxAuthLine)
 		if err == nil && len(line) > maxCommandLine && !hasKeyword(line, "AUTH") {
@@ -137,15 +151,17 @@ func (s *session) run() {
 		}
 		if err != nil {
 			if proxy.IsTimeout(err) && s.drained() {
-				return
+				return nil
 			}
 			if s.readFailed(err) {
-				return
+				return nil
 			}
 			continue
 		}
 		if s.execute(parseCommand(line)) {
-			return
+			u := s.loggedIn
+			s.loggedIn = nil
+			return u
 		}
 	}
 }
@@ -439,8 +455,9 @@ func (s *session) loginFailed(reply string) (end bool) {
 	return !s.write(reply)
 }
 
-// login checks the credentials, logs in upstream and, on success, splices
-// the session: the client's +OK follows upstream's.
+// login checks the credentials, logs in upstream and, on success, leaves
+// the upstream connection in s.loggedIn: the client's +OK follows
+// upstream's.
 func (s *session) login(user, pass string) (end bool) {
 	ctx, cancel := context.WithTimeout(s.srv.Srv.Context(), s.srv.Limits.LoginTimeout+s.srv.Limits.ConnectionWait)
 	defer cancel()
@@ -459,7 +476,7 @@ func (s *session) login(user, pass string) (end bool) {
 	if !s.write(replyLoggedIn) {
 		return true
 	}
-	s.splice(u)
+	s.loggedIn = u
 	return true
 }
 
