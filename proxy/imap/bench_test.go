@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -156,39 +157,80 @@ func memInUse() (heap, stack uint64) {
 	return ms.HeapInuse, ms.StackInuse
 }
 
+// idleSessionsEnv sets how many sessions TestIMAPIdleSessionMemory opens.
+const idleSessionsEnv = "BROKER_IDLE_SESSIONS"
+
+// fdsPerIdleSession are the descriptors each session costs this process:
+// the client's end and the proxy's two sockets; fdsSpare, the others.
+const (
+	fdsPerIdleSession = 3
+	fdsSpare          = 64
+)
+
+// maxIdleSessionBytes is issue #10's bound on the memory an idle IMAP
+// session holds.
+const maxIdleSessionBytes = 32 << 10
+
 // TestIMAPIdleSessionMemory measures the proxy's memory per spliced session
-// sitting in IDLE. The upstream runs in another process; the clients' side
-// of the connections (a few hundred bytes each) is counted against the
-// proxy.
+// sitting in IDLE: 500, or $BROKER_IDLE_SESSIONS. The upstream runs in
+// another process; the clients' side of the connections (a few hundred
+// bytes each) is counted against the proxy.
 func TestIMAPIdleSessionMemory(t *testing.T) {
 	if testing.Short() {
 		t.Skip("opens 500 sessions")
 	}
-	const n = 500
+	n := 500
+	if v := os.Getenv(idleSessionsEnv); v != "" {
+		var err error
+		if n, err = strconv.Atoi(v); err != nil || n < 1 {
+			t.Fatalf("%s=%q: want a positive number", idleSessionsEnv, v)
+		}
+	}
+	const warmSessions = 20
+	if err := raiseFileLimit(uint64(fdsPerIdleSession*(n+warmSessions) + fdsSpare)); err != nil {
+		t.Skipf("%d sessions: %v", n, err)
+	}
 	addr, pool := startStubProcess(t)
 	srv, proxyAddr := startProxy(t, Options{
 		Auth:        &proxytest.Auth{Pass: "pw"},
 		Upstream:    addr,
 		UpstreamTLS: &tls.Config{RootCAs: pool},
 		Logger:      slog.New(slog.DiscardHandler),
-		Limiter:     proxy.NewConnLimiter(0, 2*n),
+		Limiter:     proxy.NewConnLimiter(2*n, 2*n),
 	}, nil)
-	warm := openIdleMany(t, proxyAddr, 20)
+	warm := openIdleMany(t, proxyAddr, warmSessions)
 	heap0, stack0 := memInUse()
 	conns := openIdleMany(t, proxyAddr, n)
 	heap1, stack1 := memInUse()
 	if got := srv.Sessions(); got != n+len(warm) {
 		t.Fatalf("Sessions: got %d, want %d", got, n+len(warm))
 	}
-	heap := (int64(heap1) - int64(heap0)) / n
-	stack := (int64(stack1) - int64(stack0)) / n
-	t.Logf("per idle spliced session: heap %d B, stack %d B, total %.1f KiB (%d goroutines)",
-		heap, stack, float64(heap+stack)/1024, runtime.NumGoroutine())
-	if !proxytest.RaceEnabled && heap+stack > 64<<10 {
-		t.Errorf("got %d bytes per idle session, want at most 64 KiB", heap+stack)
+	heap := (int64(heap1) - int64(heap0)) / int64(n)
+	stack := (int64(stack1) - int64(stack0)) / int64(n)
+	t.Logf("%d idle spliced sessions: heap %d B, stack %d B, total %.1f KiB each (%d goroutines)",
+		n, heap, stack, float64(heap+stack)/1024, runtime.NumGoroutine())
+	if !proxytest.RaceEnabled && heap+stack > maxIdleSessionBytes {
+		t.Errorf("got %d bytes per idle session, want at most %d", heap+stack, maxIdleSessionBytes)
 	}
 	runtime.KeepAlive(conns)
 	runtime.KeepAlive(warm)
+}
+
+// raiseFileLimit raises the soft RLIMIT_NOFILE to the hard limit if it is
+// below need, and fails if the hard limit is.
+func raiseFileLimit(need uint64) error {
+	var l syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l); err != nil {
+		return err
+	}
+	if l.Cur >= need {
+		return nil
+	}
+	if l.Max < need {
+		return fmt.Errorf("needs %d file descriptors, and RLIMIT_NOFILE's hard limit is %d", need, l.Max)
+	}
+	l.Cur = l.Max
+	return syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l)
 }
 
 // BenchmarkIMAPFetch downloads 10 MiB messages from the stub upstream:
