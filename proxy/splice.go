@@ -17,11 +17,15 @@ import (
 
 // A spliced session relays bytes both ways untouched once logged in, IMAP
 // and POP3 alike. Thousands of IMAP sessions sit in IDLE all day, so an
-// idle direction must hold little memory: it reads into a small buffer,
-// and borrows a large pooled one only while reads keep filling the small
-// one.
+// idle direction must hold little memory: none on a plain socket (see
+// socketReader), a small buffer on TLS (bufferedReader); a large pooled
+// buffer only while bytes flow.
 const (
+	// spliceSmallBuffer is what an idle TLS direction holds: an IMAP
+	// untagged response or a short command fits.
 	spliceSmallBuffer = 512
+	// spliceLargeBuffer holds two full TLS records: one read or write per
+	// record while a message flows.
 	spliceLargeBuffer = 32 << 10
 	// spliceLargeHold bounds how long a read may block holding a large
 	// buffer: when traffic stops, the buffer goes back to the pool.
