@@ -417,6 +417,9 @@ func (r *bufferedReader) next() ([]byte, error) {
 		return r.small[:m], err
 	}
 	m, err := r.src.Read(r.large[:])
+	if err == nil && m > len(r.small) {
+		m = r.gather(m)
+	}
 	switch {
 	case m == 0 && IsTimeout(err):
 		// The hold deadline, or a drain's wake-up: traffic stopped, the
@@ -432,6 +435,32 @@ func (r *bufferedReader) next() ([]byte, error) {
 	}
 	return r.large[:m], err
 }
+
+// gather appends to large[:m] what src holds already, decrypted or
+// received, without waiting for more: a TLS read returns one record at
+// most, and a client then gets fewer, larger writes. It renews the hold
+// deadline, which thus runs from the last bytes read.
+func (r *bufferedReader) gather(m int) int {
+	if r.src.SetReadDeadline(aLongTimeAgo) != nil {
+		return m // without a deadline, a read could wait holding m bytes
+	}
+	for m < len(r.large) {
+		k, err := r.src.Read(r.large[m:])
+		m += k
+		if err != nil {
+			// A timeout (nothing more at hand) leaves the TLS connection
+			// as it was; another error is the connection's for good, and
+			// the next read returns it.
+			break
+		}
+	}
+	r.src.SetReadDeadline(time.Now().Add(spliceLargeHold))
+	return m
+}
+
+// aLongTimeAgo is a read deadline that has passed: a read returns what is
+// at hand, or a timeout at once.
+var aLongTimeAgo = time.Unix(1, 0)
 
 func (r *bufferedReader) rearm() {
 	if r.large == nil {

@@ -7,34 +7,56 @@ import (
 	"net"
 	"os"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 )
 
-// scriptConn is a connection whose reads return scripted sizes.
+// scriptConn is a connection whose reads follow a script: "512" is a read
+// of 512 bytes, "+512" one whose bytes are at hand as soon as the previous
+// read returns (a read past its deadline gets them), "T" a deadline error.
 type scriptConn struct {
 	net.Conn
-	reads     []int // bytes per read; -1 is a deadline error
-	asked     []int // buffer sizes passed to Read
-	deadlines []bool
+	script    []string
+	asked     []int    // buffer sizes passed to Read
+	deadlines []string // "hold" (in the future), "past", "none"
+	expired   bool
 }
 
 func (c *scriptConn) Read(b []byte) (int, error) {
 	c.asked = append(c.asked, len(b))
-	if len(c.reads) == 0 {
+	if len(c.script) == 0 {
+		if c.expired {
+			return 0, os.ErrDeadlineExceeded
+		}
 		return 0, io.EOF
 	}
-	n := c.reads[0]
-	c.reads = c.reads[1:]
-	if n < 0 {
+	next := c.script[0]
+	if c.expired && !strings.HasPrefix(next, "+") {
 		return 0, os.ErrDeadlineExceeded
+	}
+	c.script = c.script[1:]
+	if next == "T" {
+		return 0, os.ErrDeadlineExceeded
+	}
+	n, err := strconv.Atoi(strings.TrimPrefix(next, "+"))
+	if err != nil {
+		panic(err)
 	}
 	return copy(b, bytes.Repeat([]byte{'x'}, n)), nil
 }
 
 func (c *scriptConn) SetReadDeadline(t time.Time) error {
-	c.deadlines = append(c.deadlines, !t.IsZero())
+	switch {
+	case t.IsZero():
+		c.deadlines = append(c.deadlines, "none")
+	case t.Before(time.Now()):
+		c.deadlines = append(c.deadlines, "past")
+	default:
+		c.deadlines = append(c.deadlines, "hold")
+	}
+	c.expired = !t.IsZero() && t.Before(time.Now())
 	return nil
 }
 
@@ -42,28 +64,35 @@ func TestRelayBuffers(t *testing.T) {
 	const small, large = spliceSmallBuffer, spliceLargeBuffer
 	tests := []struct {
 		name      string
-		reads     []int
+		script    string
 		asked     []int
-		deadlines []bool
+		deadlines []string
 	}{
-		{"light traffic stays small", []int{10, 100, small - 1}, []int{small, small, small, small}, nil},
-		{"a full read borrows, a short one returns",
-			[]int{small, 16384, 16384, 100, 7},
-			[]int{small, large, large, large, small, small},
-			[]bool{true, false}},
+		{"light traffic stays small", "10 100 511", []int{small, small, small, small}, nil},
+		{"a full read borrows, gathers what is at hand, a short one returns",
+			"512 16384 +1000 100 7",
+			[]int{small, large, large - 16384, large - 17384, large, small, small},
+			[]string{"hold", "past", "hold", "none"}},
+		{"gathering stops at a full buffer",
+			"512 16384 +16384 +16384 7",
+			[]int{small, large, large - 16384, large, large - 16384, large, small},
+			[]string{"hold", "past", "hold", "past", "hold", "none"}},
 		{"the hold deadline returns it",
-			[]int{small, 16384, -1, 5},
-			[]int{small, large, large, small, small},
-			[]bool{true, false}},
+			"512 16384 T 5",
+			[]int{small, large, large - 16384, large, small, small},
+			[]string{"hold", "past", "hold", "none"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			src := &scriptConn{reads: tt.reads}
+			src := &scriptConn{script: strings.Fields(tt.script)}
 			var dst bytes.Buffer
 			n, rerr, werr := relay(&dst, src, []byte("pending"))
 			want := int64(len("pending"))
-			for _, r := range tt.reads {
-				want += int64(max(r, 0))
+			for _, r := range strings.Fields(tt.script) {
+				if r != "T" {
+					k, _ := strconv.Atoi(strings.TrimPrefix(r, "+"))
+					want += int64(k)
+				}
 			}
 			if n != want || int64(dst.Len()) != want || rerr != nil || werr != nil {
 				t.Fatalf("relay: got %d (%d written), %v, %v; want %d", n, dst.Len(), rerr, werr, want)
