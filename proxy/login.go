@@ -3,9 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
-	"runtime/debug"
 )
 
 // ReasonMailboxBusy is the client's reason when a login found every
@@ -47,48 +45,10 @@ type LoginPipeline struct {
 func LoginUpstream[T any](ctx context.Context, p *LoginPipeline, log *slog.Logger, user string,
 	authorize func(context.Context) (*Upstream, error),
 	login func(context.Context, *Upstream) (T, error)) (T, *Upstream, *LoginError) {
-	var (
-		u  T
-		up *Upstream
-		le *LoginError
-	)
-	// A login grows a deep stack (the Authenticator, the TLS handshake,
-	// certificate checks). On the session's goroutine, that stack would
-	// stay twice the size the splice needs for as long as the session
-	// lasts: the runtime halves a stack only while less than a quarter of
-	// it is in use.
-	onOwnStack(func() { u, up, le = loginUpstream(ctx, p, log, user, authorize, login) })
+	u, up, le := loginUpstream(ctx, p, log, user, authorize, login)
 	ObserverOr(p.Observer).LoginOutcome(p.Protocol, LoginOutcomeOf(le))
 	return u, up, le
 }
-
-// onOwnStack runs f on a goroutine of its own and waits for it; a panic in
-// f panics the caller, with f's stack.
-func onOwnStack(f func()) {
-	var p *loginPanic
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		defer func() {
-			if r := recover(); r != nil {
-				p = &loginPanic{value: r, stack: debug.Stack()}
-			}
-		}()
-		f()
-	}()
-	<-done
-	if p != nil {
-		panic(p)
-	}
-}
-
-// loginPanic is a panic of a login, raised again in the session.
-type loginPanic struct {
-	value any
-	stack []byte
-}
-
-func (p *loginPanic) String() string { return fmt.Sprintf("%v (in the login: %s)", p.value, p.stack) }
 
 func loginUpstream[T any](ctx context.Context, p *LoginPipeline, log *slog.Logger, user string,
 	authorize func(context.Context) (*Upstream, error),

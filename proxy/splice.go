@@ -37,6 +37,41 @@ const (
 
 var spliceBuffers = sync.Pool{New: func() any { return new([spliceLargeBuffer]byte) }}
 
+// RunOnOwnStack runs f on a goroutine of its own and waits for it; a panic
+// in f panics the caller, with f's stack. A session runs its dialogue
+// before the splice so: that dialogue grows a deep stack (TLS handshakes,
+// the login, logging), and on the session's goroutine the stack would stay
+// twice the size the splice needs for as long as the session lasts, since
+// the runtime halves a stack only while less than a quarter of it is in
+// use.
+func RunOnOwnStack(f func()) {
+	var p *stackPanic
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer func() {
+			if r := recover(); r != nil {
+				p = &stackPanic{value: r, stack: debug.Stack()}
+			}
+		}()
+		f()
+	}()
+	<-done
+	if p != nil {
+		panic(p)
+	}
+}
+
+// stackPanic is a panic of RunOnOwnStack's f, raised again in its caller.
+type stackPanic struct {
+	value any
+	stack []byte
+}
+
+func (p *stackPanic) String() string {
+	return fmt.Sprintf("%v (on its own goroutine: %s)", p.value, p.stack)
+}
+
 // SpliceStats describes a finished splice.
 type SpliceStats struct {
 	// Up and Down count the bytes client→upstream and upstream→client.

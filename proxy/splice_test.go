@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -228,4 +229,20 @@ func TestRelayCopiesEverything(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestRunOnOwnStackPanics(t *testing.T) {
+	ran := false
+	RunOnOwnStack(func() { ran = true })
+	if !ran {
+		t.Fatal("f did not run")
+	}
+	defer func() {
+		r := recover()
+		if s := fmt.Sprint(r); !strings.Contains(s, "login broke") || !strings.Contains(s, "TestRunOnOwnStackPanics") {
+			t.Fatalf("got panic %q, want f's, with its stack", s)
+		}
+	}()
+	RunOnOwnStack(func() { panic("login broke") })
+	t.Fatal("no panic")
 }

@@ -85,7 +85,6 @@ func newSession(srv *Server, tc *proxy.Conn) *session {
 }
 
 func (s *session) run() {
-	s.log.Info("session start", "remote", s.tc.NetConn().RemoteAddr().String(), "tls", s.isTLS)
 	defer s.logEnd()
 	defer func() {
 		if s.release != nil {
@@ -97,18 +96,12 @@ func (s *session) run() {
 			closeAfterBye(s.conn)
 		}
 	}()
-	if s.isTLS {
-		// Implicit TLS (RFC 8314): handshake before the greeting, bounded.
-		if err := s.handshake(s.conn.(*tls.Conn)); err != nil {
-			return
-		}
-	}
-	if !s.write("* OK [CAPABILITY " + s.capabilities() + "] broker ready") {
-		return
-	}
-	// The splice runs once the pre-login loop has returned: an idle session
-	// then keeps neither the login's context nor its deeper stack.
-	if u := s.preLogin(); u != nil {
+	// Everything before the splice runs on a goroutine of its own: its
+	// deep stack (TLS handshakes, the login, logging) ends with it, and the
+	// session's goroutine relays with a small one.
+	var u *upstreamSession
+	proxy.RunOnOwnStack(func() { u = s.preLogin() })
+	if u != nil {
 		s.splice(u)
 	}
 }
@@ -116,6 +109,16 @@ func (s *session) run() {
 // preLogin runs the dialogue before login and returns the upstream session
 // of a successful one, else nil.
 func (s *session) preLogin() *upstreamSession {
+	s.log.Info("session start", "remote", s.tc.NetConn().RemoteAddr().String(), "tls", s.isTLS)
+	if s.isTLS {
+		// Implicit TLS (RFC 8314): handshake before the greeting, bounded.
+		if err := s.handshake(s.conn.(*tls.Conn)); err != nil {
+			return nil
+		}
+	}
+	if !s.write("* OK [CAPABILITY " + s.capabilities() + "] broker ready") {
+		return nil
+	}
 	// A drain wakes the read below, until the splice takes over the
 	// client; the loop then says goodbye.
 	stop := context.AfterFunc(s.srv.Drain, func() {

@@ -99,7 +99,6 @@ func newSession(srv *Server, tc *proxy.Conn) *session {
 }
 
 func (s *session) run() {
-	s.log.Info("session start", "remote", s.tc.NetConn().RemoteAddr().String(), "tls", s.isTLS)
 	defer s.logEnd()
 	defer func() {
 		if s.release != nil {
@@ -111,18 +110,12 @@ func (s *session) run() {
 			closeAfterReply(s.conn)
 		}
 	}()
-	if s.isTLS {
-		// Implicit TLS (RFC 8314): handshake before the greeting, bounded.
-		if err := s.handshake(s.conn.(*tls.Conn)); err != nil {
-			return
-		}
-	}
-	if !s.write(replyGreeting) {
-		return
-	}
-	// The splice runs once the pre-login loop has returned: an idle session
-	// then keeps neither the login's context nor its deeper stack.
-	if u := s.preLogin(); u != nil {
+	// Everything before the splice runs on a goroutine of its own: its
+	// deep stack (TLS handshakes, the login, logging) ends with it, and the
+	// session's goroutine relays with a small one.
+	var u *upstreamConn
+	proxy.RunOnOwnStack(func() { u = s.preLogin() })
+	if u != nil {
 		s.splice(u)
 	}
 }
@@ -130,6 +123,16 @@ func (s *session) run() {
 // preLogin runs the AUTHORIZATION state and returns the upstream
 // connection of a successful login, else nil.
 func (s *session) preLogin() *upstreamConn {
+	s.log.Info("session start", "remote", s.tc.NetConn().RemoteAddr().String(), "tls", s.isTLS)
+	if s.isTLS {
+		// Implicit TLS (RFC 8314): handshake before the greeting, bounded.
+		if err := s.handshake(s.conn.(*tls.Conn)); err != nil {
+			return nil
+		}
+	}
+	if !s.write(replyGreeting) {
+		return nil
+	}
 	// A drain wakes the reads of the AUTHORIZATION state, until the splice
 	// takes over the client; the session then says goodbye.
 	stop := context.AfterFunc(s.srv.Drain, func() {
