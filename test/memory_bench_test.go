@@ -41,8 +41,21 @@ func plainBroker(b testing.TB) string {
 }
 
 // daemonStats asks a running daemon, over its control socket, for its live
-// memory after a collection.
+// memory after a collection: heap and goroutine stacks together.
 func daemonStats(b testing.TB, d *daemon) (sessions int, bytes uint64) {
+	b.Helper()
+	st := daemonMemory(b, d)
+	return st.Sessions, st.HeapBytes + st.StackBytes
+}
+
+// memoryStats are the control socket's stats of a daemon's memory.
+type memoryStats struct {
+	Sessions   int    `json:"sessions"`
+	HeapBytes  uint64 `json:"heap_bytes"`
+	StackBytes uint64 `json:"stack_bytes"`
+}
+
+func daemonMemory(b testing.TB, d *daemon) memoryStats {
 	b.Helper()
 	conn, err := net.Dial("unix", filepath.Join(filepath.Dir(d.config), "state", "control.sock"))
 	if err != nil {
@@ -51,11 +64,7 @@ func daemonStats(b testing.TB, d *daemon) (sessions int, bytes uint64) {
 	defer conn.Close()
 	var resp struct {
 		Error string
-		Stats struct {
-			Sessions   int    `json:"sessions"`
-			HeapBytes  uint64 `json:"heap_bytes"`
-			StackBytes uint64 `json:"stack_bytes"`
-		}
+		Stats memoryStats
 	}
 	if err := json.NewEncoder(conn).Encode(map[string]string{"op": "stats"}); err != nil {
 		b.Fatal(err)
@@ -63,7 +72,7 @@ func daemonStats(b testing.TB, d *daemon) (sessions int, bytes uint64) {
 	if err := json.NewDecoder(conn).Decode(&resp); err != nil || resp.Error != "" {
 		b.Fatalf("stats: %v %s", err, resp.Error)
 	}
-	return resp.Stats.Sessions, resp.Stats.HeapBytes + resp.Stats.StackBytes
+	return resp.Stats
 }
 
 // idleSessionsEnv sets how many sessions BenchmarkIdleSessionMemory opens
@@ -162,7 +171,7 @@ func BenchmarkIdleSessionMemory(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		_, before := daemonStats(b, d)
+		before := daemonMemory(b, d)
 		clients := make([]*imapclient.Client, sessions)
 		var (
 			wg       sync.WaitGroup
@@ -193,11 +202,15 @@ func BenchmarkIdleSessionMemory(b *testing.B) {
 		if failures > 0 {
 			b.Fatalf("%d of %d sessions failed, the first: %v", failures, sessions, firstErr)
 		}
-		n, after := daemonStats(b, d)
-		if n != sessions+1 {
-			b.Fatalf("daemon holds %d sessions, want %d", n, sessions+1)
+		after := daemonMemory(b, d)
+		if after.Sessions != sessions+1 {
+			b.Fatalf("daemon holds %d sessions, want %d", after.Sessions, sessions+1)
 		}
-		b.ReportMetric(float64(after-before)/float64(sessions), "bytes/idle-session")
+		heap := float64(after.HeapBytes) - float64(before.HeapBytes)
+		stack := float64(after.StackBytes) - float64(before.StackBytes)
+		b.ReportMetric((heap+stack)/float64(sessions), "bytes/idle-session")
+		b.ReportMetric(heap/float64(sessions), "heap-bytes/idle-session")
+		b.ReportMetric(stack/float64(sessions), "stack-bytes/idle-session")
 		b.ReportMetric(float64(sessions), "sessions")
 		for _, c := range clients {
 			c.Close()
