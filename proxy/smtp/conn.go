@@ -1,6 +1,7 @@
 package smtp
 
 import (
+	"bytes"
 	"io"
 	"net"
 	"sync"
@@ -21,9 +22,21 @@ import (
 //
 // Commands are told apart by the replies written between them rather than
 // by line ends, which STARTTLS would hide under TLS records.
+//
+// While it carries the client's bytes in clear (lines), no read goes past
+// the end of a line: go-smtp's reader then holds nothing beyond the command
+// it read, and the session may read a message's data from here itself
+// (readData), handing back what followed it (unread).
 type clientConn struct {
 	net.Conn
 	idle time.Duration
+	// lines: reads stop at a line end. Cleared when go-smtp speaks TLS
+	// over this connection (STARTTLS).
+	lines atomic.Bool
+	// pending holds bytes read from Conn and not yet returned.
+	pending []byte
+	// goAhead: the last reply written was DATA's 354.
+	goAhead atomic.Bool
 	// preAuth is the pre-auth deadline in Unix nanoseconds; 0 once the
 	// client authenticated. preAuthExpired (if set) is called when a read
 	// fails at it.
@@ -50,7 +63,29 @@ type clientConn struct {
 	closing bool // end the session as soon as it is idle
 }
 
-func (c *clientConn) Read(p []byte) (int, error) {
+func (c *clientConn) Read(p []byte) (int, error) { return c.read(p, c.lines.Load()) }
+
+// readData reads message data for the session, as much as has come.
+func (c *clientConn) readData(p []byte) (int, error) { return c.read(p, false) }
+
+// unread hands p back to be read again before anything else.
+func (c *clientConn) unread(p []byte) {
+	c.pending = append(append([]byte(nil), p...), c.pending...)
+}
+
+func (c *clientConn) read(p []byte, lines bool) (int, error) {
+	if len(c.pending) > 0 && c.timeout == nil && !c.hungUp.Load() {
+		q := c.pending
+		if lines {
+			q = untilLineEnd(q)
+		}
+		n := copy(p, q)
+		c.pending = c.pending[n:]
+		if len(c.pending) == 0 {
+			c.pending = nil
+		}
+		return n, nil
+	}
 	// The deadline goes first: hangUp's expired deadline must win over it.
 	var preAuth time.Time
 	if pa := c.preAuth.Load(); pa != 0 {
@@ -82,6 +117,12 @@ func (c *clientConn) Read(p []byte) (int, error) {
 		return 0, c.timeout
 	}
 	n, err := c.Conn.Read(p)
+	if lines && err == nil {
+		if q := untilLineEnd(p[:n]); len(q) < n {
+			c.pending = append(c.pending, p[len(q):n]...)
+			n = len(q)
+		}
+	}
 	if err != nil && proxy.IsTimeout(err) && !c.hungUp.Load() {
 		c.timeout = err
 		c.timedOut.Store(true)
@@ -92,12 +133,21 @@ func (c *clientConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// untilLineEnd returns p up to its first LF, or all of it.
+func untilLineEnd(p []byte) []byte {
+	if i := bytes.IndexByte(p, '\n'); i >= 0 {
+		return p[:i+1]
+	}
+	return p
+}
+
 // expired reports whether the client ran out of time: the command at hand
 // may be cut short and must not be acted on.
 func (c *clientConn) expired() bool { return c.timedOut.Load() }
 
 func (c *clientConn) Write(p []byte) (int, error) {
 	c.replied.Store(true)
+	c.goAhead.Store(bytes.HasPrefix(p, []byte("354 ")))
 	return c.Conn.Write(p)
 }
 

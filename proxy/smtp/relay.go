@@ -1,11 +1,15 @@
 package smtp
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/textproto"
 	"strconv"
 	"strings"
 	"sync"
@@ -57,7 +61,8 @@ var (
 // relayConn is one authenticated connection of the SMTP relay.
 type relayConn struct {
 	c       *gosmtp.Client
-	conn    net.Conn // the TCP connection, for deadlines and abrupt close
+	conn    net.Conn  // the TCP connection, for deadlines and abrupt close
+	wire    *tls.Conn // what c speaks over, for message data
 	timeout time.Duration
 
 	closeOnce sync.Once
@@ -88,58 +93,92 @@ func extensionsOf(c *gosmtp.Client) *extensions {
 // first byte, or STARTTLS, which is mandatory. It returns with the
 // post-TLS EHLO done. ctx bounds it all. tc, if not nil, closes the
 // connection when the session ends.
-func (r *relay) dial(ctx context.Context, tc *proxy.Conn) (*gosmtp.Client, net.Conn, error) {
+func (r *relay) dial(ctx context.Context, tc *proxy.Conn) (*gosmtp.Client, net.Conn, *tls.Conn, error) {
 	dctx, cancel := context.WithTimeout(ctx, r.dialTimeout)
 	defer cancel()
 	var d net.Dialer
 	conn, err := d.DialContext(dctx, "tcp", r.addr)
 	if err != nil {
-		return nil, nil, fmt.Errorf("connecting to %s: %w", r.addr, err)
+		return nil, nil, nil, fmt.Errorf("connecting to %s: %w", r.addr, err)
 	}
 	if tc != nil && !tc.Attach(conn) {
-		return nil, nil, net.ErrClosed
+		return nil, nil, nil, net.ErrClosed
 	}
 	// go-smtp's client sets its own deadlines per command; closing the
 	// connection is what bounds the whole exchange.
 	stop := context.AfterFunc(dctx, func() { conn.Close() })
-	c, err := r.secure(conn)
+	c, wire, err := r.secure(conn)
 	if !stop() {
 		err = fmt.Errorf("connecting to %s: %w", r.addr, context.Cause(dctx))
 	}
 	if err != nil {
 		conn.Close()
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	r.seen.Store(extensionsOf(c))
-	return c, conn, nil
+	return c, conn, wire, nil
 }
 
-func (r *relay) secure(conn net.Conn) (*gosmtp.Client, error) {
+func (r *relay) secure(conn net.Conn) (*gosmtp.Client, *tls.Conn, error) {
+	var c *gosmtp.Client
+	var tc *tls.Conn
 	if r.implicitTLS {
-		c := gosmtp.NewClient(tls.Client(conn, r.tls))
-		r.setClientTimeouts(c)
-		if err := c.Hello(r.hostname); err != nil {
-			return nil, err
+		tc = tls.Client(conn, r.tls)
+		c = gosmtp.NewClient(tc)
+	} else {
+		var err error
+		if tc, err = r.startTLS(conn); err != nil {
+			return nil, nil, err
 		}
-		return c, nil
-	}
-	// NewClientStartTLS checks that STARTTLS is offered before sending it;
-	// its EHLO before TLS says "localhost", which no server minds.
-	c, err := gosmtp.NewClientStartTLS(conn, r.tls)
-	if err != nil {
-		if strings.Contains(err.Error(), "doesn't support STARTTLS") {
-			return nil, errNoSTARTTLS
-		}
-		return nil, err
+		// A client of its own would wait for a greeting, which came
+		// before STARTTLS.
+		c = gosmtp.NewClient(&greeted{Conn: tc, greeting: strings.NewReader("220 TLS started\r\n")})
 	}
 	r.setClientTimeouts(c)
 	if err := c.Hello(r.hostname); err != nil {
+		return nil, nil, err
+	}
+	return c, tc, nil
+}
+
+// greeted is a connection that starts with a greeting read before.
+type greeted struct {
+	*tls.Conn
+	greeting *strings.Reader
+}
+
+func (g *greeted) Read(p []byte) (int, error) {
+	if g.greeting.Len() > 0 {
+		return g.greeting.Read(p)
+	}
+	return g.Conn.Read(p)
+}
+
+// startTLS says EHLO and STARTTLS in clear text, as go-smtp's
+// NewClientStartTLS does, but keeps the TLS connection, into which
+// message data goes directly (relayData). Its EHLO before TLS says
+// "localhost", which no server minds.
+func (r *relay) startTLS(conn net.Conn) (*tls.Conn, error) {
+	c := gosmtp.NewClient(conn)
+	r.setClientTimeouts(c)
+	if err := c.Hello("localhost"); err != nil {
 		return nil, err
 	}
-	if _, ok := c.TLSConnectionState(); !ok {
+	if ok, _ := c.Extension("STARTTLS"); !ok {
 		return nil, errNoSTARTTLS
 	}
-	return c, nil
+	// c's reader holds nothing: the server said nothing after EHLO's
+	// reply. Whatever it sends between STARTTLS's reply and TLS is
+	// dropped, failing the handshake, never read as a reply under TLS.
+	conn.SetDeadline(time.Now().Add(r.commandTimeout))
+	defer conn.SetDeadline(time.Time{})
+	if _, err := io.WriteString(conn, "STARTTLS\r\n"); err != nil {
+		return nil, err
+	}
+	if _, _, err := textproto.NewReader(bufio.NewReader(conn)).ReadResponse(220); err != nil {
+		return nil, fmt.Errorf("STARTTLS: %w", err)
+	}
+	return tls.Client(conn, r.tls), nil
 }
 
 func (r *relay) setClientTimeouts(c *gosmtp.Client) {
@@ -151,12 +190,12 @@ func (r *relay) setClientTimeouts(c *gosmtp.Client) {
 // *rejection.
 func (r *relay) Dial(ctx context.Context, tc *proxy.Conn, up *proxy.Upstream) (Upstream, error) {
 	start := time.Now()
-	c, conn, err := r.dial(ctx, tc)
+	c, conn, wire, err := r.dial(ctx, tc)
 	r.obs.UpstreamConnect(proxy.SMTP, time.Since(start), err)
 	if err != nil {
 		return nil, err
 	}
-	u := &relayConn{c: c, conn: conn, timeout: r.commandTimeout}
+	u := &relayConn{c: c, conn: conn, wire: wire, timeout: r.commandTimeout}
 	if ok := c.SupportsAuth(xoauth2.Mechanism); !ok {
 		u.Close()
 		return nil, errNoXOAUTH2
@@ -195,7 +234,10 @@ func (u *relayConn) Data() (MessageWriter, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &relayData{w: w, conn: u.conn, timeout: u.timeout}, nil
+	m := &relayData{cmd: w}
+	m.bw = bufio.NewWriterSize(&deadlineWriter{w: u.wire, timeout: u.timeout}, copyBuffer)
+	m.stuff.w = wireWriterFunc(m.WriteWire)
+	return m, nil
 }
 
 // Quit ends the connection politely.
@@ -211,25 +253,69 @@ func (u *relayConn) Close() {
 	u.closeOnce.Do(func() { u.conn.Close() })
 }
 
-// relayData streams a message to upstream's DATA.
+// relayData streams a message to upstream's DATA. The data goes to the
+// TLS connection through its own buffer, not through cmd, whose writer
+// dot-stuffs a byte at a time; cmd writes the final dot.
 type relayData struct {
-	w       *gosmtp.DataCommand
-	conn    net.Conn
-	timeout time.Duration
+	cmd   *gosmtp.DataCommand
+	bw    *bufio.Writer
+	stuff stuffer
+	// held is the CRLF (or CR) last written, sent once more data follows:
+	// cmd's final dot comes with a CRLF of its own.
+	held []byte
 }
 
-// Write gives each write to upstream its own deadline.
-func (m *relayData) Write(p []byte) (int, error) {
-	m.conn.SetWriteDeadline(time.Now().Add(m.timeout))
-	return m.w.Write(p)
+var _ wireWriter = (*relayData)(nil)
+
+func (m *relayData) Write(p []byte) (int, error) { return m.stuff.Write(p) }
+
+func (m *relayData) WriteWire(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if len(m.held) == 1 && len(p) == 1 && p[0] == '\n' {
+		m.held = crlf
+		return 1, nil
+	}
+	if len(m.held) > 0 {
+		if _, err := m.bw.Write(m.held); err != nil {
+			return 0, err
+		}
+	}
+	m.held = nil
+	switch {
+	case bytes.HasSuffix(p, crlf):
+		m.held = crlf
+	case p[len(p)-1] == '\r':
+		m.held = crlf[:1]
+	}
+	if _, err := m.bw.Write(p[:len(p)-len(m.held)]); err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }
 
 func (m *relayData) Close() (string, error) {
-	resp, err := m.w.CloseWithResponse()
+	if err := m.bw.Flush(); err != nil {
+		return "", err
+	}
+	resp, err := m.cmd.CloseWithResponse()
 	if err != nil {
 		return "", err
 	}
 	return resp.StatusText, nil
+}
+
+// deadlineWriter gives each write its own deadline: relayData's buffer
+// makes them few and large.
+type deadlineWriter struct {
+	w       net.Conn
+	timeout time.Duration
+}
+
+func (d *deadlineWriter) Write(p []byte) (int, error) {
+	d.w.SetWriteDeadline(time.Now().Add(d.timeout))
+	return d.w.Write(p)
 }
 
 // rejection is upstream's refusal of the XOAUTH2 login.

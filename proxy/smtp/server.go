@@ -214,7 +214,7 @@ func (s *Server) Serve(l net.Listener) error {
 // probe learns upstream's extensions before the first client needs them.
 // It sends no credentials.
 func (s *Server) probe() {
-	c, _, err := s.relay.dial(s.Srv.Context(), nil)
+	c, _, _, err := s.relay.dial(s.Srv.Context(), nil)
 	if err != nil {
 		if s.Srv.Context().Err() == nil {
 			s.Logger.Warn("upstream not reachable; advertising default extensions until it is",
@@ -276,6 +276,7 @@ func (s *Server) handle(tc *proxy.Conn) {
 		cl.log.Info("not authenticated in time; closing", "limit", s.Limits.PreAuthTimeout)
 	}}
 	conn.preAuth.Store(tc.Accepted().Add(s.Limits.PreAuthTimeout).UnixNano())
+	conn.lines.Store(true)
 	cl.conn = conn
 	if a, ok := tc.NetConn().RemoteAddr().(*net.TCPAddr); ok {
 		cl.loopback = a.IP.IsLoopback()

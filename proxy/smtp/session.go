@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"strings"
 	"sync"
 	"time"
@@ -49,7 +50,12 @@ type client struct {
 }
 
 func (cl *client) newSession(c *gosmtp.Conn) (gosmtp.Session, error) {
-	return &session{cl: cl, log: cl.log}, nil
+	if c.Conn() != net.Conn(cl.conn) {
+		// STARTTLS: go-smtp reads through TLS, and cl.conn sees only
+		// records.
+		cl.conn.lines.Store(false)
+	}
+	return &session{cl: cl, log: cl.log, maxBytes: c.Server().MaxMessageBytes}, nil
 }
 
 // session relays one go-smtp session command by command. go-smtp calls
@@ -59,6 +65,8 @@ func (cl *client) newSession(c *gosmtp.Conn) (gosmtp.Session, error) {
 type session struct {
 	cl  *client
 	log *slog.Logger
+	// maxBytes is the message size limit go-smtp advertises.
+	maxBytes int64
 
 	mu sync.Mutex
 	// authorize returns upstream credentials again, to reconnect after
@@ -324,7 +332,7 @@ func (s *session) Data(r io.Reader) (err error) {
 	if err != nil {
 		return s.relayError(u, "DATA", err)
 	}
-	n, rerr, werr := copyMessage(w, r)
+	n, rerr, werr := s.readMessage(w, r)
 	s.cl.srv.Srv.Observer().BytesRelayed(proxy.SMTP, proxy.Up, n)
 	attrs := []any{"account", s.account, "from", tx.from, "rcpts", len(tx.rcpts), "bytes", n}
 	switch {
@@ -525,6 +533,59 @@ func relayText(s string) string {
 
 // copyBuffer is the size of the buffer a message is streamed through.
 const copyBuffer = 32 << 10
+
+// readMessage streams the message to w: read from the client connection
+// as it came, when the client speaks in clear (or TLS from the first
+// byte) and upstream takes the message as it goes on the wire; else
+// through go-smtp's reader r. rerr is the client's failure, werr
+// upstream's.
+func (s *session) readMessage(w MessageWriter, r io.Reader) (n int64, rerr, werr error) {
+	c := s.cl.conn
+	ww, ok := w.(wireWriter)
+	// After 354, go-smtp's reader holds nothing yet (see clientConn); BDAT
+	// chunks come from go-smtp.
+	if !ok || !c.lines.Load() || !c.goAhead.Load() {
+		return copyMessage(w, r)
+	}
+	sc := newWireScanner(wireWriterFunc(ww.WriteWire), s.maxBytes, maxLineLength)
+	buf := make([]byte, copyBuffer)
+	var start, end int
+	for {
+		k, done := sc.feed(buf[start:end])
+		start += k
+		switch {
+		case sc.tooLong:
+			// As go-smtp does: the rest could not be told from commands.
+			c.hangUp()
+			return sc.size, gosmtp.ErrTooLongLine, nil
+		case done:
+			// go-smtp's reader reads the end of an empty message, then
+			// the commands that followed.
+			c.unread(append(endOfData[:len(endOfData):len(endOfData)], buf[start:end]...))
+			switch {
+			case sc.tooLarge:
+				return sc.size, gosmtp.ErrDataTooLarge, nil
+			case sc.werr != nil:
+				return sc.size, nil, sc.werr
+			}
+			return sc.size, nil, nil
+		case rerr != nil:
+			if rerr == io.EOF {
+				rerr = io.ErrUnexpectedEOF
+			}
+			return sc.size, rerr, nil
+		}
+		end = copy(buf, buf[start:end])
+		start = 0
+		var nr int
+		nr, rerr = c.readData(buf[end:])
+		end += nr
+	}
+}
+
+type wireWriterFunc func([]byte) (int, error)
+
+func (f wireWriterFunc) Write(p []byte) (int, error) { return f(p) }
 
 // copyMessage streams r to w. rerr is the client's failure, werr
 // upstream's.
