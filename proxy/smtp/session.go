@@ -548,39 +548,27 @@ func (s *session) readMessage(w MessageWriter, r io.Reader) (n int64, rerr, werr
 		return copyMessage(w, r)
 	}
 	sc := newWireScanner(wireWriterFunc(ww.WriteWire), s.maxBytes, maxLineLength)
-	buf := make([]byte, copyBuffer)
-	var start, end int
-	for {
-		k, done := sc.feed(buf[start:end])
-		start += k
-		switch {
-		case sc.tooLong:
-			// As go-smtp does: the rest could not be told from commands.
-			c.hangUp()
-			return sc.size, gosmtp.ErrTooLongLine, nil
-		case done:
-			// go-smtp's reader reads the end of an empty message, then
-			// the commands that followed.
-			c.unread(append(endOfData[:len(endOfData):len(endOfData)], buf[start:end]...))
-			switch {
-			case sc.tooLarge:
-				return sc.size, gosmtp.ErrDataTooLarge, nil
-			case sc.werr != nil:
-				return sc.size, nil, sc.werr
-			}
-			return sc.size, nil, nil
-		case rerr != nil:
-			if rerr == io.EOF {
-				rerr = io.ErrUnexpectedEOF
-			}
-			return sc.size, rerr, nil
-		}
-		end = copy(buf, buf[start:end])
-		start = 0
-		var nr int
-		nr, rerr = c.readData(buf[end:])
-		end += nr
+	rest, rerr := scanData(sc, make([]byte, copyBuffer), c.readData)
+	switch {
+	case sc.tooLong:
+		// As go-smtp does: what follows cannot be told from commands.
+		c.hangUp()
+		return sc.size, gosmtp.ErrTooLongLine, nil
+	case rerr == io.EOF:
+		return sc.size, io.ErrUnexpectedEOF, nil
+	case rerr != nil:
+		return sc.size, rerr, nil
 	}
+	// go-smtp's reader reads the end of an empty message, then the
+	// commands that followed.
+	c.unread(append(endOfData[:len(endOfData):len(endOfData)], rest...))
+	switch {
+	case sc.tooLarge:
+		return sc.size, gosmtp.ErrDataTooLarge, nil
+	case sc.werr != nil:
+		return sc.size, nil, sc.werr
+	}
+	return sc.size, nil, nil
 }
 
 type wireWriterFunc func([]byte) (int, error)

@@ -798,3 +798,99 @@ func TestSMTPServeRequiresOptions(t *testing.T) {
 		}
 	}
 }
+
+// TestSMTPDataEdges sends data that only a careful relay gets right, with a
+// command pipelined after it, in clear, over implicit TLS (both read by the
+// session itself) and after STARTTLS (read by go-smtp): upstream gets the
+// same message each way.
+func TestSMTPDataEdges(t *testing.T) {
+	const data = "Subject: edges\r\n\r\n..\r\n...two\r\n.x\r\nbare\nLF\n.dot after LF\n.\r\ncr\ralone\r\n.\nend\r\n"
+	const want = "Subject: edges\r\n\r\n.\r\n..two\r\nx\r\nbare\r\nLF\r\n.dot after LF\r\n.\r\ncr\ralone\r\n\r\nend\r\n"
+	cert := proxytest.MustCert(t)
+	clientTLS := &tls.Config{RootCAs: cert.Pool, ServerName: "localhost"}
+	for _, mode := range []string{"clear", "implicit TLS", "STARTTLS"} {
+		t.Run(mode, func(t *testing.T) {
+			up := startSMTPStub(t, &smtpStub{})
+			var ln net.Listener
+			opts := Options{}
+			switch mode {
+			case "implicit TLS":
+				l, err := net.Listen("tcp", "127.0.0.1:0")
+				if err != nil {
+					t.Fatal(err)
+				}
+				ln = tls.NewListener(l, &tls.Config{Certificates: []tls.Certificate{cert.Cert}})
+			case "STARTTLS":
+				opts.TLS = &tls.Config{Certificates: []tls.Certificate{cert.Cert}}
+			}
+			_, addr, _ := startSMTPProxy(t, opts, up, ln)
+			var c *proxytest.Client
+			switch mode {
+			case "clear":
+				c = ehloClient(t, addr)
+			case "implicit TLS":
+				tc, err := tls.Dial("tcp", addr, clientTLS)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { tc.Close() })
+				c = proxytest.NewClient(t, tc)
+				c.Expect("220 ")
+				c.Send("EHLO client.test\r\n")
+				for !strings.HasPrefix(c.Line(), "250 ") {
+				}
+			case "STARTTLS":
+				c = ehloClient(t, addr)
+				c.Send("STARTTLS\r\n")
+				c.Expect("220 ")
+				tc := tls.Client(c.Conn, clientTLS)
+				c = proxytest.NewClient(t, tc)
+				c.Send("EHLO client.test\r\n")
+				for !strings.HasPrefix(c.Line(), "250 ") {
+				}
+			}
+			c.Send("AUTH PLAIN " + proxytest.B64("\x00"+sender+"\x00secret") + "\r\n")
+			c.Expect("235 ")
+			c.Send("MAIL FROM:<" + sender + ">\r\nRCPT TO:<" + recipient + ">\r\nDATA\r\n")
+			c.Expect("250 ")
+			c.Expect("250 ")
+			c.Expect("354 ")
+			c.Send(data + ".\r\nMAIL FROM:<" + sender + ">\r\n")
+			c.Expect("250 2.0.0 OK <Q1@upstream.test>")
+			c.Expect("250 ")
+			c.Send("RCPT TO:<" + recipient + ">\r\nDATA\r\n")
+			c.Expect("250 ")
+			c.Expect("354 ")
+			// An empty message, and the end of data right after QUIT.
+			c.Send(".\r\nQUIT\r\n")
+			c.Expect("250 2.0.0 OK <Q2@upstream.test>")
+			c.Expect("221 ")
+			got := up.received()
+			if len(got) != 2 || string(got[0].data) != want {
+				t.Fatalf("upstream got %d messages, the first %q; want it %q", len(got), got[0].data, want)
+			}
+		})
+	}
+}
+
+// TestSMTPClientGoneDuringData: a client that leaves mid-message aborts it
+// upstream; nothing is delivered.
+func TestSMTPClientGoneDuringData(t *testing.T) {
+	up := startSMTPStub(t, &smtpStub{})
+	_, addr, logs := startSMTPProxy(t, Options{}, up, nil)
+	c := ehloClient(t, addr)
+	c.Send("AUTH PLAIN " + proxytest.B64("\x00"+sender+"\x00secret") + "\r\n")
+	c.Expect("235 ")
+	c.Send("MAIL FROM:<" + sender + ">\r\nRCPT TO:<" + recipient + ">\r\nDATA\r\n")
+	c.Expect("250 ")
+	c.Expect("250 ")
+	c.Expect("354 ")
+	c.Send("Subject: half\r\n\r\nthe first half\r\n")
+	c.Conn.Close()
+	proxytest.WaitFor(t, "the aborted message in the log", func() bool {
+		return strings.Contains(logs.String(), "client transfer failed")
+	})
+	if n := len(up.received()); n != 0 {
+		t.Fatalf("upstream got %d messages, want none", n)
+	}
+}

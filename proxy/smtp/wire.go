@@ -82,7 +82,7 @@ func (s *wireScanner) feed(p []byte) (n int, done bool) {
 			case s.crlfBefore && len(rest) >= 2 && rest[1] == '\n':
 				s.write(p[run:i])
 				s.write(crlf)
-				s.size += 2
+				s.grow(2)
 				i += 2
 				run = i
 				s.crlfBefore = false
@@ -114,13 +114,13 @@ func (s *wireScanner) feed(p []byte) (n int, done bool) {
 			break
 		}
 		if j > 0 && p[i+j-1] == '\r' {
-			s.size++ // the LF; count had the CR
+			s.grow(1) // the LF; count had the CR
 			s.crlfBefore = true
 			i += j + 1
 		} else {
 			s.write(p[run : i+j])
 			s.write(crlf)
-			s.size += 2
+			s.grow(2)
 			s.crlfBefore = false
 			i += j + 1
 			run = i
@@ -131,13 +131,41 @@ func (s *wireScanner) feed(p []byte) (n int, done bool) {
 	return i, false
 }
 
+// scanData reads message data with read into buf, which it uses whole,
+// and feeds it to sc until the final dot, a line too long or a failed
+// read. It returns what was read after the final dot.
+func scanData(sc *wireScanner, buf []byte, read func([]byte) (int, error)) (rest []byte, err error) {
+	var start, end int
+	for {
+		k, done := sc.feed(buf[start:end])
+		start += k
+		switch {
+		case done:
+			return buf[start:end], nil
+		case sc.tooLong:
+			return nil, nil
+		case err != nil:
+			return nil, err
+		}
+		end = copy(buf, buf[start:end])
+		start = 0
+		var n int
+		n, err = read(buf[end:])
+		end += n
+	}
+}
+
 // count adds n octets of a line.
 func (s *wireScanner) count(n int) {
 	s.line += n
-	s.size += int64(n)
 	if s.line > s.maxLine {
 		s.tooLong = true
 	}
+	s.grow(n)
+}
+
+func (s *wireScanner) grow(n int) {
+	s.size += int64(n)
 	if s.limit > 0 && s.size > s.limit {
 		s.tooLarge = true
 	}
