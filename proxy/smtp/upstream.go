@@ -38,7 +38,9 @@ type Upstream interface {
 
 // MessageWriter takes the message data of one transaction: the client's
 // bytes as they come, without dot-stuffing. Each Write is bounded by
-// Options.CommandTimeout.
+// Options.CommandTimeout. One that can take the data as it goes on the
+// wire, dot-stuffed, is also a wireWriter, and then gets it that way when
+// the session reads the data itself (wire.go).
 type MessageWriter interface {
 	io.Writer
 	// Close ends the message and returns upstream's final reply text on
