@@ -55,6 +55,9 @@ type clientConn struct {
 	// on it (see expired).
 	timedOut atomic.Bool
 	timeout  error
+	// readErr fails every read: the session found the client's input
+	// unreadable (a line too long in DATA).
+	readErr error
 
 	hungUp atomic.Bool
 
@@ -74,7 +77,7 @@ func (c *clientConn) unread(p []byte) {
 }
 
 func (c *clientConn) read(p []byte, lines bool) (int, error) {
-	if len(c.pending) > 0 && c.timeout == nil && !c.hungUp.Load() {
+	if len(c.pending) > 0 && c.timeout == nil && c.readErr == nil && !c.hungUp.Load() {
 		q := c.pending
 		if lines {
 			q = untilLineEnd(q)
@@ -115,6 +118,9 @@ func (c *clientConn) read(p []byte, lines bool) (int, error) {
 	}
 	if c.timeout != nil {
 		return 0, c.timeout
+	}
+	if c.readErr != nil {
+		return 0, c.readErr
 	}
 	n, err := c.Conn.Read(p)
 	if lines && err == nil {

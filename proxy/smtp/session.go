@@ -551,8 +551,9 @@ func (s *session) readMessage(w MessageWriter, r io.Reader) (n int64, rerr, werr
 	rest, rerr := scanData(sc, make([]byte, copyBuffer), c.readData)
 	switch {
 	case sc.tooLong:
-		// As go-smtp does: what follows cannot be told from commands.
-		c.hangUp()
+		// What follows cannot be told from commands: go-smtp reads no
+		// more, says so and closes, as when its own reader finds one.
+		c.readErr = gosmtp.ErrTooLongLine
 		return sc.size, gosmtp.ErrTooLongLine, nil
 	case rerr == io.EOF:
 		return sc.size, io.ErrUnexpectedEOF, nil

@@ -894,3 +894,24 @@ func TestSMTPClientGoneDuringData(t *testing.T) {
 		t.Fatalf("upstream got %d messages, want none", n)
 	}
 }
+
+// TestSMTPLongLineCloses: after a line too long in DATA, what follows could
+// be data or commands; the session says so and closes.
+func TestSMTPLongLineCloses(t *testing.T) {
+	up := startSMTPStub(t, &smtpStub{})
+	_, addr, _ := startSMTPProxy(t, Options{}, up, nil)
+	c := ehloClient(t, addr)
+	c.Send("AUTH PLAIN " + proxytest.B64("\x00"+sender+"\x00secret") + "\r\n")
+	c.Expect("235 ")
+	c.Send("MAIL FROM:<" + sender + ">\r\nRCPT TO:<" + recipient + ">\r\nDATA\r\n")
+	c.Expect("250 ")
+	c.Expect("250 ")
+	c.Expect("354 ")
+	c.Send("Subject: long\r\n\r\n" + strings.Repeat("x", maxLineLength+1) + "\r\n.\r\nRSET\r\n")
+	c.Expect("554 5.6.0 ")
+	c.Expect("500 5.4.0 ")
+	c.ExpectClosed()
+	if n := len(up.received()); n != 0 {
+		t.Fatalf("upstream got %d messages, want none", n)
+	}
+}
