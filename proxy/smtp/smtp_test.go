@@ -858,11 +858,10 @@ func TestSMTPDataEdges(t *testing.T) {
 			c.Send(data + ".\r\nMAIL FROM:<" + sender + ">\r\n")
 			c.Expect("250 2.0.0 OK <Q1@upstream.test>")
 			c.Expect("250 ")
-			c.Send("RCPT TO:<" + recipient + ">\r\nDATA\r\n")
+			// An empty message sent without waiting for 354, QUIT with it.
+			c.Send("RCPT TO:<" + recipient + ">\r\nDATA\r\n.\r\nQUIT\r\n")
 			c.Expect("250 ")
 			c.Expect("354 ")
-			// An empty message, and the end of data right after QUIT.
-			c.Send(".\r\nQUIT\r\n")
 			c.Expect("250 2.0.0 OK <Q2@upstream.test>")
 			c.Expect("221 ")
 			got := up.received()
