@@ -30,6 +30,10 @@ type Observer interface {
 	// UpstreamAuth: authenticating upstream on a connected session took d
 	// and failed with err, or succeeded (nil).
 	UpstreamAuth(p Protocol, d time.Duration, err error)
+	// UpstreamReused: a login took an upstream session that an earlier
+	// client of the same mailbox had left authenticated, instead of
+	// connecting and authenticating (UpstreamConnect, UpstreamAuth).
+	UpstreamReused(p Protocol)
 	// MessageRelayed: an SMTP transaction's DATA ended in one of the
 	// Message* outcomes.
 	MessageRelayed(outcome string)
@@ -51,6 +55,7 @@ func (NopObserver) LoginOutcome(Protocol, string)                  {}
 func (NopObserver) BytesRelayed(Protocol, Direction, int64)        {}
 func (NopObserver) UpstreamConnect(Protocol, time.Duration, error) {}
 func (NopObserver) UpstreamAuth(Protocol, time.Duration, error)    {}
+func (NopObserver) UpstreamReused(Protocol)                        {}
 func (NopObserver) MessageRelayed(string)                          {}
 func (NopObserver) SlotWait(Protocol, time.Duration)               {}
 func (NopObserver) ConnRefused(Protocol, string)                   {}

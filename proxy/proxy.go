@@ -14,6 +14,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"time"
 
 	"github.com/emersion/go-sasl"
 )
@@ -55,6 +56,11 @@ type Upstream struct {
 	// the next call gets a new one. The upstream calls it at most once per
 	// message, then asks Bearer again and retries the request once.
 	BearerRejected func(token string)
+	// Expires is when the access token in SASL expires. An upstream
+	// session kept for reuse after its client left is closed before
+	// then. The zero value means unknown: such a session is kept no
+	// longer than its protocol's idle timeout allows.
+	Expires time.Time
 }
 
 // Via is the kind of upstream an account's session goes to.

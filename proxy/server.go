@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -383,6 +384,25 @@ func (tc *Conn) Attach(c io.Closer) bool {
 	}
 	tc.mu.Unlock()
 	c.Close()
+	return false
+}
+
+// Detach removes c from what Close closes, so that c may outlive the
+// connection: an upstream connection kept for another session. It returns
+// false if the connection is closed already (c with it) or c is not
+// attached.
+func (tc *Conn) Detach(c io.Closer) bool {
+	tc.mu.Lock()
+	defer tc.mu.Unlock()
+	if tc.closed {
+		return false
+	}
+	for i, o := range tc.others {
+		if o == c {
+			tc.others = slices.Delete(tc.others, i, i+1)
+			return true
+		}
+	}
 	return false
 }
 

@@ -242,7 +242,8 @@ func (u *relayConn) Data() (MessageWriter, error) {
 
 // Quit ends the connection politely.
 func (u *relayConn) Quit() {
-	u.conn.SetDeadline(time.Now().Add(quitTimeout))
+	// go-smtp sets each command's deadline from CommandTimeout.
+	u.c.CommandTimeout = quitTimeout
 	u.c.Quit()
 	u.Close()
 }

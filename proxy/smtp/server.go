@@ -10,6 +10,7 @@
 package smtp
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -109,6 +110,12 @@ type Options struct {
 	// this one replaces (a reload); their cap is theirs, and
 	// MaxConnectionsPerMailbox is then ignored. Nil: the server's own.
 	Slots *proxy.Slots
+	// ReuseIdleTimeout is how long an SMTP relay connection, still
+	// authenticated after its session ended, is kept for the next session
+	// of the same mailbox (which then skips connecting, TLS and AUTH):
+	// DefaultReuseIdleTimeout. Negative: every session connects anew.
+	// A kept connection holds its mailbox's slot. Ignored with Dialer.
+	ReuseIdleTimeout time.Duration
 
 	// Limiter caps client connections, shared with the other servers
 	// given the same one. Nil: a limiter of this server's own with the
@@ -146,6 +153,9 @@ type Server struct {
 	dialer   Dialer
 	// relay is the default Dialer; nil when Options.Dialer is set.
 	relay *relay
+	// pool keeps relay connections for reuse; nil without relay or
+	// when reuse is off.
+	pool *pool
 	// caps are upstream's extensions as last seen, advertised to clients.
 	caps      atomic.Pointer[extensions]
 	probeOnce sync.Once
@@ -192,6 +202,9 @@ func NewServer(opts *Options) *Server {
 			obs:            proxy.ObserverOr(o.Observer),
 		}
 		s.dialer = s.relay
+		if o.ReuseIdleTimeout >= 0 {
+			s.pool = newPool(s.relay, cmp.Or(o.ReuseIdleTimeout, DefaultReuseIdleTimeout), s.Logger, s.relay.obs)
+		}
 	}
 	return s
 }
@@ -241,10 +254,30 @@ func (s *Server) loginUpstream(ctx context.Context, tc *proxy.Conn, up *proxy.Up
 		}
 		return s.opts.GraphDialer.Dial(ctx, tc, up)
 	}
-	release, err := s.Srv.TakeSlot(ctx, tc, up.Account)
+	if s.pool == nil {
+		release, err := s.Srv.TakeSlot(ctx, tc, up.Account)
+		if err != nil {
+			return nil, err
+		}
+		return s.dial(ctx, tc, up, release)
+	}
+	reused, release, err := s.pool.take(ctx, tc, up, s.Srv.TakeSlot)
 	if err != nil {
 		return nil, err
 	}
+	if reused != nil {
+		return reused, nil
+	}
+	u, err := s.dial(ctx, tc, up, release)
+	if err != nil {
+		return nil, err
+	}
+	return s.pool.wrap(u, up), nil
+}
+
+// dial opens an upstream connection with up's credentials, which holds
+// the slot that release frees until it ends.
+func (s *Server) dial(ctx context.Context, tc *proxy.Conn, up *proxy.Upstream, release func()) (*slotted, error) {
 	u, err := s.dialer.Dial(ctx, tc, up)
 	if err != nil {
 		release()
@@ -255,12 +288,33 @@ func (s *Server) loginUpstream(ctx context.Context, tc *proxy.Conn, up *proxy.Up
 
 // Shutdown stops accepting, lets transactions in progress finish and closes
 // idle sessions; when ctx is done it closes the sessions left and returns
-// ctx's error. A message cut off this way was never acknowledged.
+// ctx's error. A message cut off this way was never acknowledged. Upstream
+// connections kept for reuse get QUIT, which Shutdown does not wait for.
 func (s *Server) Shutdown(ctx context.Context) error { return s.Frontend.Shutdown(ctx) }
+
+// Close closes the listeners, every session and every upstream connection
+// kept for reuse now.
+func (s *Server) Close() error {
+	if s.pool != nil {
+		s.pool.close(true)
+	}
+	return s.Frontend.Close()
+}
+
+// StopReuse quits the upstream connections kept for reuse, without
+// waiting, and keeps none from now on: a reload replaced the server, whose
+// kept connections would hold their mailboxes' slots with no session left
+// to take them.
+func (s *Server) StopReuse() {
+	if s.pool != nil {
+		s.pool.close(false)
+	}
+}
 
 // closeIdle, once the server stops accepting, closes the idle sessions
 // and marks those to come as closing.
 func (s *Server) closeIdle() {
+	s.StopReuse()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.closing = true

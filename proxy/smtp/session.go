@@ -396,9 +396,13 @@ func (s *session) Logout() error {
 	s.up, s.ended = nil, true
 	s.mu.Unlock()
 	if u != nil {
-		if inData {
+		k, reusable := u.(*kept)
+		switch {
+		case inData:
 			u.Close()
-		} else {
+		case reusable:
+			k.pool.put(k, s.cl.tc)
+		default:
 			u.Quit()
 		}
 	}

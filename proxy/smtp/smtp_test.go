@@ -491,7 +491,8 @@ func TestSMTPConnectionCap(t *testing.T) {
 
 func TestSMTPConnectionWaitTimesOut(t *testing.T) {
 	up := startSMTPStub(t, &smtpStub{})
-	srv, addr, _ := startSMTPProxy(t, Options{MaxConnectionsPerMailbox: 1, ConnectionWait: 100 * time.Millisecond}, up, nil)
+	// Without reuse, the slot is freed at QUIT.
+	srv, addr, _ := startSMTPProxy(t, Options{MaxConnectionsPerMailbox: 1, ConnectionWait: 100 * time.Millisecond, ReuseIdleTimeout: -1}, up, nil)
 	first := loginSMTP(t, addr)
 	second := dialSMTP(t, addr)
 	if got := smtpCode(second.Auth(sasl.NewPlainClient("", sender, "secret"))); got != "454 4.3.2" {

@@ -145,7 +145,7 @@ func (s *smtpStub) closeIdle() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for x := range s.sessions {
-		x.conn.Conn().Close()
+		x.raw.Close()
 	}
 }
 
@@ -162,13 +162,16 @@ func (s *smtpStub) holdData() (holding <-chan struct{}, release func()) {
 type stubSession struct {
 	s    *smtpStub
 	conn *gosmtp.Conn
+	// raw is the connection as the session started, read in go-smtp's
+	// goroutine: Conn changes at STARTTLS.
+	raw  net.Conn
 	user string
 	from string
 	to   []string
 }
 
 func (s *smtpStub) newSession(c *gosmtp.Conn) (gosmtp.Session, error) {
-	x := &stubSession{s: s, conn: c}
+	x := &stubSession{s: s, conn: c, raw: c.Conn()}
 	s.mu.Lock()
 	s.sessions[x] = struct{}{}
 	s.mu.Unlock()
@@ -246,6 +249,9 @@ func (x *stubSession) Mail(from string, opts *gosmtp.MailOptions) error {
 }
 
 func (x *stubSession) Rcpt(to string, opts *gosmtp.RcptOptions) error {
+	if strings.HasPrefix(to, "hangup") {
+		return &gosmtp.SMTPError{Code: 421, EnhancedCode: gosmtp.EnhancedCode{4, 4, 2}, Message: "Service not available, closing transmission channel"}
+	}
 	if strings.HasPrefix(to, "reject") {
 		return &gosmtp.SMTPError{Code: 550, EnhancedCode: gosmtp.EnhancedCode{5, 1, 10}, Message: "RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup"}
 	}
