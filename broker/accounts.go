@@ -90,16 +90,11 @@ func (b *Broker) AccessToken(ctx context.Context, mailbox, scope string) (*Issue
 	}
 	var it *IssuedToken
 	if scope == "" || scope == a.scope {
-		tok, err := b.tokens.get(ctx, mailbox)
+		tok, expires, err := b.tokens.get(ctx, mailbox)
 		if err != nil {
 			return nil, err
 		}
-		a.mu.Lock()
-		it = &IssuedToken{AccessToken: tok, Scope: a.scope}
-		if a.tok != nil {
-			it.Expires = a.tok.Expiry
-		}
-		a.mu.Unlock()
+		it = &IssuedToken{AccessToken: tok, Expires: expires, Scope: a.scope}
 	} else {
 		t, err := b.tokens.other(ctx, a, scope)
 		if err != nil {

@@ -187,11 +187,11 @@ func (b *Broker) AuthenticateAccount(ctx context.Context, protocol proxy.Protoco
 }
 
 func (b *Broker) upstream(ctx context.Context, mailbox string) (*proxy.Upstream, error) {
-	tok, err := b.tokens.get(ctx, mailbox)
+	tok, expires, err := b.tokens.get(ctx, mailbox)
 	if err != nil {
 		return nil, err
 	}
-	return &proxy.Upstream{Account: mailbox, SASL: xoauth2.NewClient(mailbox, tok)}, nil
+	return &proxy.Upstream{Account: mailbox, SASL: xoauth2.NewClient(mailbox, tok), Expires: expires}, nil
 }
 
 // UpstreamRejected is told that upstream refused a token for account: the

@@ -192,11 +192,12 @@ func groupSignIns(idx *accountIndex) ([]*signIn, map[string]*signIn, map[*config
 	return list, byMailbox, creds
 }
 
-// get returns a token for mailbox, from memory whenever one is valid.
-func (m *tokens) get(ctx context.Context, mailbox string) (string, error) {
+// get returns a token for mailbox, from memory whenever one is valid, and
+// when it expires.
+func (m *tokens) get(ctx context.Context, mailbox string) (string, time.Time, error) {
 	a := m.account(mailbox)
 	if a == nil {
-		return "", &proxy.LoginError{Kind: proxy.KindAccount, Reason: reasonNeedsAdmin, Err: errNotConfigured(mailbox)}
+		return "", time.Time{}, &proxy.LoginError{Kind: proxy.KindAccount, Reason: reasonNeedsAdmin, Err: errNotConfigured(mailbox)}
 	}
 	a.mu.Lock()
 	now := m.now()
@@ -206,9 +207,9 @@ func (m *tokens) get(ctx context.Context, mailbox string) (string, error) {
 		if a.needsRefreshLocked(now) || (a.done == nil && a.tok.Expiry.Sub(now) < minValidity && a.mayProbeLocked(now)) {
 			m.startLocked(a)
 		}
-		t := a.tok.AccessToken
+		t, exp := a.tok.AccessToken, a.tok.Expiry
 		a.mu.Unlock()
-		return t, nil
+		return t, exp, nil
 	}
 	if a.done == nil {
 		if a.err != nil && (a.err.NeedsLogin || now.Before(a.retryAt) && !a.mayProbeLocked(now)) {
@@ -219,7 +220,7 @@ func (m *tokens) get(ctx context.Context, mailbox string) (string, error) {
 		}
 		if !m.startLocked(a) {
 			a.mu.Unlock()
-			return "", &proxy.LoginError{Kind: proxy.KindUnavailable, Reason: reasonUnavailable, Err: errClosed}
+			return "", time.Time{}, &proxy.LoginError{Kind: proxy.KindUnavailable, Reason: reasonUnavailable, Err: errClosed}
 		}
 	}
 	done := a.done
@@ -231,7 +232,7 @@ func (m *tokens) get(ctx context.Context, mailbox string) (string, error) {
 	select {
 	case <-done:
 	case <-ctx.Done():
-		return "", &proxy.LoginError{Kind: proxy.KindUnavailable, Reason: reasonUnavailable, Err: ctx.Err()}
+		return "", time.Time{}, &proxy.LoginError{Kind: proxy.KindUnavailable, Reason: reasonUnavailable, Err: ctx.Err()}
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -239,20 +240,20 @@ func (m *tokens) get(ctx context.Context, mailbox string) (string, error) {
 }
 
 // lastResortLocked serves any unexpired token (a session that ends early
-// beats none), else explains the failure.
-func (a *signIn) lastResortLocked(now time.Time) (string, error) {
+// beats none) and its expiry, else explains the failure.
+func (a *signIn) lastResortLocked(now time.Time) (string, time.Time, error) {
 	if a.tok != nil && a.tok.AccessToken != "" && now.Before(a.tok.Expiry) {
-		return a.tok.AccessToken, nil
+		return a.tok.AccessToken, a.tok.Expiry, nil
 	}
 	switch {
 	case a.err != nil && a.err.NeedsLogin:
-		return "", &proxy.LoginError{Kind: proxy.KindAccount, Reason: reasonNeedsLogin, Err: a.err}
+		return "", time.Time{}, &proxy.LoginError{Kind: proxy.KindAccount, Reason: reasonNeedsLogin, Err: a.err}
 	case a.err != nil && a.err.Permanent:
-		return "", &proxy.LoginError{Kind: proxy.KindAccount, Reason: reasonNeedsAdmin, Err: a.err}
+		return "", time.Time{}, &proxy.LoginError{Kind: proxy.KindAccount, Reason: reasonNeedsAdmin, Err: a.err}
 	case a.err != nil:
-		return "", &proxy.LoginError{Kind: proxy.KindUnavailable, Reason: reasonUnavailable, Err: a.err}
+		return "", time.Time{}, &proxy.LoginError{Kind: proxy.KindUnavailable, Reason: reasonUnavailable, Err: a.err}
 	}
-	return "", &proxy.LoginError{Kind: proxy.KindUnavailable, Reason: reasonUnavailable, Err: errNoToken}
+	return "", time.Time{}, &proxy.LoginError{Kind: proxy.KindUnavailable, Reason: reasonUnavailable, Err: errNoToken}
 }
 
 // dueLocked says when the sign-in next needs a request; ok is false when

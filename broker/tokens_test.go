@@ -471,3 +471,29 @@ func TestAccountStatus(t *testing.T) {
 		t.Fatalf("got %+v, want alice ok and bob pending", list)
 	}
 }
+
+// Authenticate says when the token it hands out expires, so that an
+// upstream session kept for reuse ends before it.
+func TestAuthenticateSaysWhenTheTokenExpires(t *testing.T) {
+	e := newEnv(t)
+	e.entra.setExpiresIn(4500)
+	b := e.broker(t)
+	pw := e.addPassword(t, b, mailboxA)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	up, err := b.Authenticate(ctx, &proxy.Login{Protocol: proxy.SMTP, Username: "alice", Password: pw})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := e.clock.Now().Add(4500 * time.Second); !up.Expires.Equal(want) {
+		t.Fatalf("Expires: got %v, want %v", up.Expires, want)
+	}
+	e.clock.Advance(10 * time.Minute)
+	up, err = b.Authenticate(ctx, &proxy.Login{Protocol: proxy.SMTP, Username: "alice", Password: pw})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := e.clock.Now().Add(4500*time.Second - 10*time.Minute); !up.Expires.Equal(want) {
+		t.Fatalf("Expires of the cached token: got %v, want %v", up.Expires, want)
+	}
+}
