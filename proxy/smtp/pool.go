@@ -217,8 +217,8 @@ func (p *pool) check(ctx context.Context, tc *proxy.Conn, k *kept) error {
 
 // put takes k back from the session of tc, which has ended, and keeps it
 // for the next session of its mailbox: at once if no transaction is open,
-// else after a reset. It quits k instead when the pool is closed or full
-// or k's token is about to expire.
+// else after a reset. It quits k instead when the pool is closed, or full
+// with no login of k's mailbox waiting, or k's token is about to expire.
 func (p *pool) put(k *kept, tc *proxy.Conn) {
 	if !tc.Detach(k.rc.conn) {
 		// Closed with the session.
@@ -227,7 +227,9 @@ func (p *pool) put(k *kept, tc *proxy.Conn) {
 	}
 	open := k.open.Load()
 	p.mu.Lock()
-	room := !p.closed && time.Now().Before(k.until) && p.held[k.key] < maxKeptPerMailbox && p.total < maxKept
+	// A login waiting for the mailbox takes k at once: no cap to mind.
+	wanted := len(p.waiters[k.key]) > 0 || p.held[k.key] < maxKeptPerMailbox && p.total < maxKept
+	room := !p.closed && time.Now().Before(k.until) && wanted
 	if room {
 		p.held[k.key]++
 		p.total++
@@ -242,14 +244,14 @@ func (p *pool) put(k *kept, tc *proxy.Conn) {
 	case !room:
 		k.Quit()
 	case open:
-		go p.reset(k)
+		go p.reset(k, tc.ID())
 	default:
-		p.log.Debug("upstream session kept for reuse", "account", k.key.account)
+		p.log.Debug("upstream session kept for reuse", "session", tc.ID(), "account", k.key.account)
 	}
 }
 
-// reset ends the transaction a session left open, then keeps k.
-func (p *pool) reset(k *kept) {
+// reset ends the transaction that session left open, then keeps k.
+func (p *pool) reset(k *kept, session string) {
 	err := k.rc.reset(p.relay.hostname, p.relay.dialTimeout)
 	p.mu.Lock()
 	delete(p.resetting, k)
@@ -263,9 +265,9 @@ func (p *pool) reset(k *kept) {
 	p.mu.Unlock()
 	switch {
 	case keep:
-		p.log.Debug("upstream session reset and kept for reuse", "account", k.key.account)
+		p.log.Debug("upstream session reset and kept for reuse", "session", session, "account", k.key.account)
 	case err != nil:
-		p.log.Debug("upstream RSET of a session to keep failed; closing it", "account", k.key.account, "err", err)
+		p.log.Debug("upstream RSET of a session to keep failed; closing it", "session", session, "account", k.key.account, "err", err)
 		k.Close()
 	default:
 		k.Quit()

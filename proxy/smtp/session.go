@@ -390,6 +390,8 @@ func (s *session) Reset() {
 }
 
 // Logout ends the session: at the end of the connection or at STARTTLS.
+// A relay connection not cut off in DATA goes to the server's pool, for
+// the next session of its mailbox.
 func (s *session) Logout() error {
 	s.mu.Lock()
 	u, inData := s.up, s.inData
