@@ -128,6 +128,11 @@ type SMTP struct {
 	// ConnectionWait is how long a session waits for a free connection
 	// before the client is told to retry. Default 30s.
 	ConnectionWait time.Duration
+	// ReuseIdleTimeout is how long an upstream connection, still
+	// authenticated after its client left, waits for the next session of
+	// the same mailbox, holding one of its connections
+	// (reuse_idle_timeout, up to 5m). 0: no reuse. Default 30s.
+	ReuseIdleTimeout time.Duration
 	// Graph is the upstream of accounts sending through Microsoft Graph
 	// (smtp_via = "graph"; config/graph.go).
 	Graph Graph
@@ -247,6 +252,7 @@ const (
 	// concurrent SMTP connections per mailbox.
 	DefaultSMTPMaxConnectionsPerMailbox = 3
 	DefaultSMTPConnectionWait           = 30 * time.Second
+	DefaultSMTPReuseIdleTimeout         = 30 * time.Second
 	// DefaultIMAPMaxConnectionsPerMailbox is about Exchange Online's limit
 	// of concurrent IMAP sessions per mailbox.
 	DefaultIMAPMaxConnectionsPerMailbox = 20

@@ -35,6 +35,9 @@ func FuzzParse(f *testing.F) {
 			if s.MaxConnectionsPerMailbox < 1 || s.MaxConnectionsPerMailbox > 100 || s.ConnectionWait <= 0 || s.ConnectionWait > 10*time.Minute {
 				t.Fatalf("accepted [smtp] with %d connections per mailbox, wait %v", s.MaxConnectionsPerMailbox, s.ConnectionWait)
 			}
+			if s.ReuseIdleTimeout < 0 || s.ReuseIdleTimeout > 5*time.Minute {
+				t.Fatalf("accepted [smtp] with reuse_idle_timeout %v", s.ReuseIdleTimeout)
+			}
 			if s.UnauthenticatedAs != "" && !slices.ContainsFunc(cfg.Accounts, func(a *Account) bool { return a.Mailbox == s.UnauthenticatedAs }) {
 				t.Fatalf("allow_unauthenticated_as %q is no account's mailbox", s.UnauthenticatedAs)
 			}

@@ -90,6 +90,7 @@ type rawSMTP struct {
 	AllowUnauthenticatedAs   text   `toml:"allow_unauthenticated_as"`
 	MaxConnectionsPerMailbox number `toml:"max_connections_per_mailbox"`
 	ConnectionWait           text   `toml:"connection_wait"`
+	ReuseIdleTimeout         text   `toml:"reuse_idle_timeout"`
 	rawGraph
 }
 

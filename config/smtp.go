@@ -16,6 +16,9 @@ const (
 	// of the same names in [imap] and [smtp].
 	maxConnectionsPerMailbox = 100
 	maxConnectionWait        = 10 * time.Minute
+	// maxReuseIdleTimeout bounds [smtp] reuse_idle_timeout: Postfix's
+	// smtpd_timeout, past which a kept connection would be found closed.
+	maxReuseIdleTimeout = 5 * time.Minute
 )
 
 func (v *validator) smtp(raw *rawSMTP, apps []*App, accounts []*Account) *SMTP {
@@ -33,6 +36,15 @@ func (v *validator) smtp(raw *rawSMTP, apps []*App, accounts []*Account) *SMTP {
 
 	s.MaxConnectionsPerMailbox, s.ConnectionWait = v.mailboxConnections(section, raw.MaxConnectionsPerMailbox, raw.ConnectionWait,
 		DefaultSMTPMaxConnectionsPerMailbox, DefaultSMTPConnectionWait)
+	s.ReuseIdleTimeout = DefaultSMTPReuseIdleTimeout
+	key := section + ".reuse_idle_timeout"
+	if d, ok := v.duration(key, raw.ReuseIdleTimeout); ok {
+		if d < 0 || d > maxReuseIdleTimeout {
+			v.errorf(key, "%s is out of range: 0s (no reuse) to %s", d, maxReuseIdleTimeout)
+		} else {
+			s.ReuseIdleTimeout = d
+		}
+	}
 	s.Graph = v.graph(section, &raw.rawGraph, accounts)
 	return s
 }

@@ -20,8 +20,8 @@ func TestSMTPDefaults(t *testing.T) {
 		s.UpstreamImplicitTLS || s.UpstreamCAFile != "" || s.TLSCertFile != "" || s.TLSKeyFile != "" {
 		t.Fatalf("got %+v, want the defaults", s)
 	}
-	if s.UnauthenticatedAs != "" || s.MaxConnectionsPerMailbox != 3 || s.ConnectionWait != 30*time.Second {
-		t.Fatalf("got %+v, want AUTH required, 3 connections, 30s wait", s)
+	if s.UnauthenticatedAs != "" || s.MaxConnectionsPerMailbox != 3 || s.ConnectionWait != 30*time.Second || s.ReuseIdleTimeout != 30*time.Second {
+		t.Fatalf("got %+v, want AUTH required, 3 connections, 30s wait, reuse for 30s", s)
 	}
 	if len(cfg.Warnings) != 0 {
 		t.Fatalf("got warnings %q, want none", cfg.Warnings)
@@ -57,6 +57,8 @@ func TestSMTPSettings(t *testing.T) {
 		{"short wait", "connection_wait = \"1ms\"\n", SMTP{ConnectionWait: time.Millisecond}},
 		{"longest wait", "connection_wait = \"10m\"\n", SMTP{ConnectionWait: 10 * time.Minute}},
 		{"wait in minutes and seconds", "connection_wait = \"1m30s\"\n", SMTP{ConnectionWait: 90 * time.Second}},
+		{"no reuse", "reuse_idle_timeout = \"0s\"\n", SMTP{ReuseIdleTimeout: -1}},
+		{"longest reuse", "reuse_idle_timeout = \"5m\"\n", SMTP{ReuseIdleTimeout: 5 * time.Minute}},
 	}
 	dir := fixture(t)
 	for _, tt := range tests {
@@ -72,9 +74,15 @@ func TestSMTPSettings(t *testing.T) {
 			if want.ConnectionWait == 0 {
 				want.ConnectionWait = DefaultSMTPConnectionWait
 			}
+			switch want.ReuseIdleTimeout {
+			case 0:
+				want.ReuseIdleTimeout = DefaultSMTPReuseIdleTimeout
+			case -1:
+				want.ReuseIdleTimeout = 0
+			}
 			if got.Upstream != want.Upstream || got.UpstreamImplicitTLS != want.UpstreamImplicitTLS ||
 				got.UnauthenticatedAs != want.UnauthenticatedAs || got.MaxConnectionsPerMailbox != want.MaxConnectionsPerMailbox ||
-				got.ConnectionWait != want.ConnectionWait {
+				got.ConnectionWait != want.ConnectionWait || got.ReuseIdleTimeout != want.ReuseIdleTimeout {
 				t.Fatalf("got %+v, want %+v", *got, want)
 			}
 		})

@@ -259,12 +259,22 @@ func (d *daemon) setupSMTP(sc *config.SMTP) error {
 			MaxConnectionsPerMailbox: sc.MaxConnectionsPerMailbox,
 			ConnectionWait:           sc.ConnectionWait,
 			Slots:                    d.slotsFor("smtp", sc.MaxConnectionsPerMailbox),
+			ReuseIdleTimeout:         reuseIdleTimeout(sc),
 			Limiter:                  d.limiter,
 			PreAuthTimeout:           d.cfg.Limits.PreAuthTimeout,
 			Observer:                 d.metrics,
 		})
 		return d.smtp.Serve, nil
 	})
+}
+
+// reuseIdleTimeout is smtp.Options.ReuseIdleTimeout for sc, where 0 means
+// no reuse.
+func reuseIdleTimeout(sc *config.SMTP) time.Duration {
+	if sc.ReuseIdleTimeout == 0 {
+		return -1
+	}
+	return sc.ReuseIdleTimeout
 }
 
 // hostname names this machine in the SMTP greeting and in EHLO upstream.

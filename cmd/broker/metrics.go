@@ -60,6 +60,7 @@ type metrics struct {
 	bytes           *prometheus.CounterVec
 	upstreamConnect *prometheus.HistogramVec
 	upstreamAuth    *prometheus.HistogramVec
+	upstreamReused  *prometheus.CounterVec
 	messages        *prometheus.CounterVec
 	slotWait        *prometheus.HistogramVec
 	refused         *prometheus.CounterVec
@@ -109,6 +110,10 @@ func newMetrics(protocols []proxy.Protocol) *metrics {
 			Help:    "Time to authenticate upstream with XOAUTH2 on a connected session, by outcome: ok or error.",
 			Buckets: upstreamBuckets,
 		}, []string{"protocol", "outcome"}),
+		upstreamReused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "broker_upstream_reused_total",
+			Help: "Logins that took an authenticated upstream session kept from an earlier session of the same mailbox, instead of connecting and authenticating (SMTP).",
+		}, protoLabel),
 		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "broker_smtp_messages_total",
 			Help: "SMTP messages (DATA or BDAT) by outcome: relayed, rejected (5xx to the client), failed_temporary (4xx).",
@@ -129,7 +134,7 @@ func newMetrics(protocols []proxy.Protocol) *metrics {
 	}
 	m.reg.MustRegister(
 		m.sessionsActive, m.sessionsTotal, m.sessionDuration, m.logins, m.bytes,
-		m.upstreamConnect, m.upstreamAuth, m.messages, m.slotWait, m.refused, m.tokenRefreshes,
+		m.upstreamConnect, m.upstreamAuth, m.upstreamReused, m.messages, m.slotWait, m.refused, m.tokenRefreshes,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -157,6 +162,7 @@ func newMetrics(protocols []proxy.Protocol) *metrics {
 			for _, o := range proxy.MessageOutcomes {
 				m.messages.WithLabelValues(o)
 			}
+			m.upstreamReused.WithLabelValues(proto)
 		}
 	}
 	for _, o := range broker.RefreshOutcomes {
@@ -200,6 +206,8 @@ func (m *metrics) UpstreamConnect(p proxy.Protocol, d time.Duration, err error) 
 func (m *metrics) UpstreamAuth(p proxy.Protocol, d time.Duration, err error) {
 	m.upstreamAuth.WithLabelValues(string(p), outcome(err)).Observe(d.Seconds())
 }
+
+func (m *metrics) UpstreamReused(p proxy.Protocol) { m.upstreamReused.WithLabelValues(string(p)).Inc() }
 
 func (m *metrics) MessageRelayed(o string) { m.messages.WithLabelValues(o).Inc() }
 

@@ -76,6 +76,7 @@ func TestMetricsObserver(t *testing.T) {
 	m.BytesRelayed(proxy.IMAP, proxy.Down, 100)
 	m.UpstreamConnect(proxy.IMAP, time.Second, errors.New("refused"))
 	m.MessageRelayed(proxy.MessageRejected)
+	m.UpstreamReused(proxy.SMTP)
 	m.ConnRefused(proxy.SMTP, "max_connections_per_source")
 	m.TokenRefresh(broker.RefreshNeedsLogin)
 	for _, tt := range []struct {
@@ -88,6 +89,7 @@ func TestMetricsObserver(t *testing.T) {
 		{testutil.ToFloat64(m.logins.WithLabelValues("smtp", "busy")), 1},
 		{testutil.ToFloat64(m.bytes.WithLabelValues("imap", "down")), 100},
 		{testutil.ToFloat64(m.messages.WithLabelValues("rejected")), 1},
+		{testutil.ToFloat64(m.upstreamReused.WithLabelValues("smtp")), 1},
 		{testutil.ToFloat64(m.refused.WithLabelValues("smtp", "max_connections_per_source")), 1},
 		{testutil.ToFloat64(m.tokenRefreshes.WithLabelValues("needs_login")), 1},
 	} {

@@ -133,6 +133,11 @@ func (d *daemon) applyReload() (string, error) {
 	var added, removed []string
 	d.live.mu.Lock()
 	d.live.retired = append(d.live.retired, d.serversLocked()...)
+	if d.smtp != nil {
+		// Its kept upstream connections would hold their mailboxes' slots
+		// with no new session to take them; the new server keeps its own.
+		d.smtp.StopReuse()
+	}
 	d.imap, d.smtp, d.pop3 = nd.imap, nd.smtp, nd.pop3
 	d.cfg = cfg
 	var bound []*boundListener
