@@ -68,10 +68,20 @@ func sendWaiting(addr, password string, i int, authSent chan<- struct{}) error {
 // freed connections. All ten messages arrive, and upstream never sees
 // more than three sessions of the mailbox at once. The simulator is set to
 // allow more, so that a broken cap would show as a peak above 3 rather
-// than as refusals.
+// than as refusals. Without reuse each sender logs in upstream; with it,
+// the seven take over connections the ones before them left, logged in.
 func TestSMTPConnectionCapPerMailbox(t *testing.T) {
+	t.Run("new logins", func(t *testing.T) { testConnectionCapPerMailbox(t, false) })
+	t.Run("reused logins", func(t *testing.T) { testConnectionCapPerMailbox(t, true) })
+}
+
+func testConnectionCapPerMailbox(t *testing.T, reuse bool) {
 	const senders, limit = 10, 3
-	env := newSMTPSimEnv(t, smtpSimOptions{SMTP: m365sim.SMTPOptions{MaxConnectionsPerMailbox: 100}})
+	opts := smtpSimOptions{SMTP: m365sim.SMTPOptions{MaxConnectionsPerMailbox: 100}}
+	if !reuse {
+		opts.Config = `reuse_idle_timeout = "0s"`
+	}
+	env := newSMTPSimEnv(t, opts)
 	addr := env.Daemon.SMTPAddr
 
 	holders := make([]*smtp.Client, limit)
@@ -141,8 +151,12 @@ func TestSMTPConnectionCapPerMailbox(t *testing.T) {
 	if n := env.SMTP.MaxConcurrent(mailbox); n != limit {
 		t.Fatalf("upstream saw at most %d concurrent sessions of %s, want exactly %d", n, mailbox, limit)
 	}
-	if n := env.SMTP.Logins(); n != senders {
+	n := env.SMTP.Logins()
+	switch {
+	case !reuse && n != senders:
 		t.Fatalf("upstream logins: got %d, want %d", n, senders)
+	case reuse && (n < limit || n >= senders):
+		t.Fatalf("upstream logins: got %d, want from %d to %d: some senders reuse a connection another left", n, limit, senders-1)
 	}
 }
 

@@ -2,6 +2,7 @@ package test
 
 import (
 	"context"
+	"fmt"
 	"regexp"
 	"strings"
 	"testing"
@@ -30,6 +31,13 @@ type postfixEnv struct {
 
 func newPostfixEnv(t *testing.T) *postfixEnv {
 	t.Helper()
+	return newPostfixEnvConfig(t, "")
+}
+
+// newPostfixEnvConfig is newPostfixEnv with top-level keys put in front of
+// broker's configuration, e.g. log_level.
+func newPostfixEnvConfig(t *testing.T, top string) *postfixEnv {
+	t.Helper()
 	entra, err := m365sim.NewEntra(m365sim.EntraOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -51,7 +59,7 @@ func newPostfixEnv(t *testing.T) *postfixEnv {
 	env.Postfix = harness.StartPostfix(t, harness.PostfixOptions{Dovecot: env.Dovecot})
 	dir := t.TempDir()
 	secret := writeFile(t, dir, "client.secret", []byte(env.Secret))
-	cfg := smtpBrokerConfig(dir+"/state", env.Dovecot.IMAPAddr, env.Dovecot.CAFile,
+	cfg := top + smtpBrokerConfig(dir+"/state", env.Dovecot.IMAPAddr, env.Dovecot.CAFile,
 		env.Postfix.SubmissionAddr, env.Postfix.CAFile, entra.URL(), secret, "")
 	env.Daemon = startDaemon(t, dir, cfg)
 	_, env.Password = env.Daemon.addAppPassword(mailbox)
@@ -245,4 +253,45 @@ func TestSMTPPostfix(t *testing.T) {
 			t.Fatalf("daemon logged %d relayed messages, want %d as before", n, relayed)
 		}
 	})
+}
+
+// TestSMTPPostfixReuse: senders that connect once per message, as
+// scanners do, share one upstream login at Postfix: each session after the
+// first reuses the connection the one before left, after NOOP. One that
+// left a transaction open (MAIL, RCPT, QUIT) is reset with RSET and EHLO
+// first, which must leave Postfix's AUTH in force. Postfix takes every
+// message (its 250 reaches the client, its cleanup logs the message).
+func TestSMTPPostfixReuse(t *testing.T) {
+	env := newPostfixEnvConfig(t, `log_level = "debug"`+"\n")
+	sendOne := func(i int) {
+		id := fmt.Sprintf("reuse-%d@contoso.com", i)
+		c := dialSMTP(t, env.Daemon.SMTPAddr, mailbox, env.Password)
+		if err := c.SendMail(mailbox, []string{mailbox}, strings.NewReader(smtpMessage(fmt.Sprint("reused ", i), id))); err != nil {
+			t.Fatalf("message %d: %v\n%s", i, err, env.logs())
+		}
+		if err := c.Quit(); err != nil {
+			t.Fatalf("QUIT: %v", err)
+		}
+		env.waitPostfixLog(t, "message-id=<"+id+">")
+	}
+	sendOne(1)
+	env.Daemon.waitLogCount(`msg="upstream session kept for reuse"`, 1)
+
+	c := dialSMTP(t, env.Daemon.SMTPAddr, mailbox, env.Password)
+	if err := c.Mail(mailbox, nil); err != nil {
+		t.Fatalf("MAIL FROM: %v\n%s", err, env.logs())
+	}
+	if err := c.Rcpt(mailbox, nil); err != nil {
+		t.Fatalf("RCPT TO: %v\n%s", err, env.logs())
+	}
+	if err := c.Quit(); err != nil {
+		t.Fatalf("QUIT: %v", err)
+	}
+	env.Daemon.waitLogCount(`msg="upstream session reset and kept for reuse"`, 1)
+
+	sendOne(2)
+	env.Daemon.waitLogCount(`msg="upstream session kept for reuse"`, 2)
+	if n := env.Daemon.countLog(`msg="upstream session reused"`); n != 2 {
+		t.Fatalf("broker reused the upstream session %d times, want 2\n%s", n, env.logs())
+	}
 }

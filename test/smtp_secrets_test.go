@@ -13,7 +13,9 @@ import (
 // and looks for the app password, the client secret and any access token
 // in its log, in clear and in the base64 the client sent them in.
 func TestNoSecretInSMTPLog(t *testing.T) {
-	env := newSMTPSimEnv(t, smtpSimOptions{SMTP: m365sim.SMTPOptions{ErrorChallenge: true}})
+	// Without reuse, so that the last login meets Exchange's refusal rather
+	// than the connection the sessions before it left, logged in.
+	env := newSMTPSimEnv(t, smtpSimOptions{SMTP: m365sim.SMTPOptions{ErrorChallenge: true}, Config: `reuse_idle_timeout = "0s"`})
 	const wrong = "wrong-password-wrong-password-xx"
 	addr := env.Daemon.SMTPAddr
 
