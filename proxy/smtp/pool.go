@@ -95,7 +95,8 @@ type kept struct {
 	timer *time.Timer
 }
 
-// wrap makes a new relay connection of up's one the pool may keep.
+// wrap makes u, a relay connection just logged in with up, one that the
+// pool may keep.
 func (p *pool) wrap(u *slotted, up *proxy.Upstream) *kept {
 	now := time.Now()
 	until := up.Expires
