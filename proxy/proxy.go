@@ -58,8 +58,8 @@ type Upstream struct {
 	BearerRejected func(token string)
 	// Expires is when the access token in SASL expires. An upstream
 	// session kept for reuse after its client left is closed before
-	// then. The zero value means unknown: such a session is kept no
-	// longer than its protocol's idle timeout allows.
+	// then. The zero value means unknown: the protocol then assumes a
+	// short lifetime.
 	Expires time.Time
 }
 

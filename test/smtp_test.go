@@ -77,9 +77,11 @@ func checkReply(t *testing.T, what string, err error, want smtp.SMTPError) {
 
 // TestSMTPExchangeReplies runs what Exchange may answer through one daemon:
 // refusals relayed unchanged, a connection lost during DATA, and SMTP AUTH
-// disabled for the mailbox (last: it stays disabled).
+// disabled for the mailbox (last: it stays disabled). Without reuse, so
+// that the last login meets Exchange's refusal rather than a connection
+// the sessions before it left, logged in.
 func TestSMTPExchangeReplies(t *testing.T) {
-	env := newSMTPSimEnv(t, smtpSimOptions{SMTP: m365sim.SMTPOptions{MaxRecipients: 2}})
+	env := newSMTPSimEnv(t, smtpSimOptions{SMTP: m365sim.SMTPOptions{MaxRecipients: 2}, Config: `reuse_idle_timeout = "0s"`})
 	t.Run("refusals relayed", func(t *testing.T) { testRefusalsRelayed(t, env) })
 	t.Run("upstream lost during DATA", func(t *testing.T) { testUpstreamLostDuringData(t, env) })
 	t.Run("SMTP AUTH disabled", func(t *testing.T) { testAuthDisabledForMailbox(t, env) })
