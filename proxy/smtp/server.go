@@ -246,7 +246,8 @@ var errNoGraphUpstream = &proxy.LoginError{Kind: proxy.KindAccount, Reason: reas
 	Err: errors.New("the account sends through Microsoft Graph, but no Graph upstream is configured")}
 
 // loginUpstream takes a slot of up.Account and opens an upstream connection
-// with up's credentials, which holds the slot until it ends.
+// with up's credentials, which holds the slot until it ends; or it takes a
+// relay connection of the same mailbox that the pool kept, slot and all.
 func (s *Server) loginUpstream(ctx context.Context, tc *proxy.Conn, up *proxy.Upstream) (Upstream, error) {
 	if up.Via == proxy.ViaGraph {
 		if s.opts.GraphDialer == nil {
