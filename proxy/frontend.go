@@ -65,6 +65,16 @@ type FrontendOptions struct {
 	// accepting, after Drain is cancelled: it lets the protocol end its
 	// idle sessions.
 	Stopped func()
+
+	// Greet reads upstream's greeting and capabilities on a new upstream
+	// connection (ConnectUpstream). Nil: the protocol dials upstream
+	// itself (SMTP).
+	Greet func(*Greeted) error
+	// GreetBuffer is the size of the upstream reader until login.
+	GreetBuffer int
+	// WarmConnections is the most upstream connections kept greeted and
+	// ready for logins (WarmPool): 0, none. It needs Greet.
+	WarmConnections int
 }
 
 // Frontend is what the protocol servers (IMAP, POP3, SMTP) build alike
@@ -90,6 +100,14 @@ type Frontend struct {
 	Drain       context.Context
 	cancelDrain context.CancelFunc
 	stopped     func()
+
+	// Warm holds upstream connections ready for logins; nil without
+	// FrontendOptions.WarmConnections.
+	Warm        *WarmPool
+	protocol    Protocol
+	upstream    string
+	greet       func(*Greeted) error
+	greetBuffer int
 }
 
 // Init builds f from o.
@@ -105,6 +123,7 @@ func (f *Frontend) Init(o *FrontendOptions) {
 	f.UpstreamTLS = UpstreamTLSConfig(o.UpstreamTLS, o.Upstream)
 	f.TLS = LocalTLSConfig(o.TLS)
 	f.Pipeline = &LoginPipeline{Auth: o.Auth, Classify: o.Classify, Protocol: o.Protocol, Observer: o.Observer}
+	f.protocol, f.upstream, f.greet, f.greetBuffer = o.Protocol, o.Upstream, o.Greet, o.GreetBuffer
 	f.Srv = NewServer(&ServerOptions{
 		Logger:                   f.Logger,
 		Handle:                   o.Handle,
@@ -116,17 +135,61 @@ func (f *Frontend) Init(o *FrontendOptions) {
 		Protocol:                 o.Protocol,
 		Observer:                 o.Observer,
 	})
+	if o.Greet != nil && o.WarmConnections > 0 {
+		f.Warm = NewWarmPool(&WarmOptions{Size: o.WarmConnections, Logger: f.Logger, Dial: f.dialWarm})
+	}
 }
 
-// Close closes the listeners and every session now.
-func (f *Frontend) Close() error { return f.Srv.Close() }
+// DialUpstream connects to upstream with implicit TLS and reads its
+// greeting and capabilities (FrontendOptions.Greet), under ctx's deadline,
+// which it leaves on the connection.
+func (f *Frontend) DialUpstream(ctx context.Context) (*Greeted, error) {
+	return DialGreeted(ctx, f.upstream, f.UpstreamTLS, f.Limits.DialTimeout, f.greetBuffer, f.greet)
+}
 
-// Shutdown stops accepting, cancels Drain, calls FrontendOptions.Stopped
+// ConnectUpstream returns a warm upstream connection, or dials one
+// (DialUpstream). Call it only once the client's credentials were good:
+// taking a warm connection starts a dial to replace it.
+func (f *Frontend) ConnectUpstream(ctx context.Context) (*Greeted, error) {
+	if g := f.Warm.Take(); g != nil {
+		return g, nil
+	}
+	start := time.Now()
+	g, err := f.DialUpstream(ctx)
+	f.Srv.Observer().UpstreamConnect(f.protocol, time.Since(start), err)
+	return g, err
+}
+
+// dialWarm is the warm pool's dial, bounded as a login's.
+func (f *Frontend) dialWarm(ctx context.Context) (*Greeted, error) {
+	ctx, cancel := context.WithTimeout(ctx, f.Limits.LoginTimeout)
+	defer cancel()
+	start := time.Now()
+	g, err := f.DialUpstream(ctx)
+	f.Srv.Observer().UpstreamConnect(f.protocol, time.Since(start), err)
+	return g, err
+}
+
+// Close closes the listeners, the warm upstream connections and every
+// session now.
+func (f *Frontend) Close() error {
+	f.Warm.Close()
+	return f.Srv.Close()
+}
+
+// Retire tells the server that it gets no more connections (a reload
+// replaced it): it closes its warm upstream connections. Its sessions go
+// on; a login among them dials upstream itself.
+func (f *Frontend) Retire() { f.Warm.Close() }
+
+// Shutdown stops accepting, cancels Drain, closes the warm upstream
+// connections, calls FrontendOptions.Stopped
 // and waits for the sessions to end until ctx is done; then it closes the
 // sessions left and returns ctx's error.
 func (f *Frontend) Shutdown(ctx context.Context) error {
 	return f.Srv.Shutdown(ctx, func() {
 		f.cancelDrain()
+		f.Warm.Close()
 		if f.stopped != nil {
 			f.stopped()
 		}

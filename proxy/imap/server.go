@@ -78,6 +78,10 @@ type Options struct {
 	// Observer is told of sessions, logins, upstream connections and
 	// relayed bytes, for metrics. Nil: none.
 	Observer proxy.Observer
+	// WarmConnections is the most upstream connections kept connected
+	// and greeted, ready for the next logins (proxy.WarmPool; at most
+	// proxy.MaxWarmConnections): 0, none, every login dials.
+	WarmConnections int
 }
 
 // Server accepts local IMAP clients, logs them in upstream and relays
@@ -95,6 +99,7 @@ func NewServer(opts *Options) *Server {
 		Protocol: proxy.IMAP, Logger: o.Logger, Upstream: o.Upstream, UpstreamTLS: o.UpstreamTLS, TLS: o.TLS,
 		Auth: o.Auth, Classify: classifyFailure, Handle: s.handle, Refusal: "* BYE Too many connections",
 		Limiter: o.Limiter, Slots: o.Slots, Observer: o.Observer,
+		Greet: greet, GreetBuffer: upstreamReadBuffer, WarmConnections: min(o.WarmConnections, proxy.MaxWarmConnections),
 		Limits: proxy.Limits{PreAuthTimeout: o.PreAuthTimeout, MaxConnectionsPerMailbox: o.MaxConnectionsPerMailbox,
 			ConnectionWait: o.ConnectionWait, DialTimeout: o.DialTimeout, LoginTimeout: o.LoginTimeout,
 			MaxLoginFailures: o.MaxLoginFailures},

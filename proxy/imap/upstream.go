@@ -75,47 +75,55 @@ func upstreamLoginError(err error) *proxy.LoginError {
 	return upstreamUnavailable(err)
 }
 
-// loginUpstream connects to upstream and logs in with up.SASL.
+// loginUpstream logs in upstream with up.SASL, on a warm connection or a
+// new one.
 func (s *Server) loginUpstream(ctx context.Context, tc *proxy.Conn, up *proxy.Upstream) (*upstreamSession, error) {
 	// ctx allows for the wait for a mailbox slot too.
 	ctx, cancel := context.WithTimeout(ctx, s.Limits.LoginTimeout)
 	defer cancel()
-	start := time.Now()
-	conn, err := proxy.DialTLS(ctx, s.opts.Upstream, s.UpstreamTLS, s.Limits.DialTimeout)
-	s.Srv.Observer().UpstreamConnect(proxy.IMAP, time.Since(start), err)
+	g, err := s.ConnectUpstream(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("connecting to %s: %w", s.opts.Upstream, err)
+		return nil, err
 	}
-	if !tc.Attach(conn) {
+	if !tc.Attach(g.Conn) {
 		return nil, net.ErrClosed
 	}
 	if dl, ok := ctx.Deadline(); ok {
-		conn.SetDeadline(dl)
+		g.Conn.SetDeadline(dl)
 	}
-	u := &upstreamSession{conn: conn, br: bufio.NewReaderSize(conn, upstreamReadBuffer)}
-	start = time.Now()
-	err = u.login(up.SASL)
+	u := &upstreamSession{conn: g.Conn, br: g.Reader}
+	start := time.Now()
+	err = u.login(up.SASL, g.Caps)
 	s.Srv.Observer().UpstreamAuth(proxy.IMAP, time.Since(start), err)
 	if err != nil {
-		conn.Close()
+		g.Close()
 		return nil, err
 	}
-	conn.SetDeadline(time.Time{})
+	g.Conn.SetDeadline(time.Time{})
 	return u, nil
 }
 
-// login reads upstream's greeting and authenticates with c. It leaves
-// upstream's post-login capabilities in u.caps.
-func (u *upstreamSession) login(c sasl.Client) error {
+// greet reads a new connection's greeting and, unless the greeting
+// carries them, its capabilities: all that comes before the login, done
+// ahead of it on a warm connection.
+func greet(g *proxy.Greeted) error {
+	u := &upstreamSession{conn: g.Conn, br: g.Reader}
+	caps, err := u.greet()
+	g.Caps = caps
+	return err
+}
+
+func (u *upstreamSession) greet() ([]string, error) {
 	caps, err := u.greeting()
-	if err != nil {
-		return err
+	if err != nil || caps != nil {
+		return caps, err
 	}
-	if caps == nil {
-		if caps, err = u.capability("A0"); err != nil {
-			return err
-		}
-	}
+	return u.capability("A0")
+}
+
+// login authenticates with c on a greeted connection whose capabilities
+// are caps. It leaves upstream's post-login capabilities in u.caps.
+func (u *upstreamSession) login(c sasl.Client, caps []string) error {
 	if err := u.authenticate("A1", c, hasCap(caps, "SASL-IR")); err != nil {
 		return err
 	}

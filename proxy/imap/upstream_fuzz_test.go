@@ -37,7 +37,9 @@ func FuzzIMAPUpstreamLogin(f *testing.F) {
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
-			u.login(xoauth2.NewClient("user@example.com", "token"))
+			if caps, err := u.greet(); err == nil {
+				u.login(xoauth2.NewClient("user@example.com", "token"), caps)
+			}
 		}()
 		select {
 		case <-done:

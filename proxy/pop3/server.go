@@ -84,6 +84,10 @@ type Options struct {
 	// Observer is told of sessions, logins, upstream connections and
 	// relayed bytes, for metrics. Nil: none.
 	Observer proxy.Observer
+	// WarmConnections is the most upstream connections kept connected
+	// and greeted, ready for the next logins (proxy.WarmPool; at most
+	// proxy.MaxWarmConnections): 0, none, every login dials.
+	WarmConnections int
 }
 
 // Server accepts local POP3 clients, logs them in upstream and relays
@@ -116,6 +120,7 @@ func NewServer(opts *Options) *Server {
 		Protocol: proxy.POP3, Logger: o.Logger, Upstream: o.Upstream, UpstreamTLS: o.UpstreamTLS, TLS: o.TLS,
 		Auth: o.Auth, Classify: classifyFailure, Handle: s.handle, Refusal: "-ERR [SYS/TEMP] Too many connections",
 		Limiter: o.Limiter, Slots: o.Slots, Observer: o.Observer,
+		Greet: s.greet, GreetBuffer: upstreamReadBuffer, WarmConnections: min(o.WarmConnections, proxy.MaxWarmConnections),
 		Limits: proxy.Limits{PreAuthTimeout: o.PreAuthTimeout, MaxConnectionsPerMailbox: o.MaxConnectionsPerMailbox,
 			ConnectionWait: o.ConnectionWait, DialTimeout: o.DialTimeout, LoginTimeout: o.LoginTimeout,
 			MaxLoginFailures: o.MaxLoginFailures},
@@ -145,7 +150,7 @@ func (s *Server) Serve(l net.Listener) error {
 func (s *Server) probe() {
 	ctx, cancel := context.WithTimeout(s.Srv.Context(), s.Limits.LoginTimeout)
 	defer cancel()
-	u, err := s.dial(ctx)
+	g, err := s.DialUpstream(ctx)
 	if err != nil {
 		if s.Srv.Context().Err() == nil {
 			s.Logger.Warn("upstream not reachable; advertising default capabilities until it is",
@@ -153,9 +158,9 @@ func (s *Server) probe() {
 		}
 		return
 	}
-	defer u.conn.Close()
+	defer g.Close()
 	s.Logger.Info("upstream reachable", "upstream", s.opts.Upstream, "capa", strings.Join(*s.caps.Load(), " "))
-	u.quit()
+	(&upstreamConn{conn: g.Conn, br: g.Reader}).quit()
 }
 
 // Shutdown stops accepting and ends the sessions where their clients lose

@@ -61,31 +61,23 @@ type upstreamConn struct {
 	br   *bufio.Reader
 }
 
-// dial connects to upstream with implicit TLS (RFC 8314), reads the
-// greeting and asks for CAPA (RFC 2449), whose answer s keeps for the next
-// clients. It leaves ctx's deadline on the connection.
-func (s *Server) dial(ctx context.Context) (*upstreamConn, error) {
-	c, err := proxy.DialTLS(ctx, s.opts.Upstream, s.UpstreamTLS, s.Limits.DialTimeout)
-	if err != nil {
-		return nil, fmt.Errorf("connecting to %s: %w", s.opts.Upstream, err)
-	}
-	if dl, ok := ctx.Deadline(); ok {
-		c.SetDeadline(dl)
-	}
-	u := &upstreamConn{conn: c, br: bufio.NewReaderSize(c, upstreamReadBuffer)}
+// greet reads a new connection's greeting and asks for CAPA (RFC 2449),
+// whose answer s keeps for the next clients: all that comes before the
+// login, done ahead of it on a warm connection.
+func (s *Server) greet(g *proxy.Greeted) error {
+	u := &upstreamConn{conn: g.Conn, br: g.Reader}
 	if err := u.greeting(); err != nil {
-		c.Close()
-		return nil, err
+		return err
 	}
 	caps, err := u.capa()
 	if err != nil {
-		c.Close()
-		return nil, err
+		return err
 	}
 	if caps != nil {
 		s.learnCaps(caps)
 	}
-	return u, nil
+	g.Caps = caps
+	return nil
 }
 
 // greeting reads upstream's greeting, which must be +OK.
@@ -253,30 +245,32 @@ func classifyFailure(err error) (le *proxy.LoginError, advice string, refusal er
 	return le, advice, rej
 }
 
-// loginUpstream connects to upstream and logs in with up.SASL. ctx allows
-// for the wait for a mailbox slot too.
+// loginUpstream logs in upstream with up.SASL, on a warm connection or a
+// new one. ctx allows for the wait for a mailbox slot too.
 func (s *Server) loginUpstream(ctx context.Context, tc *proxy.Conn, up *proxy.Upstream) (*upstreamConn, error) {
 	if up.SASL == nil {
 		return nil, errNoSASL
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.Limits.LoginTimeout)
 	defer cancel()
-	start := time.Now()
-	u, err := s.dial(ctx)
-	s.Srv.Observer().UpstreamConnect(proxy.POP3, time.Since(start), err)
+	g, err := s.ConnectUpstream(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if !tc.Attach(u.conn) {
+	if !tc.Attach(g.Conn) {
 		return nil, net.ErrClosed
 	}
-	start = time.Now()
+	if dl, ok := ctx.Deadline(); ok {
+		g.Conn.SetDeadline(dl)
+	}
+	u := &upstreamConn{conn: g.Conn, br: g.Reader}
+	start := time.Now()
 	err = u.authenticate(up.SASL)
 	s.Srv.Observer().UpstreamAuth(proxy.POP3, time.Since(start), err)
 	if err != nil {
-		u.conn.Close()
+		g.Close()
 		return nil, err
 	}
-	u.conn.SetDeadline(time.Time{})
+	g.Conn.SetDeadline(time.Time{})
 	return u, nil
 }
