@@ -45,10 +45,17 @@ type stubUpstream struct {
 	logins     atomic.Int32
 	inlineIR   atomic.Int32 // AUTHENTICATE with an initial response
 	continueIR atomic.Int32 // AUTHENTICATE answered after "+"
+	// accepted counts connections; lastAuth is the number (from 1, in
+	// order of acceptance) of the last one that logged in.
+	accepted atomic.Int32
+	lastAuth atomic.Int32
 
 	mu    sync.Mutex
 	conns map[net.Conn]struct{}
-	wg    sync.WaitGroup
+	// authed are the connections logged in; nums, the number of each.
+	authed map[net.Conn]bool
+	nums   map[net.Conn]int32
+	wg     sync.WaitGroup
 }
 
 func defaultStub() *stubUpstream {
@@ -68,6 +75,8 @@ func (s *stubUpstream) start(cert *proxytest.Cert) error {
 	}
 	s.ln, s.cert, s.addr = ln, cert, ln.Addr().String()
 	s.conns = make(map[net.Conn]struct{})
+	s.authed = make(map[net.Conn]bool)
+	s.nums = make(map[net.Conn]int32)
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -76,8 +85,10 @@ func (s *stubUpstream) start(cert *proxytest.Cert) error {
 			if err != nil {
 				return
 			}
+			n := s.accepted.Add(1)
 			s.mu.Lock()
 			s.conns[c] = struct{}{}
+			s.nums[c] = n
 			s.mu.Unlock()
 			s.wg.Add(1)
 			go func() {
@@ -85,10 +96,12 @@ func (s *stubUpstream) start(cert *proxytest.Cert) error {
 				defer func() {
 					s.mu.Lock()
 					delete(s.conns, c)
+					delete(s.authed, c)
+					delete(s.nums, c)
 					s.mu.Unlock()
 					c.Close()
 				}()
-				s.serveConn(c)
+				s.serveConn(c, n)
 			}()
 		}
 	}()
@@ -103,6 +116,42 @@ func (s *stubUpstream) close() {
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
+}
+
+// open returns how many connections are open, and how many of them are
+// logged in.
+func (s *stubUpstream) open() (n, authed int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns), len(s.authed)
+}
+
+// preAuth returns the numbers of the open connections not logged in.
+func (s *stubUpstream) preAuth() []int32 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var ns []int32
+	for c, n := range s.nums {
+		if !s.authed[c] {
+			ns = append(ns, n)
+		}
+	}
+	return ns
+}
+
+// closePreAuth closes the connections not logged in, as an upstream does at
+// its pre-login timeout.
+func (s *stubUpstream) closePreAuth() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for c := range s.conns {
+		if !s.authed[c] {
+			c.Close()
+			n++
+		}
+	}
+	return n
 }
 
 func startStub(t testing.TB, s *stubUpstream) *stubUpstream {
@@ -125,7 +174,7 @@ var fetchPattern = func() []byte {
 	return b
 }()
 
-func (s *stubUpstream) serveConn(c net.Conn) {
+func (s *stubUpstream) serveConn(c net.Conn, n int32) {
 	br := bufio.NewReader(c)
 	write := func(lines ...string) error {
 		_, err := io.WriteString(c, strings.Join(lines, "\r\n")+"\r\n")
@@ -157,7 +206,7 @@ func (s *stubUpstream) serveConn(c net.Conn) {
 				err = write("* CAPABILITY "+s.PreCaps, tag+" OK CAPABILITY completed")
 			}
 		case "AUTHENTICATE":
-			authed, err = s.authenticate(c, tag, args, write, readLine)
+			authed, err = s.authenticate(c, n, tag, args, write, readLine)
 		case "NOOP":
 			err = write(tag + " OK NOOP done by stub")
 		case "IDLE":
@@ -230,7 +279,7 @@ func (s *stubUpstream) fetch(c net.Conn, tag string, n int) error {
 	return err
 }
 
-func (s *stubUpstream) authenticate(c net.Conn, tag, args string, write func(...string) error, readLine func() (string, error)) (bool, error) {
+func (s *stubUpstream) authenticate(c net.Conn, n int32, tag, args string, write func(...string) error, readLine func() (string, error)) (bool, error) {
 	mech, ir, hasIR := strings.Cut(args, " ")
 	if !strings.EqualFold(mech, "XOAUTH2") {
 		return false, write(tag + " NO unsupported mechanism")
@@ -279,6 +328,10 @@ func (s *stubUpstream) authenticate(c net.Conn, tag, args string, write func(...
 		return false, write(tag + " " + reply)
 	}
 	s.logins.Add(1)
+	s.lastAuth.Store(n)
+	s.mu.Lock()
+	s.authed[c] = true
+	s.mu.Unlock()
 	ok := tag + " OK AUTHENTICATE completed."
 	if s.CapsInOK {
 		ok = tag + " OK [CAPABILITY " + s.Caps + "] AUTHENTICATE completed."

@@ -57,6 +57,11 @@ type stub struct {
 	deleted  map[string][]int // user -> message numbers deleted at QUIT
 	lines    []string         // every line received
 	sessions int
+	// preAuth are the numbers (from 1, in order of acceptance) of the
+	// connections open and not logged in; lastLogin, of the last one
+	// that logged in.
+	preAuth   map[int]bool
+	lastLogin int
 }
 
 func startStub(t *testing.T, cfg *stubConfig) *stub {
@@ -66,7 +71,7 @@ func startStub(t *testing.T, cfg *stubConfig) *stub {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &stub{t: t, cfg: cfg, ln: ln, addr: ln.Addr().String(), pool: cert, deleted: map[string][]int{}}
+	s := &stub{t: t, cfg: cfg, ln: ln, addr: ln.Addr().String(), pool: cert, deleted: map[string][]int{}, preAuth: map[int]bool{}}
 	var wg sync.WaitGroup
 	t.Cleanup(func() { ln.Close(); wg.Wait() })
 	wg.Go(func() {
@@ -90,6 +95,24 @@ func (s *stub) Logins() int {
 	return s.logins
 }
 
+// PreAuth returns the numbers of the connections open and not logged in.
+func (s *stub) PreAuth() []int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var ns []int
+	for n := range s.preAuth {
+		ns = append(ns, n)
+	}
+	return ns
+}
+
+// LastLogin returns the number of the last connection that logged in.
+func (s *stub) LastLogin() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lastLogin
+}
+
 func (s *stub) Deleted(user string) []int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -106,7 +129,14 @@ func (s *stub) serve(c net.Conn) {
 	c.SetDeadline(time.Now().Add(30 * time.Second))
 	s.mu.Lock()
 	s.sessions++
+	n := s.sessions
+	s.preAuth[n] = true
 	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.preAuth, n)
+		s.mu.Unlock()
+	}()
 	r := bufio.NewReader(c)
 	w := bufio.NewWriter(c)
 	reply := func(lines ...string) bool {
@@ -181,6 +211,8 @@ func (s *stub) serve(c net.Conn) {
 			user, msgs, dele = u, s.cfg.messages[u], map[int]bool{}
 			s.mu.Lock()
 			s.logins++
+			s.lastLogin = n
+			delete(s.preAuth, n)
 			s.mu.Unlock()
 			reply("+OK User successfully authenticated.")
 		case user == "":
