@@ -111,6 +111,10 @@ type IMAP struct {
 	// of its mailbox before the client gets NO [UNAVAILABLE]
 	// (connection_wait, up to 10m). Default 30s.
 	ConnectionWait time.Duration
+	// WarmConnections is the most upstream connections kept connected
+	// and greeted for the next logins (warm_connections, 0 to 16; 0:
+	// none). Default 4.
+	WarmConnections int
 }
 
 // SMTP is the [smtp] section.

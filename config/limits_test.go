@@ -43,3 +43,14 @@ func TestIMAPMailboxSettings(t *testing.T) {
 		t.Fatalf("got IMAP %+v, want 5 and 2s", i)
 	}
 }
+
+func TestWarmConnections(t *testing.T) {
+	cfg := mustParse(t, t.TempDir(), "[imap]\n[pop3]\n")
+	if cfg.IMAP.WarmConnections != DefaultWarmConnections || cfg.POP3.WarmConnections != DefaultWarmConnections {
+		t.Fatalf("warm connections %d and %d, want the default %d", cfg.IMAP.WarmConnections, cfg.POP3.WarmConnections, DefaultWarmConnections)
+	}
+	cfg = mustParse(t, t.TempDir(), "[imap]\nwarm_connections = 0\n[pop3]\nwarm_connections = 16\n")
+	if cfg.IMAP.WarmConnections != 0 || cfg.POP3.WarmConnections != 16 {
+		t.Fatalf("warm connections %d and %d, want 0 and 16", cfg.IMAP.WarmConnections, cfg.POP3.WarmConnections)
+	}
+}

@@ -16,6 +16,7 @@ func (v *validator) imap(raw *rawIMAP, apps []*App) *IMAP {
 	l := &IMAP{Listener: *v.listener(section, defaultIMAPListen, &raw.rawListener, apps, func(c *Cloud) string { return c.IMAPHost })}
 	l.MaxConnectionsPerMailbox, l.ConnectionWait = v.mailboxConnections(section, raw.MaxConnectionsPerMailbox, raw.ConnectionWait,
 		DefaultIMAPMaxConnectionsPerMailbox, DefaultIMAPConnectionWait)
+	l.WarmConnections = v.warmConnections(section, raw.WarmConnections)
 	return l
 }
 

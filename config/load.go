@@ -83,6 +83,7 @@ type rawIMAP struct {
 	rawListener
 	MaxConnectionsPerMailbox number `toml:"max_connections_per_mailbox"`
 	ConnectionWait           text   `toml:"connection_wait"`
+	WarmConnections          number `toml:"warm_connections"`
 }
 
 type rawSMTP struct {

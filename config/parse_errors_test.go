@@ -81,6 +81,8 @@ func TestParseErrors(t *testing.T) {
 		{"max connections negative", "[smtp]\nmax_connections_per_mailbox = -3 #<\n", "smtp.max_connections_per_mailbox", "-3 is out of range"},
 		{"max connections string", "[smtp]\nmax_connections_per_mailbox = \"3\" #<\n", "smtp.max_connections_per_mailbox", "must be an integer, not string"},
 		{"max connections float", "[smtp]\nmax_connections_per_mailbox = 3.0 #<\n", "smtp.max_connections_per_mailbox", "must be an integer, not float"},
+		{"warm connections negative", "[imap]\nwarm_connections = -1 #<\n", "imap.warm_connections", "-1 is out of range: 0 (none) to 16"},
+		{"warm connections too many", "[pop3]\nwarm_connections = 17 #<\n", "pop3.warm_connections", "17 is out of range"},
 		{"connection wait integer", "[smtp]\nconnection_wait = 30 #<\n", "smtp.connection_wait", `must be a duration such as "30s", not integer`},
 		{"connection wait without unit", "[smtp]\nconnection_wait = \"30\" #<\n", "smtp.connection_wait", `"30" is not a duration`},
 		{"connection wait zero", "[smtp]\nconnection_wait = \"0s\" #<\n", "smtp.connection_wait", "0s is out of range"},

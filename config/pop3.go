@@ -23,6 +23,7 @@ const (
 //	upstream_ca_file = ""
 //	max_connections_per_mailbox = 16
 //	connection_wait = "30s"
+//	warm_connections = 4                 # 0: every login connects upstream
 //
 // With [pop3], delegated accounts' default scopes include
 // POP.AccessAsUser.All (AccountScopes); app-only tokens carry
@@ -36,12 +37,17 @@ type POP3 struct {
 	// session of its mailbox before the client gets -ERR [IN-USE]
 	// (connection_wait, up to 10m). Default 30s.
 	ConnectionWait time.Duration
+	// WarmConnections is the most upstream connections kept connected
+	// and greeted for the next logins (warm_connections, 0 to 16; 0:
+	// none). Default 4.
+	WarmConnections int
 }
 
 type rawPOP3 struct {
 	rawListener
 	MaxConnectionsPerMailbox number `toml:"max_connections_per_mailbox"`
 	ConnectionWait           text   `toml:"connection_wait"`
+	WarmConnections          number `toml:"warm_connections"`
 }
 
 func (v *validator) pop3(raw *rawPOP3, apps []*App) *POP3 {
@@ -49,6 +55,7 @@ func (v *validator) pop3(raw *rawPOP3, apps []*App) *POP3 {
 	p := &POP3{Listener: *v.listener(section, defaultPOP3Listen, &raw.rawListener, apps, func(c *Cloud) string { return c.POPHost })}
 	p.MaxConnectionsPerMailbox, p.ConnectionWait = v.mailboxConnections(section, raw.MaxConnectionsPerMailbox, raw.ConnectionWait,
 		DefaultPOP3MaxConnectionsPerMailbox, DefaultPOP3ConnectionWait)
+	p.WarmConnections = v.warmConnections(section, raw.WarmConnections)
 	return p
 }
 

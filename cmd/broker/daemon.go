@@ -88,6 +88,8 @@ type server interface {
 	Shutdown(context.Context) error
 	Close() error
 	Sessions() int
+	// Retire: a reload replaced the server (proxy.Frontend.Retire).
+	Retire()
 }
 
 type protoServer struct {
@@ -235,6 +237,7 @@ func (d *daemon) setupIMAP(ic *config.IMAP) error {
 			ConnectionWait:           ic.ConnectionWait,
 			Slots:                    d.slotsFor("imap", ic.MaxConnectionsPerMailbox),
 			Observer:                 d.metrics,
+			WarmConnections:          ic.WarmConnections,
 		})
 		return d.imap.Serve, nil
 	})

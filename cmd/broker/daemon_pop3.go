@@ -29,6 +29,7 @@ func (d *daemon) setupPOP3(pc *config.POP3) error {
 			ConnectionWait:           pc.ConnectionWait,
 			Slots:                    d.slotsFor("pop3", pc.MaxConnectionsPerMailbox),
 			Observer:                 d.metrics,
+			WarmConnections:          pc.WarmConnections,
 		})
 		return d.pop3.Serve, nil
 	})

@@ -132,7 +132,8 @@ func (d *daemon) applyReload() (string, error) {
 	nd.applySlots()
 	var added, removed []string
 	d.live.mu.Lock()
-	d.live.retired = append(d.live.retired, d.serversLocked()...)
+	retired := d.serversLocked()
+	d.live.retired = append(d.live.retired, retired...)
 	if d.smtp != nil {
 		// Its kept upstream connections would hold their mailboxes' slots
 		// with no new session to take them; the new server keeps its own.
@@ -167,6 +168,11 @@ func (d *daemon) applyReload() (string, error) {
 	}
 	d.live.bound = bound
 	d.live.mu.Unlock()
+	// The new servers warm their own upstream connections, to the
+	// upstream the new configuration names.
+	for _, s := range retired {
+		s.Retire()
+	}
 	d.reapRetired()
 
 	var b strings.Builder
