@@ -33,6 +33,13 @@ type DovecotOptions struct {
 	// POP3 also serves POP3 with implicit TLS on POP3Addr, with the same
 	// XOAUTH2 validation as IMAP. It needs Debian's dovecot-pop3d.
 	POP3 bool
+
+	// ReuseLoginProcesses runs Dovecot's login processes in its
+	// high-performance mode (service_count = 0): one process serves many
+	// connections, so TLS sessions resume across them, as a large
+	// service's do. By default each connection gets a process of its own,
+	// whose ticket keys die with it.
+	ReuseLoginProcesses bool
 }
 
 // Dovecot is a running private Dovecot instance: IMAP (and, with

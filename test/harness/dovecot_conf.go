@@ -76,6 +76,9 @@ namespace inbox {
 }
 
 service imap-login {
+{{- if .ReuseLogin}}
+  service_count = 0
+{{- end}}
   inet_listener imap {
     port = 0
   }
@@ -87,6 +90,9 @@ service imap-login {
 }
 {{- if .POP3Port}}
 service pop3-login {
+{{- if .ReuseLogin}}
+  service_count = 0
+{{- end}}
   inet_listener pop3 {
     port = 0
   }
@@ -129,6 +135,7 @@ type dovecotConfData struct {
 	IMAPPort, LMTPPort int
 	POP3Port           int // 0: no POP3
 	SocketUser         string
+	ReuseLogin         bool
 }
 
 // oauth2Conf is the args file of the oauth2 passdb, validating JWTs

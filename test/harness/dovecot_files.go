@@ -27,7 +27,7 @@ func (d *Dovecot) writeFiles(opts DovecotOptions) (dovecotConfData, error) {
 	if err != nil {
 		return conf, err
 	}
-	conf = dovecotConfData{Dir: d.Dir, Name: filepath.Base(d.Dir), UID: uid, GID: gid}
+	conf = dovecotConfData{Dir: d.Dir, Name: filepath.Base(d.Dir), UID: uid, GID: gid, ReuseLogin: opts.ReuseLoginProcesses}
 	if _, err := user.Lookup("postfix"); err == nil {
 		conf.SocketUser = "postfix"
 	}
