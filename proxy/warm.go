@@ -75,9 +75,10 @@ type WarmPool struct {
 // parked is one connection of the pool. claimed is set, under the pool's
 // mutex, by whoever removes it: Take, its expiry, Close or its watcher.
 type parked struct {
-	g       *Greeted
-	expiry  *time.Timer
-	claimed bool
+	g        *Greeted
+	parkedAt time.Time
+	expiry   *time.Timer
+	claimed  bool
 	// done is closed when the watcher's read returns, with its error.
 	done chan struct{}
 	err  error
@@ -138,16 +139,17 @@ func (p *WarmPool) claim() *parked {
 }
 
 // stopWatch ends w's watcher and returns w's connection if it is still
-// good: the watcher's read was interrupted, nothing arrived. Upstream
+// good: the watcher's read was interrupted, nothing arrived, and nothing
+// waits in the socket (what arrived as the read was interrupted). Upstream
 // sends nothing unasked before login but a farewell before closing.
 func (w *parked) stopWatch() *Greeted {
 	w.g.Conn.SetReadDeadline(longAgo)
 	<-w.done
-	if !IsTimeout(w.err) {
+	w.g.Conn.SetReadDeadline(time.Time{})
+	if !IsTimeout(w.err) || !socketQuiet(w.g.Conn.NetConn()) {
 		w.g.Close()
 		return nil
 	}
-	w.g.Conn.SetReadDeadline(time.Time{})
 	return w.g
 }
 
@@ -188,7 +190,7 @@ func (p *WarmPool) dial() {
 		return
 	}
 	g.Conn.SetDeadline(time.Time{})
-	w := &parked{g: g, done: make(chan struct{})}
+	w := &parked{g: g, parkedAt: time.Now(), done: make(chan struct{})}
 	w.expiry = time.AfterFunc(p.o.MaxAge, func() { p.expire(w) })
 	p.parked = append(p.parked, w)
 	p.wg.Add(1)
@@ -196,20 +198,25 @@ func (p *WarmPool) dial() {
 }
 
 // watch reads w until upstream closes it or says something (its farewell),
-// or Take interrupts the read.
+// or Take interrupts the read. A connection upstream ended is not replaced
+// until the next Take: an upstream that ends them at once must not make
+// the pool dial in a loop.
 func (p *WarmPool) watch(w *parked) {
 	defer p.wg.Done()
 	_, w.err = w.g.Reader.Peek(1)
 	close(w.done)
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	if w.claimed {
-		p.mu.Unlock()
 		return
 	}
 	p.removeLocked(w)
-	p.mu.Unlock()
 	w.g.Close()
-	p.refill()
+	if now := time.Now(); now.Sub(p.lastLog) >= warmLogEvery {
+		p.lastLog = now
+		p.log.Warn("upstream ended a warm connection before its time; logins may connect themselves",
+			"age", now.Sub(w.parkedAt).Round(time.Millisecond), "max_age", p.o.MaxAge)
+	}
 }
 
 // expire replaces w at its maximum age, unless no login came for Idle.
@@ -248,6 +255,16 @@ func (p *WarmPool) Parked() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return len(p.parked)
+}
+
+// Dialing returns how many connections are being dialled now.
+func (p *WarmPool) Dialing() int {
+	if p == nil {
+		return 0
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.dialing
 }
 
 // Close closes the parked connections, interrupts the dials under way and

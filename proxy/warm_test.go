@@ -22,7 +22,14 @@ type greeter struct {
 	closed   chan int
 }
 
-func startGreeter(t *testing.T, silent bool) *greeter {
+// greeter modes: greet and wait, stay silent, greet and hang up.
+const (
+	greet = iota
+	silent
+	hangUp
+)
+
+func startGreeter(t *testing.T, mode int) *greeter {
 	t.Helper()
 	cert := proxytest.MustCert(t)
 	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert.Cert}})
@@ -43,10 +50,12 @@ func startGreeter(t *testing.T, silent bool) *greeter {
 			g.accepted <- n
 			go func() {
 				defer func() { c.Close(); g.closed <- n }()
-				if !silent {
+				if mode != silent {
 					io.WriteString(c, "* OK hello\r\n")
 				}
-				io.Copy(io.Discard, c)
+				if mode != hangUp {
+					io.Copy(io.Discard, c)
+				}
 			}()
 		}
 	}()
@@ -86,7 +95,7 @@ func TestWarmPoolMaxAge(t *testing.T) {
 		{"idle", time.Nanosecond, false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			g := startGreeter(t, false)
+			g := startGreeter(t, greet)
 			p := g.pool(proxy.WarmOptions{Size: 2, MaxAge: 50 * time.Millisecond, Idle: tt.idle})
 			defer p.Close()
 			if c := p.Take(); c != nil {
@@ -119,7 +128,7 @@ func TestWarmPoolMaxAge(t *testing.T) {
 // TestWarmPoolCloseInterruptsDial: Close does not wait for a greeting that
 // never comes, and leaves nothing open.
 func TestWarmPoolCloseInterruptsDial(t *testing.T) {
-	g := startGreeter(t, true)
+	g := startGreeter(t, silent)
 	p := g.pool(proxy.WarmOptions{Size: 1})
 	p.Take()
 	n := next(t, "the dial", g.accepted)
@@ -135,6 +144,28 @@ func TestWarmPoolCloseInterruptsDial(t *testing.T) {
 	}
 	if c := p.Take(); c != nil {
 		t.Fatal("a closed pool returned a connection")
+	}
+}
+
+// TestWarmPoolUpstreamHangsUp: connections upstream ends are not replaced
+// until the next Take, however fast upstream ends them.
+func TestWarmPoolUpstreamHangsUp(t *testing.T) {
+	g := startGreeter(t, hangUp)
+	p := g.pool(proxy.WarmOptions{Size: 2})
+	// The first Take finds none and wants one; the second, two.
+	for take, dials := 1, 1; take <= 2; take, dials = take+1, dials+1 {
+		if c := p.Take(); c != nil {
+			t.Fatal("Take returned a connection upstream ended")
+		}
+		for range dials {
+			next(t, "a dial", g.accepted)
+			next(t, "upstream to hang up", g.closed)
+		}
+		proxytest.WaitFor(t, "the pool to drop them", func() bool { return p.Parked() == 0 && p.Dialing() == 0 })
+	}
+	p.Close()
+	if n := len(g.accepted); n != 0 {
+		t.Fatalf("%d more dials after the Takes, want none", n)
 	}
 }
 
