@@ -70,7 +70,7 @@ type FrontendOptions struct {
 	// connection (ConnectUpstream). Nil: the protocol dials upstream
 	// itself (SMTP).
 	Greet func(*Greeted) error
-	// GreetBuffer is the size of the upstream reader until login.
+	// GreetBuffer is the size of the upstream reader until login: 0, 4 KiB.
 	GreetBuffer int
 	// WarmConnections is the most upstream connections kept greeted and
 	// ready for logins (WarmPool): 0, none. It needs Greet.

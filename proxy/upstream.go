@@ -40,10 +40,13 @@ type Greeted struct {
 // peer not reading could block.
 func (g *Greeted) Close() { g.Conn.NetConn().Close() }
 
+// defaultGreetBuffer is DialGreeted's reader size when none is given.
+const defaultGreetBuffer = 4 << 10
+
 // DialGreeted connects to addr with implicit TLS (DialTLS, bounded by
-// timeout) and has greet read the greeting and the capabilities, under
-// ctx's deadline, which it leaves on the connection. Cancelling ctx
-// interrupts greet.
+// timeout) and has greet read the greeting and the capabilities through a
+// reader of bufSize bytes (0: 4 KiB), under ctx's deadline, which it
+// leaves on the connection. Cancelling ctx interrupts greet.
 func DialGreeted(ctx context.Context, addr string, cfg *tls.Config, timeout time.Duration, bufSize int, greet func(*Greeted) error) (*Greeted, error) {
 	c, err := DialTLS(ctx, addr, cfg, timeout)
 	if err != nil {
@@ -51,6 +54,9 @@ func DialGreeted(ctx context.Context, addr string, cfg *tls.Config, timeout time
 	}
 	if dl, ok := ctx.Deadline(); ok {
 		c.SetDeadline(dl)
+	}
+	if bufSize <= 0 {
+		bufSize = defaultGreetBuffer
 	}
 	g := &Greeted{Conn: c, Reader: bufio.NewReaderSize(c, bufSize)}
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(longAgo) })
