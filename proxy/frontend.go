@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"log/slog"
+	"net"
 	"time"
 )
 
@@ -160,6 +161,32 @@ func (f *Frontend) ConnectUpstream(ctx context.Context) (*Greeted, error) {
 	return g, err
 }
 
+// LoginOnUpstream connects to upstream (ConnectUpstream), ties the
+// connection to tc's lifetime and runs login on it under ctx's deadline, as
+// the upstream authentication Observer is told of. A connection whose
+// login failed is closed.
+func (f *Frontend) LoginOnUpstream(ctx context.Context, tc *Conn, login func(*Greeted) error) error {
+	g, err := f.ConnectUpstream(ctx)
+	if err != nil {
+		return err
+	}
+	if !tc.Attach(g.Conn) {
+		return net.ErrClosed
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		g.Conn.SetDeadline(dl)
+	}
+	start := time.Now()
+	err = login(g)
+	f.Srv.Observer().UpstreamAuth(f.protocol, time.Since(start), err)
+	if err != nil {
+		g.Close()
+		return err
+	}
+	g.Conn.SetDeadline(time.Time{})
+	return nil
+}
+
 // dialWarm is the warm pool's dial, bounded as a login's.
 func (f *Frontend) dialWarm(ctx context.Context) (*Greeted, error) {
 	ctx, cancel := context.WithTimeout(ctx, f.Limits.LoginTimeout)
@@ -183,9 +210,9 @@ func (f *Frontend) Close() error {
 func (f *Frontend) Retire() { f.Warm.Close() }
 
 // Shutdown stops accepting, cancels Drain, closes the warm upstream
-// connections, calls FrontendOptions.Stopped
-// and waits for the sessions to end until ctx is done; then it closes the
-// sessions left and returns ctx's error.
+// connections, calls FrontendOptions.Stopped and waits for the sessions to
+// end until ctx is done; then it closes the sessions left and returns ctx's
+// error.
 func (f *Frontend) Shutdown(ctx context.Context) error {
 	return f.Srv.Shutdown(ctx, func() {
 		f.cancelDrain()

@@ -81,25 +81,14 @@ func (s *Server) loginUpstream(ctx context.Context, tc *proxy.Conn, up *proxy.Up
 	// ctx allows for the wait for a mailbox slot too.
 	ctx, cancel := context.WithTimeout(ctx, s.Limits.LoginTimeout)
 	defer cancel()
-	g, err := s.ConnectUpstream(ctx)
+	var u *upstreamSession
+	err := s.LoginOnUpstream(ctx, tc, func(g *proxy.Greeted) error {
+		u = &upstreamSession{conn: g.Conn, br: g.Reader}
+		return u.login(up.SASL, g.Caps)
+	})
 	if err != nil {
 		return nil, err
 	}
-	if !tc.Attach(g.Conn) {
-		return nil, net.ErrClosed
-	}
-	if dl, ok := ctx.Deadline(); ok {
-		g.Conn.SetDeadline(dl)
-	}
-	u := &upstreamSession{conn: g.Conn, br: g.Reader}
-	start := time.Now()
-	err = u.login(up.SASL, g.Caps)
-	s.Srv.Observer().UpstreamAuth(proxy.IMAP, time.Since(start), err)
-	if err != nil {
-		g.Close()
-		return nil, err
-	}
-	g.Conn.SetDeadline(time.Time{})
 	return u, nil
 }
 

@@ -253,24 +253,13 @@ func (s *Server) loginUpstream(ctx context.Context, tc *proxy.Conn, up *proxy.Up
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.Limits.LoginTimeout)
 	defer cancel()
-	g, err := s.ConnectUpstream(ctx)
+	var u *upstreamConn
+	err := s.LoginOnUpstream(ctx, tc, func(g *proxy.Greeted) error {
+		u = &upstreamConn{conn: g.Conn, br: g.Reader}
+		return u.authenticate(up.SASL)
+	})
 	if err != nil {
 		return nil, err
 	}
-	if !tc.Attach(g.Conn) {
-		return nil, net.ErrClosed
-	}
-	if dl, ok := ctx.Deadline(); ok {
-		g.Conn.SetDeadline(dl)
-	}
-	u := &upstreamConn{conn: g.Conn, br: g.Reader}
-	start := time.Now()
-	err = u.authenticate(up.SASL)
-	s.Srv.Observer().UpstreamAuth(proxy.POP3, time.Since(start), err)
-	if err != nil {
-		g.Close()
-		return nil, err
-	}
-	g.Conn.SetDeadline(time.Time{})
 	return u, nil
 }
