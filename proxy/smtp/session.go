@@ -319,9 +319,16 @@ func (s *session) Data(r io.Reader) (err error) {
 	u, tx := s.up, s.tx
 	s.inData = true
 	s.mu.Unlock()
+	// Once upstream said go-ahead, the transaction ends with the message
+	// whatever happens; a refused DATA leaves it open upstream, for the
+	// Reset go-smtp calls next to end with RSET.
+	started := false
 	defer func() {
 		s.mu.Lock()
-		s.inData, s.tx = false, nil
+		s.inData = false
+		if started {
+			s.tx = nil
+		}
 		s.mu.Unlock()
 	}()
 	if u == nil || tx == nil {
@@ -332,6 +339,7 @@ func (s *session) Data(r io.Reader) (err error) {
 	if err != nil {
 		return s.relayError(u, "DATA", err)
 	}
+	started = true
 	n, rerr, werr := s.readMessage(w, r)
 	s.cl.srv.Srv.Observer().BytesRelayed(proxy.SMTP, proxy.Up, n)
 	attrs := []any{"account", s.account, "from", tx.from, "rcpts", len(tx.rcpts), "bytes", n}
