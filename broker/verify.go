@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"runtime"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,8 +29,7 @@ type passwords struct {
 	// (see argonbound.go). A login waits at most maxWait for a slot.
 	sem      chan struct{}
 	maxWait  time.Duration
-	collect  func() // after each run: runtime.GC
-	mem      *memReturner
+	collect  func() // after each run: debug.FreeOSMemory
 	cache    *successCache
 	flights  singleflight.Group
 	throttle *throttle
@@ -59,13 +58,12 @@ func newPasswords(life *lifecycle, st store.Store, now func() time.Time, log *sl
 		life: life, store: st, now: now, log: log,
 		sem:      make(chan struct{}, argonSlots(cores)),
 		maxWait:  argonMaxWait,
-		collect:  runtime.GC,
+		collect:  debug.FreeOSMemory,
 		cache:    newSuccessCache(),
 		throttle: newThrottle(throttleMaxKeys),
 		sleep:    throttleSleep,
 		touched:  make(map[string]time.Time),
 	}
-	p.mem = newMemReturner(func() bool { return len(p.sem) > 0 })
 	p.setParams(defaultArgon)
 	return p
 }
@@ -261,9 +259,6 @@ func (p *passwords) release() {
 		p.collect()
 	}
 	<-p.sem
-	if len(p.sem) == 0 {
-		p.mem.idle()
-	}
 }
 
 // touch records a use in the store, in the background and at most once a

@@ -3,6 +3,7 @@ package test
 import (
 	"bufio"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -41,7 +42,7 @@ const (
 
 // throttleBound is the stated bound on broker's resident growth under a
 // flood of wrong passwords: argon2 runs on at most ⌈cores/2⌉ slots, each
-// 19 MiB, reused run after run (broker collects after each), plus
+// 19 MiB, returned to the OS after each run (broker/argonbound.go), plus
 // throttleRSSSlack; 35 MiB on 2 cores. Measured on 2 cores: +20.6 MiB.
 func throttleBound() int64 {
 	slots := max(1, (runtime.GOMAXPROCS(0)+1)/2)
@@ -77,6 +78,9 @@ type floodConn struct {
 	tag  int
 }
 
+// errTooManyConns is a connection refused at a connection cap.
+var errTooManyConns = errors.New("refused: too many connections")
+
 func dialFloodConn(addr string) (*floodConn, error) {
 	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
@@ -87,6 +91,9 @@ func dialFloodConn(addr string) (*floodConn, error) {
 	line, err := c.r.ReadString('\n')
 	if err != nil || !strings.HasPrefix(line, "* OK") {
 		conn.Close()
+		if strings.HasPrefix(line, "* BYE Too many connections") {
+			return nil, errTooManyConns
+		}
 		return nil, fmt.Errorf("greeting %q: %v", line, err)
 	}
 	return c, nil
@@ -170,8 +177,13 @@ func TestWrongPasswordFlood(t *testing.T) {
 	rightLogin := func() (time.Duration, error) {
 		start := time.Now()
 		c, err := dialFloodConn(d.IMAPAddr)
+		for errors.Is(err, errTooManyConns) && time.Since(start) < time.Second {
+			// Refused in a wave of the attacker's redials (see below);
+			// the time until a session counts against the bound.
+			c, err = dialFloodConn(d.IMAPAddr)
+		}
 		if err != nil {
-			return 0, err
+			return time.Since(start), err
 		}
 		defer c.conn.Close()
 		reply, err := c.login(mailbox, env.Password)
@@ -254,8 +266,16 @@ func TestWrongPasswordFlood(t *testing.T) {
 					}
 					var err error
 					if c, err = dialFloodConn(d.IMAPAddr); err != nil {
-						errs <- err
 						c = nil
+						if errors.Is(err, errTooManyConns) {
+							// A wave of sessions ending at their third
+							// failure and redialled at once can find the
+							// old ones still counted against the source:
+							// the cap at work. No password was sent.
+							sent.Add(-1)
+							continue
+						}
+						errs <- err
 						continue
 					}
 				}
