@@ -134,11 +134,6 @@ func (d *daemon) applyReload() (string, error) {
 	d.live.mu.Lock()
 	retired := d.serversLocked()
 	d.live.retired = append(d.live.retired, retired...)
-	if d.smtp != nil {
-		// Its kept upstream connections would hold their mailboxes' slots
-		// with no new session to take them; the new server keeps its own.
-		d.smtp.StopReuse()
-	}
 	d.imap, d.smtp, d.pop3 = nd.imap, nd.smtp, nd.pop3
 	d.cfg = cfg
 	var bound []*boundListener
@@ -168,8 +163,8 @@ func (d *daemon) applyReload() (string, error) {
 	}
 	d.live.bound = bound
 	d.live.mu.Unlock()
-	// The new servers warm their own upstream connections, to the
-	// upstream the new configuration names.
+	// The new servers warm and keep their own upstream connections, to
+	// the upstream the new configuration names.
 	for _, s := range retired {
 		s.Retire()
 	}

@@ -317,20 +317,20 @@ func TestSMTPShutdownQuitsKept(t *testing.T) {
 	proxytest.WaitFor(t, "the slot to be freed", func() bool { return srv.UpstreamConnections(sender) == 0 })
 }
 
-// TestSMTPStopReuse: a server that a reload replaced quits its kept
+// TestSMTPRetireStopsReuse: a server that a reload replaced quits its kept
 // connections and keeps no more.
-func TestSMTPStopReuse(t *testing.T) {
+func TestSMTPRetireStopsReuse(t *testing.T) {
 	up := startSMTPStub(t, &smtpStub{})
 	srv, addr, _ := startSMTPProxy(t, Options{}, up, nil)
 	sendOnce(t, addr, sender)
 	waitKept(t, srv, sender, 1)
-	srv.StopReuse()
+	srv.Retire()
 	waitUpstreamGone(t, up, sender)
 	sendOnce(t, addr, sender)
 	proxytest.WaitFor(t, "the session to end", func() bool { return srv.Sessions() == 0 })
 	waitUpstreamGone(t, up, sender)
 	if n := keptIdle(srv, sender); n != 0 {
-		t.Fatalf("kept connections after StopReuse: got %d, want 0", n)
+		t.Fatalf("kept connections after Retire: got %d, want 0", n)
 	}
 }
 

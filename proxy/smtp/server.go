@@ -302,11 +302,16 @@ func (s *Server) Close() error {
 	return s.Frontend.Close()
 }
 
-// StopReuse quits the upstream connections kept for reuse, without
-// waiting, and keeps none from now on: a reload replaced the server, whose
-// kept connections would hold their mailboxes' slots with no session left
-// to take them.
-func (s *Server) StopReuse() {
+// Retire tells the server that a reload replaced it: besides
+// proxy.Frontend.Retire, it quits the upstream connections kept for reuse,
+// without waiting, and keeps none from now on, as they would hold their
+// mailboxes' slots with no session left to take them.
+func (s *Server) Retire() {
+	s.stopReuse()
+	s.Frontend.Retire()
+}
+
+func (s *Server) stopReuse() {
 	if s.pool != nil {
 		s.pool.close(false)
 	}
@@ -315,7 +320,7 @@ func (s *Server) StopReuse() {
 // closeIdle, once the server stops accepting, closes the idle sessions
 // and marks those to come as closing.
 func (s *Server) closeIdle() {
-	s.StopReuse()
+	s.stopReuse()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.closing = true
