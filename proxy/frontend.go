@@ -74,7 +74,8 @@ type FrontendOptions struct {
 	// GreetBuffer is the size of the upstream reader until login: 0, 4 KiB.
 	GreetBuffer int
 	// WarmConnections is the most upstream connections kept greeted and
-	// ready for logins (WarmPool): 0, none. It needs Greet.
+	// ready for logins (WarmPool), at most MaxWarmConnections: 0, none.
+	// It needs Greet.
 	WarmConnections int
 }
 
@@ -137,7 +138,7 @@ func (f *Frontend) Init(o *FrontendOptions) {
 		Observer:                 o.Observer,
 	})
 	if o.Greet != nil && o.WarmConnections > 0 {
-		f.Warm = NewWarmPool(&WarmOptions{Size: o.WarmConnections, Logger: f.Logger, Dial: f.dialWarm})
+		f.Warm = NewWarmPool(&WarmOptions{Size: min(o.WarmConnections, MaxWarmConnections), Logger: f.Logger, Dial: f.dialWarm})
 	}
 }
 

@@ -211,8 +211,14 @@ func (s *Server) refuse(c net.Conn, reason string) {
 // is ErrSlotWait. The release function frees the slot; it may be called
 // more than once.
 func (s *Server) TakeSlot(ctx context.Context, c *Conn, account string) (release func(), err error) {
+	return s.TakeSlotSince(ctx, c, account, time.Now())
+}
+
+// TakeSlotSince is TakeSlot for a wait that began at since and that this
+// call resumes: it ends ConnectionWait after since, however often resumed.
+func (s *Server) TakeSlotSince(ctx context.Context, c *Conn, account string, since time.Time) (release func(), err error) {
 	start := time.Now()
-	release, err = s.slots.acquireWithin(ctx, account, s.wait)
+	release, err = s.slots.acquireWithin(ctx, account, s.wait-start.Sub(since))
 	s.obs.SlotWait(s.proto, time.Since(start))
 	if errors.Is(err, ErrSlotWait) {
 		s.logger.Warn("connection refused", "reason", refusedPerMailbox, "remote", c.conn.RemoteAddr().String(),

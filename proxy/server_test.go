@@ -1,9 +1,14 @@
 package proxy
 
 import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
 	"net"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestSessionIDs(t *testing.T) {
@@ -43,5 +48,28 @@ func TestConnDetach(t *testing.T) {
 	tc.Attach(kept)
 	if tc.Detach(kept) || kept.n != 1 {
 		t.Fatalf("after Close: Attach must close at once (got %d closes) and Detach fail", kept.n)
+	}
+}
+
+// TestTakeSlotSince: a resumed wait ends ConnectionWait after it began,
+// not after the call that resumes it.
+func TestTakeSlotSince(t *testing.T) {
+	const wait = 300 * time.Millisecond
+	s := NewServer(&ServerOptions{MaxConnectionsPerMailbox: 1, ConnectionWait: wait, Protocol: SMTP,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	a, b := net.Pipe()
+	defer b.Close()
+	tc := NewConn(a)
+	release, err := s.TakeSlot(context.Background(), tc, "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	start := time.Now()
+	if _, err := s.TakeSlotSince(context.Background(), tc, "alice", start.Add(-wait+50*time.Millisecond)); !errors.Is(err, ErrSlotWait) {
+		t.Fatalf("resumed wait: got %v, want ErrSlotWait", err)
+	}
+	if took := time.Since(start); took >= wait {
+		t.Fatalf("a wait resumed 50 ms before its end took %v", took)
 	}
 }

@@ -476,7 +476,7 @@ func (r *bufferedReader) next() ([]byte, error) {
 // most, and a client then gets fewer, larger writes. It renews the hold
 // deadline, which thus runs from the last bytes read.
 func (r *bufferedReader) gather(m int) int {
-	if r.src.SetReadDeadline(aLongTimeAgo) != nil {
+	if r.src.SetReadDeadline(longAgo) != nil {
 		return m // without a deadline, a read could wait holding m bytes
 	}
 	for m < len(r.large) {
@@ -492,10 +492,6 @@ func (r *bufferedReader) gather(m int) int {
 	r.src.SetReadDeadline(time.Now().Add(spliceLargeHold))
 	return m
 }
-
-// aLongTimeAgo is a read deadline that has passed: a read returns what is
-// at hand, or a timeout at once.
-var aLongTimeAgo = time.Unix(1, 0)
 
 func (r *bufferedReader) rearm() {
 	if r.large == nil {

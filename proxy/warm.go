@@ -8,9 +8,6 @@ import (
 )
 
 const (
-	// DefaultWarmConnections is the most upstream connections a protocol
-	// server keeps ready when configured to (warm_connections).
-	DefaultWarmConnections = 4
 	// MaxWarmConnections bounds warm_connections.
 	MaxWarmConnections = 16
 	// DefaultWarmMaxAge is how long a parked connection waits for a login
@@ -255,16 +252,6 @@ func (p *WarmPool) Parked() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return len(p.parked)
-}
-
-// Dialing returns how many connections are being dialled now.
-func (p *WarmPool) Dialing() int {
-	if p == nil {
-		return 0
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.dialing
 }
 
 // Close closes the parked connections, interrupts the dials under way and

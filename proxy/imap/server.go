@@ -99,7 +99,7 @@ func NewServer(opts *Options) *Server {
 		Protocol: proxy.IMAP, Logger: o.Logger, Upstream: o.Upstream, UpstreamTLS: o.UpstreamTLS, TLS: o.TLS,
 		Auth: o.Auth, Classify: classifyFailure, Handle: s.handle, Refusal: "* BYE Too many connections",
 		Limiter: o.Limiter, Slots: o.Slots, Observer: o.Observer,
-		Greet: greet, GreetBuffer: upstreamReadBuffer, WarmConnections: min(o.WarmConnections, proxy.MaxWarmConnections),
+		Greet: greet, GreetBuffer: upstreamReadBuffer, WarmConnections: o.WarmConnections,
 		Limits: proxy.Limits{PreAuthTimeout: o.PreAuthTimeout, MaxConnectionsPerMailbox: o.MaxConnectionsPerMailbox,
 			ConnectionWait: o.ConnectionWait, DialTimeout: o.DialTimeout, LoginTimeout: o.LoginTimeout,
 			MaxLoginFailures: o.MaxLoginFailures},

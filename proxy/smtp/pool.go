@@ -136,12 +136,15 @@ func (k *kept) Reset() error {
 }
 
 // take returns a kept connection of up's mailbox for the session of tc,
-// checked with NOOP, or else a slot of the mailbox (takeSlot) to dial with.
+// checked with NOOP, or else a slot of the mailbox (takeSlot) to dial with,
+// within one connection_wait in all.
 // While it waits for a slot, a connection kept meanwhile wakes it: it
 // takes that rather than wait for a slot the kept connection holds.
 func (p *pool) take(ctx context.Context, tc *proxy.Conn, up *proxy.Upstream,
-	takeSlot func(context.Context, *proxy.Conn, string) (func(), error)) (reused Upstream, release func(), err error) {
+	takeSlot func(context.Context, *proxy.Conn, string, time.Time) (func(), error)) (reused Upstream, release func(), err error) {
 	key := keyOf(up)
+	// A wake-up resumes the slot wait; it does not start it again.
+	start := time.Now()
 	for {
 		wctx, wake := context.WithCancel(ctx)
 		w := &waiter{wake: wake}
@@ -160,7 +163,7 @@ func (p *pool) take(ctx context.Context, tc *proxy.Conn, up *proxy.Upstream,
 			p.obs.UpstreamReused(proxy.SMTP)
 			return k, nil, nil
 		}
-		release, err := takeSlot(wctx, tc, up.Account)
+		release, err := takeSlot(wctx, tc, up.Account, start)
 		p.unwatch(key, w)
 		woken := wctx.Err() != nil && ctx.Err() == nil
 		wake()

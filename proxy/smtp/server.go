@@ -262,7 +262,7 @@ func (s *Server) loginUpstream(ctx context.Context, tc *proxy.Conn, up *proxy.Up
 		}
 		return s.dial(ctx, tc, up, release)
 	}
-	reused, release, err := s.pool.take(ctx, tc, up, s.Srv.TakeSlot)
+	reused, release, err := s.pool.take(ctx, tc, up, s.Srv.TakeSlotSince)
 	if err != nil {
 		return nil, err
 	}
