@@ -156,10 +156,7 @@ func (f *Frontend) ConnectUpstream(ctx context.Context) (*Greeted, error) {
 	if g := f.Warm.Take(); g != nil {
 		return g, nil
 	}
-	start := time.Now()
-	g, err := f.DialUpstream(ctx)
-	f.Srv.Observer().UpstreamConnect(f.protocol, time.Since(start), err)
-	return g, err
+	return f.dialObserved(ctx)
 }
 
 // LoginOnUpstream connects to upstream (ConnectUpstream), ties the
@@ -192,6 +189,12 @@ func (f *Frontend) LoginOnUpstream(ctx context.Context, tc *Conn, login func(*Gr
 func (f *Frontend) dialWarm(ctx context.Context) (*Greeted, error) {
 	ctx, cancel := context.WithTimeout(ctx, f.Limits.LoginTimeout)
 	defer cancel()
+	return f.dialObserved(ctx)
+}
+
+// dialObserved dials upstream (DialUpstream), as the upstream connect
+// Observer is told of.
+func (f *Frontend) dialObserved(ctx context.Context) (*Greeted, error) {
 	start := time.Now()
 	g, err := f.DialUpstream(ctx)
 	f.Srv.Observer().UpstreamConnect(f.protocol, time.Since(start), err)
