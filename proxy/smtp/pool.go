@@ -97,7 +97,10 @@ type kept struct {
 
 // wrap makes u, a relay connection just logged in with up, one that the
 // pool may keep.
-func (p *pool) wrap(u *slotted, up *proxy.Upstream) *kept {
+func (p *pool) wrap(u *slotted, up *proxy.Upstream) Upstream {
+	if p == nil {
+		return u
+	}
 	now := time.Now()
 	until := up.Expires
 	if until.IsZero() {
@@ -142,9 +145,13 @@ func (k *kept) Reset() error {
 // takes that rather than wait for a slot the kept connection holds.
 func (p *pool) take(ctx context.Context, tc *proxy.Conn, up *proxy.Upstream,
 	takeSlot func(context.Context, *proxy.Conn, string, time.Time) (func(), error)) (reused Upstream, release func(), err error) {
-	key := keyOf(up)
 	// A wake-up resumes the slot wait; it does not start it again.
 	start := time.Now()
+	if p == nil {
+		release, err := takeSlot(ctx, tc, up.Account, start)
+		return nil, release, err
+	}
+	key := keyOf(up)
 	for {
 		wctx, wake := context.WithCancel(ctx)
 		w := &waiter{wake: wake}
@@ -333,6 +340,9 @@ func (p *pool) releaseLocked(k *kept) {
 // or at once when hard. Connections being reset are quit when the reset
 // ends, or closed now when hard.
 func (p *pool) close(hard bool) {
+	if p == nil {
+		return
+	}
 	p.mu.Lock()
 	p.closed = true
 	var idle, resetting []*kept

@@ -255,13 +255,6 @@ func (s *Server) loginUpstream(ctx context.Context, tc *proxy.Conn, up *proxy.Up
 		}
 		return s.opts.GraphDialer.Dial(ctx, tc, up)
 	}
-	if s.pool == nil {
-		release, err := s.Srv.TakeSlot(ctx, tc, up.Account)
-		if err != nil {
-			return nil, err
-		}
-		return s.dial(ctx, tc, up, release)
-	}
 	reused, release, err := s.pool.take(ctx, tc, up, s.Srv.TakeSlotSince)
 	if err != nil {
 		return nil, err
@@ -296,9 +289,7 @@ func (s *Server) Shutdown(ctx context.Context) error { return s.Frontend.Shutdow
 // Close closes the listeners, every session and every upstream connection
 // kept for reuse now.
 func (s *Server) Close() error {
-	if s.pool != nil {
-		s.pool.close(true)
-	}
+	s.pool.close(true)
 	return s.Frontend.Close()
 }
 
@@ -312,9 +303,7 @@ func (s *Server) Retire() {
 }
 
 func (s *Server) stopReuse() {
-	if s.pool != nil {
-		s.pool.close(false)
-	}
+	s.pool.close(false)
 }
 
 // closeIdle, once the server stops accepting, closes the idle sessions
