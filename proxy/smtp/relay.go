@@ -93,16 +93,16 @@ func extensionsOf(c *gosmtp.Client) *extensions {
 // first byte, or STARTTLS, which is mandatory. It returns with the
 // post-TLS EHLO done. ctx bounds it all. tc, if not nil, closes the
 // connection when the session ends.
-func (r *relay) dial(ctx context.Context, tc *proxy.Conn) (*gosmtp.Client, net.Conn, *tls.Conn, error) {
+func (r *relay) dial(ctx context.Context, tc *proxy.Conn) (*gosmtp.Client, *tls.Conn, error) {
 	dctx, cancel := context.WithTimeout(ctx, r.dialTimeout)
 	defer cancel()
 	var d net.Dialer
 	conn, err := d.DialContext(dctx, "tcp", r.addr)
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("connecting to %s: %w", r.addr, err)
+		return nil, nil, fmt.Errorf("connecting to %s: %w", r.addr, err)
 	}
 	if tc != nil && !tc.Attach(conn) {
-		return nil, nil, nil, net.ErrClosed
+		return nil, nil, net.ErrClosed
 	}
 	// go-smtp's client sets its own deadlines per command; closing the
 	// connection is what bounds the whole exchange.
@@ -113,10 +113,10 @@ func (r *relay) dial(ctx context.Context, tc *proxy.Conn) (*gosmtp.Client, net.C
 	}
 	if err != nil {
 		conn.Close()
-		return nil, nil, nil, err
+		return nil, nil, err
 	}
 	r.seen.Store(extensionsOf(c))
-	return c, conn, wire, nil
+	return c, wire, nil
 }
 
 func (r *relay) secure(conn net.Conn) (*gosmtp.Client, *tls.Conn, error) {
@@ -190,11 +190,12 @@ func (r *relay) setClientTimeouts(c *gosmtp.Client) {
 // *rejection.
 func (r *relay) Dial(ctx context.Context, tc *proxy.Conn, up *proxy.Upstream) (Upstream, error) {
 	start := time.Now()
-	c, conn, wire, err := r.dial(ctx, tc)
+	c, wire, err := r.dial(ctx, tc)
 	r.obs.UpstreamConnect(proxy.SMTP, time.Since(start), err)
 	if err != nil {
 		return nil, err
 	}
+	conn := wire.NetConn()
 	u := &relayConn{c: c, conn: conn, wire: wire, timeout: r.commandTimeout}
 	if ok := c.SupportsAuth(xoauth2.Mechanism); !ok {
 		u.Close()

@@ -227,7 +227,7 @@ func (s *Server) Serve(l net.Listener) error {
 // probe learns upstream's extensions before the first client needs them.
 // It sends no credentials.
 func (s *Server) probe() {
-	c, _, _, err := s.relay.dial(s.Srv.Context(), nil)
+	c, _, err := s.relay.dial(s.Srv.Context(), nil)
 	if err != nil {
 		if s.Srv.Context().Err() == nil {
 			s.Logger.Warn("upstream not reachable; advertising default extensions until it is",
