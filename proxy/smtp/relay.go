@@ -63,6 +63,7 @@ type relayConn struct {
 	c       *gosmtp.Client
 	conn    net.Conn  // the TCP connection, for deadlines and abrupt close
 	wire    *tls.Conn // what c speaks over, for message data
+	bw      *bufio.Writer
 	timeout time.Duration
 
 	closeOnce sync.Once
@@ -235,8 +236,13 @@ func (u *relayConn) Data() (MessageWriter, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &relayData{cmd: w}
-	m.bw = bufio.NewWriterSize(&deadlineWriter{w: u.wire, timeout: u.timeout}, copyBuffer)
+	// One buffer serves the connection's messages, kept or not.
+	if u.bw == nil {
+		u.bw = bufio.NewWriterSize(&deadlineWriter{w: u.wire, timeout: u.timeout}, copyBuffer)
+	} else {
+		u.bw.Reset(&deadlineWriter{w: u.wire, timeout: u.timeout})
+	}
+	m := &relayData{cmd: w, bw: u.bw}
 	m.stuff.w = wireWriterFunc(m.WriteWire)
 	return m, nil
 }

@@ -548,6 +548,9 @@ func relayText(s string) string {
 // copyBuffer is the size of the buffer a message is streamed through.
 const copyBuffer = 32 << 10
 
+// scanBuffers hold the client's message data as it is scanned.
+var scanBuffers = sync.Pool{New: func() any { return new([copyBuffer]byte) }}
+
 // readMessage streams the message to w: read from the client connection
 // as it came, when the client speaks in clear (or TLS from the first
 // byte) and upstream takes the message as it goes on the wire; else
@@ -562,7 +565,9 @@ func (s *session) readMessage(w MessageWriter, r io.Reader) (n int64, rerr, werr
 		return copyMessage(w, r)
 	}
 	sc := newWireScanner(wireWriterFunc(ww.WriteWire), s.maxBytes, maxLineLength)
-	rest, rerr := scanData(sc, make([]byte, copyBuffer), c.readData)
+	buf := scanBuffers.Get().(*[copyBuffer]byte)
+	defer scanBuffers.Put(buf)
+	rest, rerr := scanData(sc, buf[:], c.readData)
 	switch {
 	case sc.tooLong:
 		// What follows cannot be told from commands: go-smtp reads no
