@@ -38,16 +38,23 @@ func serveScripted(conn net.Conn, commands chan<- string) {
 	r := bufio.NewReader(conn)
 	say := func(s string) { conn.Write([]byte(s + "\r\n")) }
 	say("220 scripted ESMTP")
-	inTx, refusedData := false, false
+	inTx, refusedData, authed := false, false, false
 	for {
 		line, err := r.ReadString('\n')
 		if err != nil {
 			return
 		}
 		cmd := strings.ToUpper(strings.Fields(line + " x")[0])
-		select {
-		case commands <- cmd:
-		default:
+		if cmd == "AUTH" {
+			authed = true
+		}
+		// Only the logged-in session's commands: the proxy's capability
+		// probe, which never logs in, may come in between.
+		if authed {
+			select {
+			case commands <- cmd:
+			default:
+			}
 		}
 		switch cmd {
 		case "EHLO":
