@@ -215,9 +215,25 @@ func SpliceWith(o *SpliceOptions) SpliceStats {
 // point, after the goodbye if the protocol has one.
 const reasonDrained = "drained at a quiet point"
 
-// lingerAfterBye bounds how long a drained session waits for the client to
-// close after the goodbye.
-const lingerAfterBye = 2 * time.Second
+// lingerAfterBye bounds how long a session ending with a final reply
+// (a drain's goodbye, a refusal) waits for the client to close first, and
+// lingerMaxBytes how much of what the client still sends it discards
+// meanwhile.
+const (
+	lingerAfterBye = 2 * time.Second
+	lingerMaxBytes = 4 << 20
+)
+
+// CloseAfterFinalReply half-closes c and discards what the client is still
+// sending for a moment: closing a socket with unread bytes makes the
+// kernel answer with a reset, which can destroy the reply still in flight.
+func CloseAfterFinalReply(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+	c.SetReadDeadline(time.Now().Add(lingerAfterBye))
+	io.CopyN(io.Discard, c, lingerMaxBytes)
+}
 
 // errDrained ends the upstream→client relay once the goodbye is written.
 var errDrained = errors.New("drained")

@@ -21,11 +21,6 @@ const (
 	// may send before login; a client that keeps sending garbage is not
 	// going to log in.
 	maxBadCommands = 10
-
-	// lingerTimeout and lingerMaxBytes bound how long and how much a
-	// closing session discards of what the client still sends.
-	lingerTimeout  = 2 * time.Second
-	lingerMaxBytes = 4 << 20
 )
 
 // authenticatedCommands are refused before login with "Log in first"
@@ -93,7 +88,7 @@ func (s *session) run() {
 	}()
 	defer func() {
 		if s.linger {
-			closeAfterBye(s.conn)
+			proxy.CloseAfterFinalReply(s.conn)
 		}
 	}()
 	// Everything before the splice runs on a goroutine of its own: its
@@ -525,15 +520,4 @@ func buffered(br *bufio.Reader) []byte {
 	}
 	b, _ := br.Peek(br.Buffered())
 	return append([]byte(nil), b...)
-}
-
-// closeAfterBye half-closes c and discards what the client is still
-// sending for a moment: closing a socket with unread bytes makes the kernel
-// answer with a reset, which can destroy the BYE still in flight.
-func closeAfterBye(c net.Conn) {
-	if cw, ok := c.(interface{ CloseWrite() error }); ok {
-		cw.CloseWrite()
-	}
-	c.SetReadDeadline(time.Now().Add(lingerTimeout))
-	io.CopyN(io.Discard, c, lingerMaxBytes)
 }

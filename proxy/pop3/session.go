@@ -20,11 +20,6 @@ const (
 	// maxBadCommands is how many invalid or refused commands a client
 	// may send before login.
 	maxBadCommands = 10
-
-	// lingerTimeout and lingerMaxBytes bound how long and how much a
-	// closing session discards of what the client still sends.
-	lingerTimeout  = 2 * time.Second
-	lingerMaxBytes = 4 << 20
 )
 
 // Replies. Failed logins carry RFC 2449's and RFC 3206's response codes:
@@ -107,7 +102,7 @@ func (s *session) run() {
 	}()
 	defer func() {
 		if s.linger {
-			closeAfterReply(s.conn)
+			proxy.CloseAfterFinalReply(s.conn)
 		}
 	}()
 	// Everything before the splice runs on a goroutine of its own: its
@@ -543,17 +538,6 @@ func buffered(br *bufio.Reader) []byte {
 	}
 	b, _ := br.Peek(br.Buffered())
 	return append([]byte(nil), b...)
-}
-
-// closeAfterReply half-closes c and discards what the client is still
-// sending for a moment: closing a socket with unread bytes makes the kernel
-// answer with a reset, which can destroy the reply still in flight.
-func closeAfterReply(c net.Conn) {
-	if cw, ok := c.(interface{ CloseWrite() error }); ok {
-		cw.CloseWrite()
-	}
-	c.SetReadDeadline(time.Now().Add(lingerTimeout))
-	io.CopyN(io.Discard, c, lingerMaxBytes)
 }
 
 func truncate(s string, n int) string {
