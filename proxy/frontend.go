@@ -153,8 +153,12 @@ func (f *Frontend) DialUpstream(ctx context.Context) (*Greeted, error) {
 // (DialUpstream). Call it only once the client's credentials were good:
 // taking a warm connection starts a dial to replace it.
 func (f *Frontend) ConnectUpstream(ctx context.Context) (*Greeted, error) {
-	if g := f.Warm.Take(); g != nil {
-		return g, nil
+	if f.Warm != nil {
+		g := f.Warm.Take()
+		f.Srv.Observer().UpstreamWarm(f.protocol, g != nil)
+		if g != nil {
+			return g, nil
+		}
 	}
 	return f.dialObserved(ctx)
 }

@@ -34,6 +34,10 @@ type Observer interface {
 	// client of the same mailbox had left authenticated, instead of
 	// connecting and authenticating (UpstreamConnect, UpstreamAuth).
 	UpstreamReused(p Protocol)
+	// UpstreamWarm: a login asked the warm pool (FrontendOptions.
+	// WarmConnections) for a connection: hit, it took one ready and did
+	// not connect (UpstreamConnect); else it connected itself.
+	UpstreamWarm(p Protocol, hit bool)
 	// MessageRelayed: an SMTP transaction's DATA ended in one of the
 	// Message* outcomes.
 	MessageRelayed(outcome string)
@@ -56,6 +60,7 @@ func (NopObserver) BytesRelayed(Protocol, Direction, int64)        {}
 func (NopObserver) UpstreamConnect(Protocol, time.Duration, error) {}
 func (NopObserver) UpstreamAuth(Protocol, time.Duration, error)    {}
 func (NopObserver) UpstreamReused(Protocol)                        {}
+func (NopObserver) UpstreamWarm(Protocol, bool)                    {}
 func (NopObserver) MessageRelayed(string)                          {}
 func (NopObserver) SlotWait(Protocol, time.Duration)               {}
 func (NopObserver) ConnRefused(Protocol, string)                   {}

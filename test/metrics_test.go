@@ -245,6 +245,10 @@ func TestMetrics(t *testing.T) {
 		return ""
 	})
 
+	if d := delta(after, "broker_upstream_warm_total", "protocol", "imap", "result", "hit") +
+		delta(after, "broker_upstream_warm_total", "protocol", "imap", "result", "miss"); d < 1 {
+		t.Errorf("broker_upstream_warm_total{protocol=imap} up by %v, want the IMAP login counted as a hit or a miss", d)
+	}
 	if v := after.get(t, "broker_token_refreshes_total", "outcome", "ok"); v < 1 {
 		t.Errorf("broker_token_refreshes_total{outcome=ok} = %v, want at least 1", v)
 	}

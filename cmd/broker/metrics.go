@@ -61,6 +61,7 @@ type metrics struct {
 	upstreamConnect *prometheus.HistogramVec
 	upstreamAuth    *prometheus.HistogramVec
 	upstreamReused  *prometheus.CounterVec
+	upstreamWarm    *prometheus.CounterVec
 	messages        *prometheus.CounterVec
 	slotWait        *prometheus.HistogramVec
 	refused         *prometheus.CounterVec
@@ -114,6 +115,10 @@ func newMetrics(protocols []proxy.Protocol) *metrics {
 			Name: "broker_upstream_reused_total",
 			Help: "Logins that took an authenticated upstream session kept from an earlier session of the same mailbox, instead of connecting and authenticating (SMTP).",
 		}, protoLabel),
+		upstreamWarm: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "broker_upstream_warm_total",
+			Help: "Logins that asked the warm pool (warm_connections) for a connection ready upstream: result hit (took one, no connect) or miss (connected itself) (IMAP, POP3).",
+		}, []string{"protocol", "result"}),
 		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "broker_smtp_messages_total",
 			Help: "SMTP messages (DATA or BDAT) by outcome: relayed, rejected (5xx to the client), failed_temporary (4xx).",
@@ -134,7 +139,7 @@ func newMetrics(protocols []proxy.Protocol) *metrics {
 	}
 	m.reg.MustRegister(
 		m.sessionsActive, m.sessionsTotal, m.sessionDuration, m.logins, m.bytes,
-		m.upstreamConnect, m.upstreamAuth, m.upstreamReused, m.messages, m.slotWait, m.refused, m.tokenRefreshes,
+		m.upstreamConnect, m.upstreamAuth, m.upstreamReused, m.upstreamWarm, m.messages, m.slotWait, m.refused, m.tokenRefreshes,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -163,6 +168,9 @@ func newMetrics(protocols []proxy.Protocol) *metrics {
 				m.messages.WithLabelValues(o)
 			}
 			m.upstreamReused.WithLabelValues(proto)
+		} else {
+			m.upstreamWarm.WithLabelValues(proto, "hit")
+			m.upstreamWarm.WithLabelValues(proto, "miss")
 		}
 	}
 	for _, o := range broker.RefreshOutcomes {
@@ -208,6 +216,14 @@ func (m *metrics) UpstreamAuth(p proxy.Protocol, d time.Duration, err error) {
 }
 
 func (m *metrics) UpstreamReused(p proxy.Protocol) { m.upstreamReused.WithLabelValues(string(p)).Inc() }
+
+func (m *metrics) UpstreamWarm(p proxy.Protocol, hit bool) {
+	result := "miss"
+	if hit {
+		result = "hit"
+	}
+	m.upstreamWarm.WithLabelValues(string(p), result).Inc()
+}
 
 func (m *metrics) MessageRelayed(o string) { m.messages.WithLabelValues(o).Inc() }
 

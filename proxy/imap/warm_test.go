@@ -2,9 +2,11 @@ package imap
 
 import (
 	"context"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/mailbroker/broker/proxy"
 	"github.com/mailbroker/broker/proxy/internal/proxytest"
 )
 
@@ -13,12 +15,27 @@ func startWarmProxy(t *testing.T, up *stubUpstream) (*Server, string) {
 	return startProxy(t, Options{Auth: &proxytest.Auth{Pass: "pw"}, WarmConnections: 2}, up)
 }
 
+// warmCounter counts the warm pool's hits and misses.
+type warmCounter struct {
+	proxy.NopObserver
+	hits, misses atomic.Int32
+}
+
+func (w *warmCounter) UpstreamWarm(_ proxy.Protocol, hit bool) {
+	if hit {
+		w.hits.Add(1)
+	} else {
+		w.misses.Add(1)
+	}
+}
+
 // TestIMAPWarmLogin: after a login, a connection is parked, and the next
 // login logs in on it, a connection accepted before that login began;
 // taking it dials its replacement.
 func TestIMAPWarmLogin(t *testing.T) {
 	up := startStub(t, defaultStub())
-	srv, addr := startWarmProxy(t, up)
+	obs := &warmCounter{}
+	srv, addr := startProxy(t, Options{Auth: &proxytest.Auth{Pass: "pw"}, WarmConnections: 2, Observer: obs}, up)
 	first := dialClient(t, addr)
 	first.greet()
 	if n := up.accepted.Load(); n != 0 {
@@ -39,6 +56,9 @@ func TestIMAPWarmLogin(t *testing.T) {
 	proxytest.WaitFor(t, "the warm connection's replacement", func() bool { return srv.Warm.Parked() == 1 })
 	if n := up.accepted.Load(); n != 3 {
 		t.Fatalf("%d upstream connections after two logins, want 3", n)
+	}
+	if h, m := obs.hits.Load(), obs.misses.Load(); h != 1 || m != 1 {
+		t.Fatalf("observed %d warm hits and %d misses, want 1 and 1", h, m)
 	}
 }
 
